@@ -1,0 +1,34 @@
+# The two commands that matter, each doing its own set-up on a fresh machine:
+#   make demo    build, install, start a private cluster, run examples/demo.sql (make demo-stop ends it)
+#   make test    every test layer, in order; non-zero on any failure
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+export PG_CONFIG
+
+.PHONY: demo demo-stop test install setup fmt clippy clean
+
+demo:
+	scripts/demo.sh
+
+demo-stop:
+	scripts/cluster.sh stop demo
+
+test:
+	scripts/test.sh
+
+# Install into the PostgreSQL that PG_CONFIG belongs to (a DBA's own server).
+install: setup
+	scripts/install.sh --release
+
+setup:
+	scripts/setup.sh
+
+fmt:
+	cargo fmt
+
+clippy:
+	cargo clippy --all-targets -- -D warnings
+
+clean:
+	-scripts/cluster.sh stop demo
+	-scripts/cluster.sh stop test
+	cargo clean

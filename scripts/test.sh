@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# The test command (`make test`). In order: Rust unit tests, `cargo pgrx test`, then the
+# extension installed into the system PostgreSQL and tested from outside against a throwaway
+# cluster with pg_regress (tests/pg_regress) and pg_isolation_regress (tests/isolation).
+# Stops at the first failing layer, prints the diff, exits non-zero.
+source "$(dirname "$0")/common.sh"
+cd "$ROOT"
+PORT=${VOUCHER_TEST_PORT:-54329}
+total=$(now)
+
+t=$(now)
+"$ROOT/scripts/setup.sh"
+log "setup: $(elapsed "$t")"
+
+t=$(now)
+log "1/5 Rust unit tests"
+cargo test --lib --quiet -- --skip tests::pg_ || die "Rust unit tests failed"
+log "unit tests: $(elapsed "$t")"
+
+t=$(now)
+log "2/5 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
+if is_root; then
+    pgdata="$(cluster_base)/pgrx-test-data"
+    mkdir -p "$pgdata" && chown postgres: "$pgdata"
+    cargo pgrx test "pg$PG_MAJOR" --runas postgres --pgdata "$pgdata" || die "cargo pgrx test failed"
+else
+    cargo pgrx test "pg$PG_MAJOR" || die "cargo pgrx test failed"
+fi
+log "pgrx tests: $(elapsed "$t")"
+
+t=$(now)
+log "3/5 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
+"$ROOT/scripts/install.sh"
+"$ROOT/scripts/cluster.sh" start test "$PORT" fsync=off max_connections=100
+trap '"$ROOT/scripts/cluster.sh" stop test' EXIT
+sock="$(cluster_base)/test"
+log "install: $(elapsed "$t")"
+
+failed=0
+t=$(now)
+log "4/5 pg_regress (tests/pg_regress)"
+out="$ROOT/target/pg_regress"
+rm -rf "$out" && mkdir -p "$out"
+"$(pgxs_dir)/../test/regress/pg_regress" --bindir="$(pg_bindir)" \
+    --host="$sock" --port="$PORT" --user=postgres --dbname=voucher_regress \
+    --inputdir="$ROOT/tests/pg_regress" --outputdir="$out" \
+    --load-extension=voucher_ext --schedule="$ROOT/tests/pg_regress/schedule" || failed=1
+if [ $failed = 1 ]; then
+    [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs"
+    die "pg_regress failed (diffs above, also in $out/regression.diffs)"
+fi
+log "pg_regress: $(elapsed "$t")"
+
+t=$(now)
+log "5/5 pg_isolation_regress (tests/isolation)"
+out="$ROOT/target/isolation"
+rm -rf "$out" && mkdir -p "$out"
+"$(pgxs_dir)/../test/isolation/pg_isolation_regress" --bindir="$(pg_bindir)" \
+    --host="$sock" --port="$PORT" --user=postgres --dbname=voucher_isolation \
+    --inputdir="$ROOT/tests/isolation" --outputdir="$out" \
+    --load-extension=voucher_ext --schedule="$ROOT/tests/isolation/schedule" || failed=1
+if [ $failed = 1 ]; then
+    [ -f "$out/regression.diffs" ] && cat "$out/regression.diffs"
+    die "pg_isolation_regress failed (diffs above, also in $out/regression.diffs)"
+fi
+log "isolation: $(elapsed "$t")"
+
+log "all tests passed in $(elapsed "$total")"

@@ -1,0 +1,54 @@
+-- Privileges, applied after every other object exists.
+
+-- PUBLIC gets nothing.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA voucher FROM PUBLIC;
+REVOKE ALL ON ALL TABLES IN SCHEMA voucher FROM PUBLIC;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA voucher FROM PUBLIC;
+REVOKE ALL ON SCHEMA voucher FROM PUBLIC;
+GRANT USAGE ON SCHEMA voucher TO voucher_client, voucher_operator, voucher_definer;
+
+-- voucher_definer: the table access our functions need, nothing more. Clients have none.
+GRANT SELECT, INSERT ON voucher.tenant TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO voucher_definer;
+
+-- SECURITY DEFINER functions and views run as voucher_definer, so RLS applies inside them
+-- (the extension owner is usually a superuser, and superusers bypass RLS).
+GRANT CREATE ON SCHEMA voucher TO voucher_definer;
+DO $own$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT p.oid::regprocedure AS f FROM pg_catalog.pg_proc p
+              WHERE p.pronamespace = 'voucher'::regnamespace AND p.prosecdef LOOP
+        EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO voucher_definer', r.f);
+    END LOOP;
+    FOR r IN SELECT c.oid::regclass AS v FROM pg_catalog.pg_class c
+              WHERE c.relnamespace = 'voucher'::regnamespace AND c.relkind = 'v' LOOP
+        EXECUTE pg_catalog.format('ALTER VIEW %s OWNER TO voucher_definer', r.v);
+    END LOOP;
+END
+$own$;
+REVOKE CREATE ON SCHEMA voucher FROM voucher_definer;
+
+-- The tenant API: voucher_client (and, through membership, voucher_operator).
+GRANT EXECUTE ON FUNCTION
+    voucher.authenticate(text, boolean),
+    voucher.current_tenant(),
+    voucher.logout(),
+    voucher.create_api_key(text, text, timestamptz, uuid),
+    voucher.revoke_api_key(uuid)
+TO voucher_client;
+GRANT SELECT ON voucher.api_keys TO voucher_client;
+
+-- Operators only.
+GRANT EXECUTE ON FUNCTION
+    voucher.create_tenant(text),
+    voucher.act_as(uuid, text, boolean)
+TO voucher_operator;
+
+-- Internal helpers. Views and policies call some of them with the caller's privileges; they
+-- only ever reveal the caller's own context.
+GRANT EXECUTE ON FUNCTION voucher._authorize(text) TO voucher_definer;
+GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe()
+    TO voucher_client, voucher_definer;
+GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;

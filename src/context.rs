@@ -1,0 +1,439 @@
+//! The tenant context: which tenant this session acts for, and with which key role.
+//!
+//! Why plain SQL cannot forge it:
+//! - The context itself lives in this backend's memory, which no SQL statement can write. Only
+//!   `authenticate` (after checking a key) and `act_as` (for operators) put one there.
+//! - What SQL *can* see is `voucher.context_token`, a random 128-bit token naming the context.
+//!   It is a superuser-only setting: `SET`, `set_config`, `ALTER ROLE ... SET` by anyone else fail.
+//!   Even a value set by a superuser only selects a context this backend already holds.
+//! - The token gives the context Postgres' own setting semantics for free: `SET LOCAL` scope
+//!   (the default) ends with the transaction, savepoint rollback restores the previous one, and
+//!   `RESET ALL` / `DISCARD ALL` (what poolers run between clients) clear it.
+//! - `SET ROLE` changes neither: the context belongs to the session, not to a database role.
+
+use std::cell::{Cell, RefCell};
+use std::ffi::CString;
+
+use pgrx::datum::DatumWithOid;
+use pgrx::pg_sys::panic::ErrorReport;
+use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
+
+use crate::definer::{self, as_definer};
+use crate::error::{api, Result, VoucherError};
+use crate::gucs;
+use crate::keys;
+use crate::rng;
+use crate::roles::{Action, KeyRole};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    Transaction,
+    Session,
+}
+
+#[derive(Clone, Debug)]
+pub struct Context {
+    pub tenant: [u8; 16],
+    /// The API key the context was opened with; None for `act_as`.
+    pub key_id: Option<[u8; 16]>,
+    pub role: KeyRole,
+    /// The database role of an operator acting through `act_as`.
+    pub operator: Option<pg_sys::Oid>,
+    scope: Scope,
+    token: CString,
+}
+
+impl Context {
+    pub fn tenant_uuid(&self) -> pgrx::Uuid {
+        pgrx::Uuid::from_bytes(self.tenant)
+    }
+}
+
+/// How many contexts a backend remembers: enough for savepoint rollbacks to restore an outer one.
+const REMEMBERED: usize = 8;
+
+thread_local! {
+    static CONTEXTS: RefCell<Vec<Context>> = const { RefCell::new(Vec::new()) };
+    /// A tenant our own Rust code acts for while it works on a tenant other than the context's
+    /// (an operator creating a tenant or its first key). Never reachable from SQL.
+    static OVERRIDE: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
+    /// The key prefix `authenticate` is looking up, so RLS lets exactly that row through.
+    static PROBE: RefCell<Option<String>> = const { RefCell::new(None) };
+    static KEY_CHECK: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
+}
+
+fn in_parallel_worker() -> bool {
+    // SAFETY: reads a backend-local integer.
+    unsafe { pg_sys::ParallelWorkerNumber >= 0 }
+}
+
+/// The context selected by the current token, if any.
+pub fn current() -> Option<Context> {
+    if in_parallel_worker() {
+        // The context is not shipped to workers; refuse rather than silently see nothing.
+        VoucherError::NotReady("the tenant context is not available in a parallel worker".into())
+            .raise();
+    }
+    let token = gucs::context_token()?;
+    if token.is_empty() {
+        return None;
+    }
+    CONTEXTS.with(|c| {
+        c.borrow()
+            .iter()
+            .rev()
+            .find(|x| x.token.as_c_str() == token)
+            .cloned()
+    })
+}
+
+/// The tenant RLS policies compare against.
+pub fn current_tenant() -> Option<[u8; 16]> {
+    OVERRIDE
+        .with(|o| o.get())
+        .or_else(|| current().map(|c| c.tenant))
+}
+
+fn set_token(value: &CString, scope: Scope) {
+    let action = match scope {
+        Scope::Transaction => pg_sys::GucAction::GUC_ACTION_LOCAL,
+        Scope::Session => pg_sys::GucAction::GUC_ACTION_SET,
+    };
+    // SAFETY: C code may set a PGC_SUSET variable by passing PGC_SUSET as the context.
+    unsafe {
+        pg_sys::set_config_option(
+            c"voucher.context_token".as_ptr(),
+            value.as_ptr(),
+            pg_sys::GucContext::PGC_SUSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            action,
+            true,
+            0,
+            false,
+        );
+    }
+}
+
+fn install(
+    tenant: [u8; 16],
+    key_id: Option<[u8; 16]>,
+    role: KeyRole,
+    operator: Option<pg_sys::Oid>,
+    scope: Scope,
+) {
+    // SAFETY: reads backend-local transaction state.
+    let outside_block = unsafe { !pg_sys::IsTransactionBlock() };
+    if scope == Scope::Transaction && outside_block {
+        ErrorReport::new(
+            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
+            "the tenant context lasts only until the end of this single-statement transaction",
+            "voucher_ext",
+        )
+        .set_hint(
+            "run it inside BEGIN ... COMMIT with the calls that need it, or pass session => true",
+        )
+        .report(PgLogLevel::WARNING);
+    }
+    let hex: String = rng::os_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let token = CString::new(hex).expect("hex has no NUL");
+    set_token(&token, scope);
+    CONTEXTS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.push(Context {
+            tenant,
+            key_id,
+            role,
+            operator,
+            scope,
+            token,
+        });
+        let excess = c.len().saturating_sub(REMEMBERED);
+        c.drain(..excess);
+    });
+}
+
+/// Forgets every context of this session.
+pub fn clear() {
+    CONTEXTS.with(|c| c.borrow_mut().clear());
+    set_token(&CString::default(), Scope::Session);
+}
+
+/// Called at the end of every top-level transaction.
+pub fn end_of_transaction() {
+    CONTEXTS.with(|c| c.borrow_mut().retain(|x| x.scope == Scope::Session));
+    OVERRIDE.with(|o| o.set(None));
+    PROBE.with(|p| *p.borrow_mut() = None);
+}
+
+/// Runs `f` as `voucher_definer` with RLS seeing `tenant`, whatever the session's context.
+pub fn as_tenant_definer<R>(tenant: [u8; 16], f: impl FnOnce() -> R) -> R {
+    with_tenant(tenant, || as_definer(f))
+}
+
+/// Who acts in this context, for `created_by` columns and audit rows.
+pub fn actor_label(ctx: &Context) -> String {
+    match (ctx.key_id, ctx.operator) {
+        (Some(key), _) => format!("key:{}", pgrx::Uuid::from_bytes(key)),
+        (None, Some(op)) => format!("operator:{}", definer::role_name(op)),
+        (None, None) => "unknown".to_string(),
+    }
+}
+
+/// Runs `f` with RLS seeing `tenant`, whatever the session's context.
+pub fn with_tenant<R>(tenant: [u8; 16], f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<[u8; 16]>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            OVERRIDE.with(|o| o.set(self.0));
+        }
+    }
+    let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(tenant))));
+    f()
+}
+
+fn with_probe<R>(prefix: &str, f: impl FnOnce() -> R) -> R {
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            PROBE.with(|p| *p.borrow_mut() = None);
+        }
+    }
+    PROBE.with(|p| *p.borrow_mut() = Some(prefix.to_string()));
+    let _restore = Restore;
+    f()
+}
+
+pub fn uuid_bytes(u: &pgrx::Uuid) -> [u8; 16] {
+    **u
+}
+
+/// Is the key behind `ctx` still valid? (Revocation and expiry take effect at the next call.)
+fn key_still_valid(ctx: &Context) -> bool {
+    let Some(key_id) = ctx.key_id else {
+        return true;
+    };
+    as_definer(|| {
+        Spi::connect(|client| {
+            KEY_CHECK.with(|stmt| {
+                let mut stmt = stmt.borrow_mut();
+                if stmt.is_none() {
+                    *stmt = Some(
+                        client
+                            .prepare(
+                                "SELECT 1 FROM voucher.credential \
+                                 WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
+                                   AND (expires_at IS NULL OR expires_at > now())",
+                                &[pgrx::Uuid::type_oid().into(), pgrx::Uuid::type_oid().into()],
+                            )
+                            .expect("key check prepares")
+                            .keep(),
+                    );
+                }
+                let args = [
+                    DatumWithOid::from(pgrx::Uuid::from_bytes(ctx.tenant)),
+                    DatumWithOid::from(pgrx::Uuid::from_bytes(key_id)),
+                ];
+                let rows = client.select(stmt.as_ref().unwrap(), Some(1), &args);
+                !rows.expect("key check runs").is_empty()
+            })
+        })
+    })
+}
+
+/// The context, checked: present, its key still valid, and its role allowed to do `action`.
+pub fn authorize(action: Action) -> Result<Context> {
+    let ctx = current().ok_or_else(|| {
+        VoucherError::forbidden_hint(
+            "no tenant context",
+            "call voucher.authenticate(api_key) first",
+        )
+    })?;
+    if !key_still_valid(&ctx) {
+        clear();
+        return Err(VoucherError::BadKey);
+    }
+    action.check(ctx.role)?;
+    Ok(ctx)
+}
+
+pub fn require_operator(what: &str) -> Result<pg_sys::Oid> {
+    let caller = definer::caller();
+    if definer::is_operator(caller) {
+        Ok(caller)
+    } else {
+        Err(VoucherError::forbidden_hint(
+            format!("only voucher_operator members may {what}"),
+            "ask a DBA to GRANT voucher_operator to your login role",
+        ))
+    }
+}
+
+/// Does this tenant exist? Looked up as the tenant itself, so RLS stays in force.
+pub fn tenant_exists(tenant: [u8; 16]) -> bool {
+    as_tenant_definer(tenant, || {
+        Spi::get_one_with_args::<bool>(
+            "SELECT EXISTS (SELECT 1 FROM voucher.tenant WHERE tenant_id = $1)",
+            &[pgrx::Uuid::from_bytes(tenant).into()],
+        )
+    })
+    .ok()
+    .flatten()
+    .unwrap_or(false)
+}
+
+/// One row of `voucher.credential` found by its prefix during authentication.
+struct Candidate {
+    tenant: [u8; 16],
+    key_id: [u8; 16],
+    hash: Vec<u8>,
+    role: String,
+    usable: bool,
+    touch_due: bool,
+}
+
+fn find_candidates(prefix: &str) -> Vec<Candidate> {
+    let interval = gucs::KEY_LAST_USED_INTERVAL.get() as f64;
+    with_probe(prefix, || {
+        as_definer(|| {
+            Spi::connect(|client| {
+                let rows = client
+                    .select(
+                        "SELECT tenant_id, key_id, key_hash, role, \
+                                revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()), \
+                                last_used_at IS NULL \
+                                  OR last_used_at < now() - make_interval(secs => $2) \
+                         FROM voucher.credential WHERE prefix = $1",
+                        None,
+                        &[prefix.into(), interval.into()],
+                    )
+                    .expect("credential lookup runs");
+                rows.map(|r| Candidate {
+                    tenant: uuid_bytes(&r.get::<pgrx::Uuid>(1).unwrap().unwrap()),
+                    key_id: uuid_bytes(&r.get::<pgrx::Uuid>(2).unwrap().unwrap()),
+                    hash: r.get::<Vec<u8>>(3).unwrap().unwrap_or_default(),
+                    role: r.get::<String>(4).unwrap().unwrap_or_default(),
+                    usable: r.get::<bool>(5).unwrap().unwrap_or(false),
+                    touch_due: r.get::<bool>(6).unwrap().unwrap_or(false),
+                })
+                .collect()
+            })
+        })
+    })
+}
+
+/// Refreshes `last_used_at`, skipping a row another session holds locked: never waits.
+fn touch_last_used(tenant: [u8; 16], key_id: [u8; 16]) {
+    // SAFETY: reads a backend-local flag.
+    if unsafe { pg_sys::XactReadOnly } {
+        return; // a read-only transaction or a hot standby: authentication still works
+    }
+    as_definer(|| {
+        Spi::run_with_args(
+            "UPDATE voucher.credential SET last_used_at = now() \
+             WHERE ctid = (SELECT ctid FROM voucher.credential \
+                           WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE SKIP LOCKED)",
+            &[
+                pgrx::Uuid::from_bytes(tenant).into(),
+                pgrx::Uuid::from_bytes(key_id).into(),
+            ],
+        )
+        .expect("last_used_at update runs")
+    });
+}
+
+fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid> {
+    let key = api_key.ok_or(VoucherError::BadKey)?;
+    let prefix = keys::display_prefix(key).ok_or(VoucherError::BadKey)?;
+    let presented = keys::hash(key);
+    let found = find_candidates(prefix)
+        .into_iter()
+        .find(|c| keys::matches(&presented, &c.hash))
+        .ok_or(VoucherError::BadKey)?;
+    if !found.usable {
+        return Err(VoucherError::BadKey);
+    }
+    let role = KeyRole::parse(&found.role)?;
+    let scope = if session {
+        Scope::Session
+    } else {
+        Scope::Transaction
+    };
+    install(found.tenant, Some(found.key_id), role, None, scope);
+    if found.touch_due {
+        touch_last_used(found.tenant, found.key_id);
+    }
+    Ok(pgrx::Uuid::from_bytes(found.tenant))
+}
+
+/// Verifies an API key and opens its tenant context for this transaction (or the session).
+#[pg_extern(volatile, parallel_unsafe)]
+fn authenticate(api_key: Option<&str>, session: default!(bool, false)) -> pgrx::Uuid {
+    api(|| authenticate_impl(api_key, session))
+}
+
+/// The tenant this session acts for, or NULL.
+#[pg_extern(stable, parallel_restricted, name = "current_tenant")]
+fn current_tenant_sql() -> Option<pgrx::Uuid> {
+    current_tenant().map(pgrx::Uuid::from_bytes)
+}
+
+/// Clears the tenant context of this session.
+#[pg_extern(volatile, parallel_unsafe)]
+fn logout() {
+    clear();
+}
+
+fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) -> Result<()> {
+    let operator = require_operator("act as a tenant")?;
+    let tenant = uuid_bytes(&tenant.ok_or(VoucherError::NullArgument("tenant"))?);
+    let role = KeyRole::parse(role.ok_or(VoucherError::NullArgument("role"))?)?;
+    if !tenant_exists(tenant) {
+        return Err(VoucherError::invalid("no such tenant"));
+    }
+    let scope = if session {
+        Scope::Session
+    } else {
+        Scope::Transaction
+    };
+    install(tenant, None, role, Some(operator), scope);
+    Ok(())
+}
+
+/// Operators and superusers: act as `tenant` with key role `role`.
+#[pg_extern(volatile, parallel_unsafe)]
+fn act_as(
+    tenant: Option<pgrx::Uuid>,
+    role: default!(Option<&str>, "'admin'"),
+    session: default!(bool, false),
+) {
+    api(|| act_as_impl(tenant, role, session))
+}
+
+/// Internal, for SQL functions: the tenant, once the context may perform `action`.
+#[pg_extern(volatile, parallel_unsafe, name = "_authorize")]
+fn authorize_sql(action: &str) -> pgrx::Uuid {
+    api(|| Ok(authorize(Action::parse(action)?)?.tenant_uuid()))
+}
+
+/// Internal, for views: false without a context (the view shows nothing); an error if the
+/// context's key was revoked or its role may not read this.
+#[pg_extern(stable, parallel_restricted, name = "_can_read")]
+fn can_read(action: &str) -> bool {
+    api(|| {
+        let action = Action::parse(action)?;
+        if current().is_none() {
+            return Ok(false);
+        }
+        authorize(action).map(|_| true)
+    })
+}
+
+/// Internal, for the `voucher.credential` policy: the key prefix being authenticated, if any.
+#[pg_extern(stable, parallel_restricted, name = "_key_probe")]
+fn key_probe() -> Option<String> {
+    PROBE.with(|p| p.borrow().clone())
+}

@@ -1,0 +1,81 @@
+//! Running SQL as `voucher_definer`, the role our functions act as.
+//!
+//! `voucher_definer` is NOLOGIN, not a superuser and without BYPASSRLS, so row-level security
+//! applies to everything our functions read or write: a query that forgot its
+//! `WHERE tenant_id = ...` still sees only the current tenant. PL/pgSQL functions get this from
+//! `SECURITY DEFINER` (they are owned by `voucher_definer`); Rust functions, which must also know
+//! who called them, switch explicitly here, exactly as `fmgr_security_definer` does: a pinned
+//! `search_path` and a local user-id change, both undone on return and by (sub)transaction abort.
+
+use std::ffi::CStr;
+
+use pgrx::pg_sys;
+
+pub const DEFINER: &CStr = c"voucher_definer";
+pub const OPERATOR: &CStr = c"voucher_operator";
+
+fn role_oid(name: &CStr) -> pg_sys::Oid {
+    // SAFETY: a syscache lookup; raises a normal ERROR if the role is missing.
+    unsafe { pg_sys::get_role_oid(name.as_ptr(), false) }
+}
+
+/// The role the current SQL function was called by (`current_user` of the caller).
+pub fn caller() -> pg_sys::Oid {
+    // SAFETY: reads backend-local state.
+    unsafe { pg_sys::GetUserId() }
+}
+
+/// Is `role` a superuser or does it have the privileges of `voucher_operator`?
+pub fn is_operator(role: pg_sys::Oid) -> bool {
+    // SAFETY: catalog lookups on valid role OIDs.
+    unsafe {
+        pg_sys::superuser_arg(role) || {
+            let op = pg_sys::get_role_oid(OPERATOR.as_ptr(), true);
+            op != pg_sys::InvalidOid && pg_sys::has_privs_of_role(role, op)
+        }
+    }
+}
+
+/// The name of a role, for audit rows and `created_by` columns.
+pub fn role_name(role: pg_sys::Oid) -> String {
+    // SAFETY: GetUserNameFromId returns a palloc'd copy or raises.
+    unsafe {
+        let p = pg_sys::GetUserNameFromId(role, true);
+        if p.is_null() {
+            format!("oid:{}", role.to_u32())
+        } else {
+            CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    }
+}
+
+/// Runs `f` as `voucher_definer` with `search_path = pg_catalog, pg_temp`.
+pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
+    let definer = role_oid(DEFINER);
+    let mut saved_user = pg_sys::InvalidOid;
+    let mut saved_sec: i32 = 0;
+    // SAFETY: this is the sequence fmgr_security_definer uses. If `f` raises, (sub)transaction
+    // abort restores the user id and pops the GUC nest level for us.
+    unsafe {
+        pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_sec);
+        let nest = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"search_path".as_ptr(),
+            c"pg_catalog, pg_temp".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        pg_sys::SetUserIdAndSecContext(
+            definer,
+            saved_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
+        );
+        let result = f();
+        pg_sys::SetUserIdAndSecContext(saved_user, saved_sec);
+        pg_sys::AtEOXact_GUC(true, nest);
+        result
+    }
+}

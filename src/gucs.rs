@@ -1,0 +1,67 @@
+//! Every setting of the extension, registered from `_PG_init` under the reserved prefix
+//! `voucher.`. The README's "Settings" section documents each one.
+
+use std::ffi::{CStr, CString};
+
+use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
+use pgrx::pg_sys;
+
+/// Internal: the token that ties this session to its tenant context (see `context.rs`).
+/// Only C code sets it; only superusers could, and even they cannot forge a context with it.
+pub static CONTEXT_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
+/// Largest share of a code pattern's space that generated codes may occupy.
+pub static MAX_CODE_SPACE_FILL: GucSetting<f64> = GucSetting::<f64>::new(0.1);
+
+/// How stale `last_used_at` of an API key may get before authentication refreshes it.
+pub static KEY_LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
+
+pub fn init() {
+    GucRegistry::define_string_guc(
+        c"voucher.context_token",
+        c"Internal: ties the session to the tenant context set by voucher.authenticate.",
+        c"Set only by the extension; changing it by hand never grants a tenant context.",
+        &CONTEXT_TOKEN,
+        GucContext::Suset,
+        GucFlags::NO_SHOW_ALL
+            | GucFlags::SUPERUSER_ONLY
+            | GucFlags::DISALLOW_IN_FILE
+            | GucFlags::DISALLOW_IN_AUTO_FILE,
+    );
+    GucRegistry::define_float_guc(
+        c"voucher.max_code_space_fill",
+        c"Largest share of a pattern's code space that generated codes may fill.",
+        c"generate_codes refuses (VC011) a request that would fill more of the space, so codes stay hard to guess and generation never runs out of fresh codes.",
+        &MAX_CODE_SPACE_FILL,
+        0.000001,
+        0.5,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"voucher.key_last_used_interval",
+        c"Seconds between refreshes of an API key's last_used_at.",
+        c"Authentication writes last_used_at at most this often per key, so it does not turn every authentication into a write on one hot row.",
+        &KEY_LAST_USED_INTERVAL,
+        0,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    // SAFETY: called once from _PG_init; the prefix is a static C string.
+    unsafe { pg_sys::MarkGUCPrefixReserved(c"voucher".as_ptr()) };
+}
+
+/// The raw current value of the context token, without copying it.
+pub fn context_token() -> Option<&'static CStr> {
+    // SAFETY: the GUC machinery keeps the pointed-to string alive until the value changes, and
+    // callers only compare it before returning to Postgres.
+    unsafe {
+        let p = *CONTEXT_TOKEN.as_ptr();
+        if p.is_null() {
+            None
+        } else {
+            Some(CStr::from_ptr(p))
+        }
+    }
+}
