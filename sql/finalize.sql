@@ -10,6 +10,8 @@ GRANT USAGE ON SCHEMA voucher TO voucher_client, voucher_operator, voucher_defin
 -- voucher_definer: the table access our functions need, nothing more. Clients have none.
 GRANT SELECT, INSERT ON voucher.tenant TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO voucher_definer;
+GRANT SELECT, INSERT ON voucher.campaign TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (active, redeemed_count, balance) ON voucher.code TO voucher_definer;
 
 -- SECURITY DEFINER functions and views run as voucher_definer, so RLS applies inside them
 -- (the extension owner is usually a superuser, and superusers bypass RLS).
@@ -36,9 +38,17 @@ GRANT EXECUTE ON FUNCTION
     voucher.current_tenant(),
     voucher.logout(),
     voucher.create_api_key(text, text, timestamptz, uuid),
-    voucher.revoke_api_key(uuid)
+    voucher.revoke_api_key(uuid),
+    voucher.create_campaign(text, text, text, numeric, numeric, numeric, text, timestamptz,
+                            timestamptz, integer, integer, numeric, text, text, text, text,
+                            boolean, jsonb),
+    voucher.set_voucher_active(text, boolean),
+    voucher.generate_codes(uuid, integer),
+    voucher.add_code(uuid, text),
+    voucher.preview_codes(integer, text, text, text, text, boolean),
+    voucher.normalize_code(text)
 TO voucher_client;
-GRANT SELECT ON voucher.api_keys TO voucher_client;
+GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers TO voucher_client;
 
 -- Operators only.
 GRANT EXECUTE ON FUNCTION
@@ -48,7 +58,17 @@ TO voucher_operator;
 
 -- Internal helpers. Views and policies call some of them with the caller's privileges; they
 -- only ever reveal the caller's own context.
-GRANT EXECUTE ON FUNCTION voucher._authorize(text) TO voucher_definer;
+GRANT EXECUTE ON FUNCTION
+    voucher._authorize(text),
+    voucher._actor_label(),
+    voucher._code_shape(text, text, text, text, boolean),
+    voucher._currency_scale(text),
+    voucher._money(numeric, text),
+    voucher._raise(text, text),
+    voucher._reason(text),
+    voucher._uuid_v7(),
+    voucher.normalize_code(text)
+TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe()
     TO voucher_client, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;

@@ -432,6 +432,16 @@ fn can_read(action: &str) -> bool {
     })
 }
 
+/// Internal, for `created_by` columns: who acts (the key or operator of the context, else the
+/// database role).
+#[pg_extern(stable, parallel_restricted, name = "_actor_label")]
+fn actor_label_sql() -> String {
+    match current() {
+        Some(ctx) => actor_label(&ctx),
+        None => format!("role:{}", definer::role_name(definer::caller())),
+    }
+}
+
 /// Internal, for the `voucher.credential` policy: the key prefix being authenticated, if any.
 #[pg_extern(stable, parallel_restricted, name = "_key_probe")]
 fn key_probe() -> Option<String> {

@@ -99,11 +99,13 @@ pub fn entry(sqlstate: &str) -> Option<&'static Entry> {
 /// A failure raised from Rust.
 #[derive(Debug, thiserror::Error)]
 pub enum VoucherError {
-    /// A catalogued business-rule failure (`VCxxx`), with optional detail.
+    /// A catalogued business-rule failure (`VCxxx`), with optional detail and a hint that
+    /// replaces the catalogue's.
     #[error("{}", .sqlstate)]
     Rule {
         sqlstate: &'static str,
         detail: Option<String>,
+        hint: Option<String>,
     },
     /// `28000`: bad, revoked or expired API key. One message for all three on purpose.
     #[error("invalid API key")]
@@ -143,14 +145,20 @@ impl VoucherError {
         VoucherError::Rule {
             sqlstate,
             detail: None,
+            hint: None,
         }
     }
 
-    pub fn rule_with_detail(sqlstate: &'static str, detail: impl Into<String>) -> Self {
+    pub fn rule_with_hint(
+        sqlstate: &'static str,
+        detail: impl Into<String>,
+        hint: impl Into<String>,
+    ) -> Self {
         debug_assert!(entry(sqlstate).is_some(), "{sqlstate} is not catalogued");
         VoucherError::Rule {
             sqlstate,
             detail: Some(detail.into()),
+            hint: Some(hint.into()),
         }
     }
 
@@ -212,13 +220,14 @@ impl VoucherError {
     /// Message, detail and hint as shown to the caller.
     pub fn parts(&self) -> (String, Option<String>, Option<String>) {
         match self {
-            VoucherError::Rule { sqlstate, detail } => {
+            VoucherError::Rule {
+                sqlstate,
+                detail,
+                hint,
+            } => {
                 let e = entry(sqlstate).expect("catalogued");
-                (
-                    e.message.to_string(),
-                    detail.clone(),
-                    e.hint.map(str::to_string),
-                )
+                let hint = hint.clone().or_else(|| e.hint.map(str::to_string));
+                (e.message.to_string(), detail.clone(), hint)
             }
             VoucherError::Forbidden { message, hint }
             | VoucherError::InvalidArgument { message, hint } => {
@@ -261,6 +270,33 @@ pub fn api<T>(body: impl FnOnce() -> Result<T>) -> T {
         Ok(v) => v,
         Err(e) => e.raise(),
     }
+}
+
+/// Internal, for SQL functions: raises the catalogued failure `sqlstate` (a `VC` code), with
+/// an optional detail. PL/pgSQL calls this rather than repeating the catalogue's messages.
+#[pgrx::pg_extern(volatile, parallel_safe, name = "_raise")]
+fn raise_sql(sqlstate: &str, detail: pgrx::default!(Option<&str>, "NULL")) {
+    api(|| {
+        let Some(e) = entry(sqlstate) else {
+            return Err(VoucherError::invalid(format!(
+                "{sqlstate} is not a voucher_ext SQLSTATE"
+            )));
+        };
+        Err(match detail {
+            Some(d) => VoucherError::Rule {
+                sqlstate: e.sqlstate,
+                detail: Some(d.into()),
+                hint: None,
+            },
+            None => VoucherError::rule(e.sqlstate),
+        })
+    })
+}
+
+/// Internal, for validate(): the message of a catalogued failure.
+#[pgrx::pg_extern(immutable, parallel_safe, name = "_reason")]
+fn reason_sql(sqlstate: &str) -> Option<&'static str> {
+    entry(sqlstate).map(|e| e.message)
 }
 
 /// Postgres' MAKE_SQLSTATE: five characters packed six bits each.

@@ -9,11 +9,16 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod charset;
+mod checkchar;
+mod codes;
 mod context;
 mod definer;
 mod error;
 mod gucs;
 mod keys;
+mod pattern;
+mod permute;
 mod rng;
 mod roles;
 mod tenancy;
@@ -27,6 +32,18 @@ extension_sql_file!(
         context::key_probe,
         context::authorize_sql,
         context::can_read
+    ]
+);
+extension_sql_file!(
+    "../sql/campaigns.sql",
+    name = "campaigns",
+    requires = [
+        "tenancy",
+        codes::code_shape,
+        codes::normalize_code,
+        error::raise_sql,
+        rng::uuid_v7_sql,
+        context::actor_label_sql
     ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);

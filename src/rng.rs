@@ -57,6 +57,12 @@ pub fn uuid_v7() -> [u8; 16] {
     b
 }
 
+/// Internal, for SQL functions: a new time-ordered id.
+#[pgrx::pg_extern(volatile, parallel_safe, name = "_uuid_v7")]
+fn uuid_v7_sql() -> pgrx::Uuid {
+    pgrx::Uuid::from_bytes(uuid_v7())
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;

@@ -34,13 +34,13 @@ SELECT count(*) AS public_relations FROM pg_class c
    AND EXISTS (SELECT 1 FROM aclexplode(c.relacl) a WHERE a.grantee = 0);
 
 -- who may execute what: the whole function surface, one row per function
-SELECT p.oid::regprocedure AS function,
+SELECT p.proname AS function, p.pronargs AS args,
        has_function_privilege('voucher_client', p.oid, 'EXECUTE') AS client,
        has_function_privilege('voucher_operator', p.oid, 'EXECUTE') AS operator,
        has_function_privilege('voucher_definer', p.oid, 'EXECUTE') AS definer,
        p.prosecdef AS secdef, p.proowner::regrole AS owner
   FROM pg_proc p WHERE p.pronamespace = 'voucher'::regnamespace
- ORDER BY p.proname::text COLLATE "C", 1::text;
+ ORDER BY p.proname::text COLLATE "C", p.pronargs;
 
 -- tables: clients and operators get nothing; every table has RLS enabled and forced
 SELECT c.relname AS table_name, c.relrowsecurity AS rls, c.relforcerowsecurity AS forced,

@@ -1,0 +1,247 @@
+-- Campaigns and their vouchers (one row per code).
+
+-- Validates a money amount: a finite, non-negative number of sane size and scale.
+CREATE FUNCTION voucher._money(amount numeric, what text) RETURNS numeric
+LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF amount IS NULL THEN
+        RETURN NULL;
+    ELSIF amount = 'NaN' OR amount = 'Infinity' OR amount = '-Infinity' THEN
+        RAISE EXCEPTION '% must be a finite number', what USING ERRCODE = '22023';
+    ELSIF amount < 0 THEN
+        RAISE EXCEPTION '% must not be negative', what USING ERRCODE = '22023';
+    ELSIF amount >= 1e15 THEN
+        RAISE EXCEPTION '% is too large', what USING ERRCODE = '22023',
+            HINT = 'amounts must be below 10^15';
+    ELSIF scale(amount) > 4 THEN
+        RAISE EXCEPTION '% has more than 4 decimal places', what USING ERRCODE = '22023';
+    END IF;
+    RETURN amount;
+END
+$$;
+
+-- Decimal places of a currency's minor unit (ISO 4217): discounts are rounded to it.
+CREATE FUNCTION voucher._currency_scale(currency text) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT CASE
+        WHEN currency IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF',
+                          'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
+        WHEN currency IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
+        ELSE 2
+    END
+$$;
+
+CREATE TABLE voucher.campaign (
+    tenant_id           uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    campaign_id         uuid        NOT NULL,
+    name                text        NOT NULL CHECK (name <> ''),
+    kind                text        NOT NULL CHECK (kind IN ('discount', 'gift_card')),
+    discount_type       text        CHECK (discount_type IN ('percent', 'amount', 'fixed')),
+    discount_value      numeric,
+    max_discount        numeric     CHECK (max_discount >= 0),
+    gift_balance        numeric     CHECK (gift_balance > 0),
+    currency            text        CHECK (currency ~ '^[A-Z]{3}$'),
+    starts_at           timestamptz,
+    expires_at          timestamptz,
+    redemption_limit    integer     CHECK (redemption_limit > 0),
+    per_customer_limit  integer     CHECK (per_customer_limit > 0),
+    min_order_amount    numeric     CHECK (min_order_amount >= 0),
+    code_pattern        text        NOT NULL,
+    code_charset        text        NOT NULL,
+    code_prefix         text        NOT NULL DEFAULT '',
+    code_postfix        text        NOT NULL DEFAULT '',
+    code_check_char     boolean     NOT NULL DEFAULT false,
+    -- campaigns with equal shapes draw codes from the same space (voucher._code_shape)
+    code_shape          text        NOT NULL,
+    active              boolean     NOT NULL DEFAULT true,
+    metadata            jsonb       NOT NULL DEFAULT '{}',
+    created_at          timestamptz NOT NULL DEFAULT now(),
+    created_by          text        NOT NULL,
+    PRIMARY KEY (tenant_id, campaign_id),
+    CHECK (kind = 'discount' AND gift_balance IS NULL
+        OR kind = 'gift_card' AND gift_balance IS NOT NULL AND discount_type IS NULL),
+    CHECK ((discount_type IS NULL) = (discount_value IS NULL)),
+    CHECK (starts_at < expires_at)
+);
+COMMENT ON TABLE voucher.campaign IS 'Campaigns: the rules every voucher of the campaign follows.';
+CREATE INDEX campaign_shape_idx ON voucher.campaign (tenant_id, code_shape);
+
+-- One row per voucher. The counters (redeemed_count, balance) are in no index, so redemption
+-- updates stay HOT; fillfactor leaves room on each page for those new row versions.
+CREATE TABLE voucher.code (
+    tenant_id       uuid        NOT NULL,
+    voucher_id      uuid        NOT NULL,
+    campaign_id     uuid        NOT NULL,
+    code            text        COLLATE "C" NOT NULL,
+    display         text,
+    active          boolean     NOT NULL DEFAULT true,
+    redeemed_count  integer     NOT NULL DEFAULT 0 CHECK (redeemed_count >= 0),
+    balance         numeric     CHECK (balance >= 0),
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (tenant_id, voucher_id),
+    UNIQUE (tenant_id, code),
+    FOREIGN KEY (tenant_id, campaign_id) REFERENCES voucher.campaign
+) WITH (fillfactor = 90);
+COMMENT ON TABLE voucher.code IS 'Vouchers: the canonical code (upper case, no spaces or dashes), counters, gift balance.';
+COMMENT ON COLUMN voucher.code.display IS 'The code as issued (with separators), when it differs from the canonical form.';
+CREATE INDEX code_campaign_idx ON voucher.code (tenant_id, campaign_id);
+
+ALTER TABLE voucher.campaign ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.campaign FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.campaign
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+
+ALTER TABLE voucher.code ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.code FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.code
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+
+CREATE FUNCTION voucher.create_campaign(
+    name                text,
+    kind                text        DEFAULT 'discount',
+    discount_type       text        DEFAULT NULL,
+    discount_value      numeric     DEFAULT NULL,
+    max_discount        numeric     DEFAULT NULL,
+    gift_balance        numeric     DEFAULT NULL,
+    currency            text        DEFAULT NULL,
+    starts_at           timestamptz DEFAULT NULL,
+    expires_at          timestamptz DEFAULT NULL,
+    redemption_limit    integer     DEFAULT 1,
+    per_customer_limit  integer     DEFAULT NULL,
+    min_order_amount    numeric     DEFAULT NULL,
+    code_pattern        text        DEFAULT '########',
+    code_charset        text        DEFAULT 'unambiguous',
+    code_prefix         text        DEFAULT '',
+    code_postfix        text        DEFAULT '',
+    code_check_char     boolean     DEFAULT false,
+    metadata            jsonb       DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    t      uuid := voucher._authorize('manage_campaigns');
+    id     uuid := voucher._uuid_v7();
+    shape  text;
+    vtype  text := lower(discount_type);
+BEGIN
+    IF name IS NULL OR btrim(name) = '' THEN
+        RAISE EXCEPTION 'campaign name must not be empty' USING ERRCODE = '22023';
+    ELSIF length(name) > 200 THEN
+        RAISE EXCEPTION 'campaign name is longer than 200 characters' USING ERRCODE = '22023';
+    ELSIF kind IS NULL OR kind NOT IN ('discount', 'gift_card') THEN
+        RAISE EXCEPTION 'unknown campaign kind "%"', kind USING ERRCODE = '22023',
+            HINT = 'kind is discount or gift_card';
+    ELSIF vtype IS NOT NULL AND vtype NOT IN ('percent', 'amount', 'fixed') THEN
+        RAISE EXCEPTION 'unknown discount type "%"', discount_type USING ERRCODE = '22023',
+            HINT = 'discount_type is percent, amount or fixed';
+    END IF;
+    PERFORM voucher._money(discount_value, 'discount_value'),
+            voucher._money(max_discount, 'max_discount'),
+            voucher._money(gift_balance, 'gift_balance'),
+            voucher._money(min_order_amount, 'min_order_amount');
+    IF kind = 'gift_card' THEN
+        IF vtype IS NOT NULL OR discount_value IS NOT NULL OR max_discount IS NOT NULL THEN
+            RAISE EXCEPTION 'a gift card campaign takes gift_balance, not a discount'
+                USING ERRCODE = '22023';
+        ELSIF gift_balance IS NULL OR gift_balance = 0 THEN
+            RAISE EXCEPTION 'a gift card campaign needs a positive gift_balance' USING ERRCODE = '22023';
+        END IF;
+    ELSE
+        IF gift_balance IS NOT NULL THEN
+            RAISE EXCEPTION 'gift_balance applies to gift card campaigns only' USING ERRCODE = '22023',
+                HINT = 'pass kind => ''gift_card''';
+        ELSIF vtype IS NULL AND (discount_value IS NOT NULL OR max_discount IS NOT NULL) THEN
+            RAISE EXCEPTION 'discount_value needs a discount_type' USING ERRCODE = '22023',
+                HINT = 'discount_type is percent, amount or fixed';
+        ELSIF vtype IS NOT NULL AND discount_value IS NULL THEN
+            RAISE EXCEPTION 'discount_type % needs a discount_value', vtype USING ERRCODE = '22023';
+        ELSIF vtype = 'percent' AND (discount_value = 0 OR discount_value > 100) THEN
+            RAISE EXCEPTION 'a percent discount must be above 0 and at most 100' USING ERRCODE = '22023';
+        ELSIF vtype = 'amount' AND discount_value = 0 THEN
+            RAISE EXCEPTION 'an amount discount must be above 0' USING ERRCODE = '22023';
+        ELSIF max_discount IS NOT NULL AND vtype IS DISTINCT FROM 'percent' THEN
+            RAISE EXCEPTION 'max_discount caps percent discounts only' USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    IF currency IS NOT NULL AND upper(currency) !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION 'currency must be a three-letter ISO 4217 code' USING ERRCODE = '22023';
+    ELSIF starts_at >= expires_at THEN
+        RAISE EXCEPTION 'starts_at must be before expires_at' USING ERRCODE = '22023';
+    ELSIF redemption_limit <= 0 THEN
+        RAISE EXCEPTION 'redemption_limit must be positive' USING ERRCODE = '22023',
+            HINT = 'NULL means unlimited';
+    ELSIF per_customer_limit <= 0 THEN
+        RAISE EXCEPTION 'per_customer_limit must be positive' USING ERRCODE = '22023',
+            HINT = 'NULL means unlimited';
+    ELSIF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = '22023';
+    ELSIF pg_column_size(metadata) > 65536 THEN
+        RAISE EXCEPTION 'metadata is larger than 64 kB' USING ERRCODE = '22023';
+    END IF;
+    shape := voucher._code_shape(coalesce(code_pattern, '########'),
+                                 coalesce(code_charset, 'unambiguous'),
+                                 coalesce(code_prefix, ''), coalesce(code_postfix, ''),
+                                 coalesce(code_check_char, false));
+    INSERT INTO voucher.campaign (
+        tenant_id, campaign_id, name, kind, discount_type, discount_value, max_discount,
+        gift_balance, currency, starts_at, expires_at, redemption_limit, per_customer_limit,
+        min_order_amount, code_pattern, code_charset, code_prefix, code_postfix,
+        code_check_char, code_shape, metadata, created_by)
+    VALUES (
+        t, id, btrim(name), kind, vtype, discount_value, max_discount,
+        gift_balance, upper(currency), starts_at, expires_at, redemption_limit, per_customer_limit,
+        min_order_amount, coalesce(code_pattern, '########'), coalesce(code_charset, 'unambiguous'),
+        coalesce(code_prefix, ''), coalesce(code_postfix, ''), coalesce(code_check_char, false),
+        shape, coalesce(metadata, '{}'), voucher._actor_label());
+    RETURN id;
+END
+$$;
+COMMENT ON FUNCTION voucher.create_campaign IS 'Creates a campaign (manager and admin keys); returns its id.';
+
+CREATE FUNCTION voucher.set_voucher_active(code text, active boolean) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t uuid := voucher._authorize('manage_campaigns');
+    c text := voucher.normalize_code(set_voucher_active.code);
+BEGIN
+    IF c IS NULL OR c = '' THEN
+        RAISE EXCEPTION 'code must not be empty' USING ERRCODE = '22023';
+    ELSIF set_voucher_active.active IS NULL THEN
+        RAISE EXCEPTION 'active must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    UPDATE voucher.code v SET active = set_voucher_active.active
+     WHERE v.tenant_id = t AND v.code = c;
+    IF NOT FOUND THEN
+        PERFORM voucher._raise('VC001');
+    END IF;
+END
+$$;
+COMMENT ON FUNCTION voucher.set_voucher_active(text, boolean) IS 'Enables or disables one voucher.';
+
+CREATE VIEW voucher.campaigns WITH (security_barrier) AS
+SELECT c.campaign_id AS id, c.name, c.kind, c.discount_type, c.discount_value, c.max_discount,
+       c.gift_balance, c.currency, c.starts_at, c.expires_at, c.redemption_limit,
+       c.per_customer_limit, c.min_order_amount, c.code_pattern, c.code_charset, c.code_prefix,
+       c.code_postfix, c.code_check_char, c.active, c.metadata, c.created_at, c.created_by,
+       (SELECT count(*) FROM voucher.code v
+         WHERE v.tenant_id = c.tenant_id AND v.campaign_id = c.campaign_id) AS vouchers
+  FROM voucher.campaign c
+ WHERE voucher._can_read('read_catalog');
+COMMENT ON VIEW voucher.campaigns IS 'The tenant''s campaigns and how many vouchers each has.';
+
+CREATE VIEW voucher.vouchers WITH (security_barrier) AS
+SELECT v.voucher_id AS id, coalesce(v.display, v.code) AS code, v.code AS canonical_code,
+       v.campaign_id, c.name AS campaign, c.kind, v.active AND c.active AS active,
+       v.redeemed_count, c.redemption_limit,
+       c.redemption_limit - v.redeemed_count AS remaining_uses,
+       v.balance, c.currency, c.starts_at, c.expires_at, v.created_at
+  FROM voucher.code v
+  JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
+ WHERE voucher._can_read('read_catalog');
+COMMENT ON VIEW voucher.vouchers IS 'The tenant''s vouchers with their remaining uses and balances.';
