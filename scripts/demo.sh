@@ -11,7 +11,7 @@ sock="$(cluster_base)/demo"
 log "building and installing voucher_ext into $("$PG_CONFIG" --version)"
 "$ROOT/scripts/install.sh"
 log "starting a private cluster in $sock (port $PORT, Unix socket only)"
-"$ROOT/scripts/cluster.sh" start demo "$PORT"
+"$ROOT/scripts/cluster.sh" start demo "$PORT" shared_preload_libraries=voucher_ext
 psql=("$(pg_bindir)/psql" -X -h "$sock" -p "$PORT" -U postgres)
 "${psql[@]}" -q -d postgres -c "CREATE DATABASE voucher_demo"
 log "running examples/demo.sql"

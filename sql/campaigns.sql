@@ -1,29 +1,12 @@
 -- Campaigns and their vouchers (one row per code).
-
--- Validates a money amount: a finite, non-negative number of sane size and scale.
-CREATE FUNCTION voucher._money(amount numeric, what text) RETURNS numeric
-LANGUAGE plpgsql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$
-BEGIN
-    IF amount IS NULL THEN
-        RETURN NULL;
-    ELSIF amount = 'NaN' OR amount = 'Infinity' OR amount = '-Infinity' THEN
-        RAISE EXCEPTION '% must be a finite number', what USING ERRCODE = '22023';
-    ELSIF amount < 0 THEN
-        RAISE EXCEPTION '% must not be negative', what USING ERRCODE = '22023';
-    ELSIF amount >= 1e15 THEN
-        RAISE EXCEPTION '% is too large', what USING ERRCODE = '22023',
-            HINT = 'amounts must be below 10^15';
-    ELSIF scale(amount) > 4 THEN
-        RAISE EXCEPTION '% has more than 4 decimal places', what USING ERRCODE = '22023';
-    END IF;
-    RETURN amount;
-END
-$$;
+--
+-- Functions named _x are internal helpers, executable by voucher_definer only and called only
+-- from our SECURITY DEFINER functions, which pin search_path. They carry no SET clause of their
+-- own: each would push and pop the setting on every call, and SQL ones could not be inlined.
 
 -- Decimal places of a currency's minor unit (ISO 4217): discounts are rounded to it.
 CREATE FUNCTION voucher._currency_scale(currency text) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 AS $$
     SELECT CASE
         WHEN currency IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF',
@@ -129,7 +112,9 @@ DECLARE
     shape  text;
     vtype  text := lower(discount_type);
 BEGIN
-    IF name IS NULL OR btrim(name) = '' THEN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'campaign name must not be NULL' USING ERRCODE = '22004';
+    ELSIF btrim(name) = '' THEN
         RAISE EXCEPTION 'campaign name must not be empty' USING ERRCODE = '22023';
     ELSIF length(name) > 200 THEN
         RAISE EXCEPTION 'campaign name is longer than 200 characters' USING ERRCODE = '22023';

@@ -10,8 +10,12 @@ GRANT USAGE ON SCHEMA voucher TO voucher_client, voucher_operator, voucher_defin
 -- voucher_definer: the table access our functions need, nothing more. Clients have none.
 GRANT SELECT, INSERT ON voucher.tenant TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO voucher_definer;
-GRANT SELECT, INSERT ON voucher.campaign TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (active) ON voucher.campaign TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active, redeemed_count, balance) ON voucher.code TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (email, name, metadata, updated_at) ON voucher.customer TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (used) ON voucher.customer_usage TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (rolled_back_at, rollback_reason, rolled_back_by)
+    ON voucher.redemption TO voucher_definer;
 
 -- SECURITY DEFINER functions and views run as voucher_definer, so RLS applies inside them
 -- (the extension owner is usually a superuser, and superusers bypass RLS).
@@ -46,9 +50,16 @@ GRANT EXECUTE ON FUNCTION
     voucher.generate_codes(uuid, integer),
     voucher.add_code(uuid, text),
     voucher.preview_codes(integer, text, text, text, text, boolean),
-    voucher.normalize_code(text)
+    voucher.normalize_code(text),
+    voucher.set_campaign_active(uuid, boolean),
+    voucher.upsert_customer(text, text, text, jsonb),
+    voucher.validate(text, text, numeric),
+    voucher.redeem(text, text, numeric, numeric, text, text, jsonb),
+    voucher.rollback_redemption(uuid, text)
 TO voucher_client;
-GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers TO voucher_client;
+GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers, voucher.customers,
+                voucher.redemptions
+TO voucher_client;
 
 -- Operators only.
 GRANT EXECUTE ON FUNCTION
@@ -61,6 +72,8 @@ TO voucher_operator;
 GRANT EXECUTE ON FUNCTION
     voucher._authorize(text),
     voucher._actor_label(),
+    voucher._check_customer(text, text, text, jsonb),
+    voucher._credentials_changed(),
     voucher._code_shape(text, text, text, text, boolean),
     voucher._currency_scale(text),
     voucher._money(numeric, text),

@@ -51,6 +51,18 @@ CREATE POLICY tenant_isolation ON voucher.credential
 CREATE POLICY key_lookup ON voucher.credential FOR SELECT
     USING (prefix = (SELECT voucher._key_probe()));
 
+-- Any committed change that can invalidate a key bumps the revocation generation, so sessions
+-- re-read their key at their next call (src/revocation.rs). last_used_at is not such a change.
+CREATE FUNCTION voucher._credential_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM voucher._credentials_changed();
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER credential_changed
+    AFTER UPDATE OF tenant_id, key_id, key_hash, role, expires_at, revoked_at OR DELETE OR TRUNCATE
+    ON voucher.credential FOR EACH STATEMENT EXECUTE FUNCTION voucher._credential_trigger();
+
 CREATE VIEW voucher.api_keys WITH (security_barrier) AS
 SELECT key_id AS id, label, role, prefix, created_at, expires_at, last_used_at, revoked_at
   FROM voucher.credential

@@ -15,7 +15,6 @@ use std::cell::{Cell, RefCell};
 use std::ffi::CString;
 
 use pgrx::datum::DatumWithOid;
-use pgrx::pg_sys::panic::ErrorReport;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
@@ -23,6 +22,7 @@ use crate::definer::{self, as_definer};
 use crate::error::{api, Result, VoucherError};
 use crate::gucs;
 use crate::keys;
+use crate::revocation;
 use crate::rng;
 use crate::roles::{Action, KeyRole};
 
@@ -42,6 +42,10 @@ pub struct Context {
     pub operator: Option<pg_sys::Oid>,
     scope: Scope,
     token: CString,
+    /// The revocation generation at which the key was last read (see `revocation.rs`).
+    verified_generation: Option<u64>,
+    /// When the key expires, seconds since the epoch.
+    expires_at: Option<f64>,
 }
 
 impl Context {
@@ -68,8 +72,8 @@ fn in_parallel_worker() -> bool {
     unsafe { pg_sys::ParallelWorkerNumber >= 0 }
 }
 
-/// The context selected by the current token, if any.
-pub fn current() -> Option<Context> {
+/// Runs `f` on the context selected by the current token, if any, without copying it.
+fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
     if in_parallel_worker() {
         // The context is not shipped to workers; refuse rather than silently see nothing.
         VoucherError::NotReady("the tenant context is not available in a parallel worker".into())
@@ -84,15 +88,21 @@ pub fn current() -> Option<Context> {
             .iter()
             .rev()
             .find(|x| x.token.as_c_str() == token)
-            .cloned()
+            .map(f)
     })
 }
 
-/// The tenant RLS policies compare against.
+/// The context selected by the current token, if any.
+pub fn current() -> Option<Context> {
+    with_current(Context::clone)
+}
+
+/// The tenant RLS policies compare against: evaluated once per statement per table, so it
+/// copies nothing but the id.
 pub fn current_tenant() -> Option<[u8; 16]> {
     OVERRIDE
         .with(|o| o.get())
-        .or_else(|| current().map(|c| c.tenant))
+        .or_else(|| with_current(|c| c.tenant))
 }
 
 fn set_token(value: &CString, scope: Scope) {
@@ -115,26 +125,21 @@ fn set_token(value: &CString, scope: Scope) {
     }
 }
 
+/// What a key's row says, read at a given revocation generation.
+struct KeyState {
+    role: KeyRole,
+    expires_at: Option<f64>,
+    generation: Option<u64>,
+}
+
 fn install(
     tenant: [u8; 16],
     key_id: Option<[u8; 16]>,
     role: KeyRole,
     operator: Option<pg_sys::Oid>,
     scope: Scope,
+    key_state: Option<&KeyState>,
 ) {
-    // SAFETY: reads backend-local transaction state.
-    let outside_block = unsafe { !pg_sys::IsTransactionBlock() };
-    if scope == Scope::Transaction && outside_block {
-        ErrorReport::new(
-            PgSqlErrorCode::ERRCODE_NO_ACTIVE_SQL_TRANSACTION,
-            "the tenant context lasts only until the end of this single-statement transaction",
-            "voucher_ext",
-        )
-        .set_hint(
-            "run it inside BEGIN ... COMMIT with the calls that need it, or pass session => true",
-        )
-        .report(PgLogLevel::WARNING);
-    }
     let hex: String = rng::os_bytes::<16>()
         .iter()
         .map(|b| format!("{b:02x}"))
@@ -150,6 +155,8 @@ fn install(
             operator,
             scope,
             token,
+            verified_generation: key_state.and_then(|k| k.generation),
+            expires_at: key_state.and_then(|k| k.expires_at),
         });
         let excess = c.len().saturating_sub(REMEMBERED);
         c.drain(..excess);
@@ -211,11 +218,17 @@ pub fn uuid_bytes(u: &pgrx::Uuid) -> [u8; 16] {
     **u
 }
 
-/// Is the key behind `ctx` still valid? (Revocation and expiry take effect at the next call.)
-fn key_still_valid(ctx: &Context) -> bool {
-    let Some(key_id) = ctx.key_id else {
-        return true;
-    };
+fn now_epoch() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// The key's current role and expiry, if it is still valid (not revoked, not expired).
+fn read_key(tenant: [u8; 16], key_id: [u8; 16]) -> Option<KeyState> {
+    // read the generation first: a change committed after this point bumps it past what we store
+    let generation = revocation::current();
     as_definer(|| {
         Spi::connect(|client| {
             KEY_CHECK.with(|stmt| {
@@ -224,9 +237,10 @@ fn key_still_valid(ctx: &Context) -> bool {
                     *stmt = Some(
                         client
                             .prepare(
-                                "SELECT 1 FROM voucher.credential \
-                                 WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
-                                   AND (expires_at IS NULL OR expires_at > now())",
+                                "SELECT role, extract(epoch FROM expires_at)::float8 \
+                                   FROM voucher.credential \
+                                  WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
+                                    AND (expires_at IS NULL OR expires_at > now())",
                                 &[pgrx::Uuid::type_oid().into(), pgrx::Uuid::type_oid().into()],
                             )
                             .expect("key check prepares")
@@ -234,14 +248,52 @@ fn key_still_valid(ctx: &Context) -> bool {
                     );
                 }
                 let args = [
-                    DatumWithOid::from(pgrx::Uuid::from_bytes(ctx.tenant)),
+                    DatumWithOid::from(pgrx::Uuid::from_bytes(tenant)),
                     DatumWithOid::from(pgrx::Uuid::from_bytes(key_id)),
                 ];
-                let rows = client.select(stmt.as_ref().unwrap(), Some(1), &args);
-                !rows.expect("key check runs").is_empty()
+                let rows = client
+                    .select(stmt.as_ref().unwrap(), Some(1), &args)
+                    .expect("key check runs");
+                if rows.is_empty() {
+                    return None;
+                }
+                let row = rows.first();
+                let role = KeyRole::parse(&row.get::<String>(1).ok()??).ok()?;
+                Some(KeyState {
+                    role,
+                    expires_at: row.get::<f64>(2).ok()?,
+                    generation,
+                })
             })
         })
     })
+}
+
+/// `ctx` with its key re-checked: None once the key is revoked or expired. With shared memory,
+/// the key's row is read again only if credentials changed since it was last read.
+fn revalidated(mut ctx: Context) -> Option<Context> {
+    let Some(key_id) = ctx.key_id else {
+        return Some(ctx);
+    };
+    let fresh = ctx.expires_at.is_none_or(|e| now_epoch() < e);
+    if fresh
+        && ctx.verified_generation.is_some()
+        && ctx.verified_generation == revocation::current()
+    {
+        return Some(ctx);
+    }
+    let state = read_key(ctx.tenant, key_id)?;
+    ctx.role = state.role;
+    ctx.expires_at = state.expires_at;
+    ctx.verified_generation = state.generation;
+    CONTEXTS.with(|c| {
+        if let Some(stored) = c.borrow_mut().iter_mut().find(|x| x.token == ctx.token) {
+            stored.role = ctx.role;
+            stored.expires_at = ctx.expires_at;
+            stored.verified_generation = ctx.verified_generation;
+        }
+    });
+    Some(ctx)
 }
 
 /// The context, checked: present, its key still valid, and its role allowed to do `action`.
@@ -249,13 +301,13 @@ pub fn authorize(action: Action) -> Result<Context> {
     let ctx = current().ok_or_else(|| {
         VoucherError::forbidden_hint(
             "no tenant context",
-            "call voucher.authenticate(api_key) first",
+            "call voucher.authenticate(api_key) first, in the same transaction or with session => true",
         )
     })?;
-    if !key_still_valid(&ctx) {
+    let Some(ctx) = revalidated(ctx) else {
         clear();
         return Err(VoucherError::BadKey);
-    }
+    };
     action.check(ctx.role)?;
     Ok(ctx)
 }
@@ -293,6 +345,7 @@ struct Candidate {
     role: String,
     usable: bool,
     touch_due: bool,
+    expires_at: Option<f64>,
 }
 
 fn find_candidates(prefix: &str) -> Vec<Candidate> {
@@ -305,7 +358,8 @@ fn find_candidates(prefix: &str) -> Vec<Candidate> {
                         "SELECT tenant_id, key_id, key_hash, role, \
                                 revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()), \
                                 last_used_at IS NULL \
-                                  OR last_used_at < now() - make_interval(secs => $2) \
+                                  OR last_used_at < now() - make_interval(secs => $2), \
+                                extract(epoch FROM expires_at)::float8 \
                          FROM voucher.credential WHERE prefix = $1",
                         None,
                         &[prefix.into(), interval.into()],
@@ -318,6 +372,7 @@ fn find_candidates(prefix: &str) -> Vec<Candidate> {
                     role: r.get::<String>(4).unwrap().unwrap_or_default(),
                     usable: r.get::<bool>(5).unwrap().unwrap_or(false),
                     touch_due: r.get::<bool>(6).unwrap().unwrap_or(false),
+                    expires_at: r.get::<f64>(7).unwrap(),
                 })
                 .collect()
             })
@@ -349,6 +404,7 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
     let key = api_key.ok_or(VoucherError::BadKey)?;
     let prefix = keys::display_prefix(key).ok_or(VoucherError::BadKey)?;
     let presented = keys::hash(key);
+    let generation = revocation::current();
     let found = find_candidates(prefix)
         .into_iter()
         .find(|c| keys::matches(&presented, &c.hash))
@@ -362,7 +418,19 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
     } else {
         Scope::Transaction
     };
-    install(found.tenant, Some(found.key_id), role, None, scope);
+    let state = KeyState {
+        role,
+        expires_at: found.expires_at,
+        generation,
+    };
+    install(
+        found.tenant,
+        Some(found.key_id),
+        role,
+        None,
+        scope,
+        Some(&state),
+    );
     if found.touch_due {
         touch_last_used(found.tenant, found.key_id);
     }
@@ -399,7 +467,7 @@ fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) ->
     } else {
         Scope::Transaction
     };
-    install(tenant, None, role, Some(operator), scope);
+    install(tenant, None, role, Some(operator), scope, None);
     Ok(())
 }
 

@@ -49,33 +49,33 @@ pub fn role_name(role: pg_sys::Oid) -> String {
     }
 }
 
-/// Runs `f` as `voucher_definer` with `search_path = pg_catalog, pg_temp`.
+/// Runs `f` as `voucher_definer` with only `pg_catalog` on the search path.
+///
+/// The path is pinned with an override (not a SET of the setting): names in our SQL are
+/// schema-qualified, and the override keeps a caller's search_path from resolving an operator
+/// or function of ours to one of theirs, for the price of a list push, with no GUC churn.
 pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
     let definer = role_oid(DEFINER);
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_sec: i32 = 0;
-    // SAFETY: this is the sequence fmgr_security_definer uses. If `f` raises, (sub)transaction
-    // abort restores the user id and pops the GUC nest level for us.
+    let mut path = pg_sys::OverrideSearchPath {
+        schemas: std::ptr::null_mut(),
+        addCatalog: true,
+        addTemp: false,
+        generation: 0,
+    };
+    // SAFETY: this is what fmgr_security_definer does, with the search path pushed instead of
+    // set. If `f` raises, (sub)transaction abort restores the user id and drops the override.
     unsafe {
         pg_sys::GetUserIdAndSecContext(&mut saved_user, &mut saved_sec);
-        let nest = pg_sys::NewGUCNestLevel();
-        pg_sys::set_config_option(
-            c"search_path".as_ptr(),
-            c"pg_catalog, pg_temp".as_ptr(),
-            pg_sys::GucContext::PGC_USERSET,
-            pg_sys::GucSource::PGC_S_SESSION,
-            pg_sys::GucAction::GUC_ACTION_SAVE,
-            true,
-            0,
-            false,
-        );
+        pg_sys::PushOverrideSearchPath(&mut path);
         pg_sys::SetUserIdAndSecContext(
             definer,
             saved_sec | pg_sys::SECURITY_LOCAL_USERID_CHANGE as i32,
         );
         let result = f();
         pg_sys::SetUserIdAndSecContext(saved_user, saved_sec);
-        pg_sys::AtEOXact_GUC(true, nest);
+        pg_sys::PopOverrideSearchPath();
         result
     }
 }

@@ -125,9 +125,6 @@ pub enum VoucherError {
     /// `22004`: a required argument is NULL.
     #[error("{0} must not be NULL")]
     NullArgument(&'static str),
-    /// `22P02`: input that cannot be parsed.
-    #[error("{0}")]
-    Malformed(String),
     /// `23505`: a duplicate of something that must be unique.
     #[error("{0}")]
     Duplicate(String),
@@ -162,13 +159,6 @@ impl VoucherError {
         }
     }
 
-    pub fn forbidden(message: impl Into<String>) -> Self {
-        VoucherError::Forbidden {
-            message: message.into(),
-            hint: None,
-        }
-    }
-
     pub fn forbidden_hint(message: impl Into<String>, hint: impl Into<String>) -> Self {
         VoucherError::Forbidden {
             message: message.into(),
@@ -198,7 +188,6 @@ impl VoucherError {
             VoucherError::Forbidden { .. } => "42501",
             VoucherError::InvalidArgument { .. } => "22023",
             VoucherError::NullArgument(_) => "22004",
-            VoucherError::Malformed(_) => "22P02",
             VoucherError::Duplicate(_) => "23505",
             VoucherError::NotReady(_) => "55000",
         }
@@ -211,7 +200,6 @@ impl VoucherError {
             VoucherError::Forbidden { .. } => PgSqlErrorCode::ERRCODE_INSUFFICIENT_PRIVILEGE,
             VoucherError::InvalidArgument { .. } => PgSqlErrorCode::ERRCODE_INVALID_PARAMETER_VALUE,
             VoucherError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
-            VoucherError::Malformed(_) => PgSqlErrorCode::ERRCODE_INVALID_TEXT_REPRESENTATION,
             VoucherError::Duplicate(_) => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             VoucherError::NotReady(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
         })

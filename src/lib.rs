@@ -19,6 +19,8 @@ mod gucs;
 mod keys;
 mod pattern;
 mod permute;
+mod redeem;
+mod revocation;
 mod rng;
 mod roles;
 mod tenancy;
@@ -31,7 +33,8 @@ extension_sql_file!(
         context::current_tenant_sql,
         context::key_probe,
         context::authorize_sql,
-        context::can_read
+        context::can_read,
+        revocation::credentials_changed
     ]
 );
 extension_sql_file!(
@@ -46,12 +49,23 @@ extension_sql_file!(
         context::actor_label_sql
     ]
 );
+extension_sql_file!(
+    "../sql/customers.sql",
+    name = "customers",
+    requires = ["campaigns"]
+);
+extension_sql_file!(
+    "../sql/redeem.sql",
+    name = "redeem",
+    requires = ["customers", error::reason_sql]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     gucs::init();
+    revocation::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
@@ -60,11 +74,14 @@ pub extern "C-unwind" fn _PG_init() {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
-        XACT_EVENT_COMMIT
-        | XACT_EVENT_ABORT
-        | XACT_EVENT_PREPARE
-        | XACT_EVENT_PARALLEL_COMMIT
-        | XACT_EVENT_PARALLEL_ABORT => context::end_of_transaction(),
+        XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
+            revocation::end_of_transaction(true);
+            context::end_of_transaction();
+        }
+        XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
+            revocation::end_of_transaction(false);
+            context::end_of_transaction();
+        }
         _ => {}
     }
 }
@@ -93,6 +110,32 @@ mod tests {
                AND NOT rolsuper AND NOT rolbypassrls AND NOT rolcanlogin",
         );
         assert_eq!(n, Ok(Some(3)));
+    }
+
+    /// Without shared_preload_libraries there is no shared memory: every call re-reads the key,
+    /// so a revocation is seen at once, here even inside the revoking transaction.
+    #[pg_test(error = "invalid API key")]
+    fn revocation_without_preloading() {
+        assert_eq!(
+            Spi::get_one::<bool>("SELECT voucher._preloaded()"),
+            Ok(Some(false))
+        );
+        Spi::run(
+            "SELECT voucher.authenticate(voucher.create_api_key('auditor', 'watch', \
+                    tenant => voucher.create_tenant('fallback')), session => true)",
+        )
+        .unwrap();
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT count(*) FROM voucher.api_keys"),
+            Ok(Some(1))
+        );
+        Spi::run(
+            "UPDATE voucher.credential SET revoked_at = now() \
+              WHERE tenant_id = voucher.current_tenant()",
+        )
+        .unwrap();
+        // the next call raises 28000
+        let _ = Spi::get_one::<i64>("SELECT count(*) FROM voucher.api_keys");
     }
 
     #[pg_test]

@@ -149,10 +149,7 @@ impl Shape {
                 .count()
     }
 
-    pub fn random_len(&self) -> usize {
-        self.random
-    }
-
+    #[cfg(test)]
     pub fn charset(&self) -> &Charset {
         &self.charset
     }
@@ -247,50 +244,50 @@ impl Shape {
         canonical.push_str(&normalize(&self.postfix));
     }
 
-    /// Is `canonical` a code of this shape whose check character (if any) verifies?
-    pub fn matches(&self, canonical: &str) -> bool {
-        let mut rest = canonical.as_bytes();
-        let prefix = normalize(&self.prefix);
-        let Some(r) = rest.strip_prefix(prefix.as_bytes()) else {
-            return false;
-        };
-        rest = r;
+    /// Does `canonical` have this shape, and if so does its check character verify?
+    /// None: not this shape. Some(true): it fits (check character right, or none). Some(false):
+    /// it fits but the check character is wrong, a typo.
+    pub fn check_status(&self, canonical: &str) -> Option<bool> {
+        let mut rest = canonical
+            .as_bytes()
+            .strip_prefix(normalize(&self.prefix).as_bytes())?;
         let mut digits = Vec::with_capacity(self.random + 1);
         for s in &self.slots {
             match *s {
                 Slot::Literal(b) if b == b' ' || b == b'-' => {}
-                Slot::Literal(b) => match rest.split_first() {
-                    Some((&c, r)) if c == b.to_ascii_uppercase() => rest = r,
-                    _ => return false,
-                },
-                Slot::Random => match rest
-                    .split_first()
-                    .and_then(|(&c, r)| Some((self.charset.index_of(c)?, r)))
-                {
-                    Some((d, r)) => {
-                        digits.push(d);
-                        rest = r;
+                Slot::Literal(b) => {
+                    let (&c, r) = rest.split_first()?;
+                    if c != b.to_ascii_uppercase() {
+                        return None;
                     }
-                    None => return false,
-                },
-            }
-        }
-        if let Some(check) = &self.check {
-            match rest
-                .split_first()
-                .and_then(|(&c, r)| Some((self.charset.index_of(c)?, r)))
-            {
-                Some((d, r)) => {
-                    digits.push(d);
                     rest = r;
                 }
-                None => return false,
-            }
-            if !check.verify(digits.iter().copied()) {
-                return false;
+                Slot::Random => {
+                    let (&c, r) = rest.split_first()?;
+                    digits.push(self.charset.index_of(c)?);
+                    rest = r;
+                }
             }
         }
-        rest == normalize(&self.postfix).as_bytes()
+        if self.check.is_some() {
+            let (&c, r) = rest.split_first()?;
+            digits.push(self.charset.index_of(c)?);
+            rest = r;
+        }
+        if rest != normalize(&self.postfix).as_bytes() {
+            return None;
+        }
+        Some(
+            self.check
+                .as_ref()
+                .is_none_or(|check| check.verify(digits.iter().copied())),
+        )
+    }
+
+    /// Is `canonical` a code of this shape whose check character (if any) verifies?
+    #[cfg(test)]
+    pub fn matches(&self, canonical: &str) -> bool {
+        self.check_status(canonical) == Some(true)
     }
 
     /// Refuses (VC011) a request that would take more than `fill` of the space.
@@ -384,7 +381,7 @@ mod unit {
     #[test]
     fn parsing_counts_random_positions() {
         let s = shape("##-##-##");
-        assert_eq!(s.random_len(), 6);
+        assert_eq!(s.space(), Some(31u128.pow(6)), "six random positions");
         assert_eq!(s.space(), Some(31u128.pow(6)));
         assert_eq!(s.key(), "######|unambiguous");
         let s = Shape::parse("a#b", "numbers", "Pre ", "-post", true).unwrap();

@@ -4,6 +4,9 @@
 
 -- a client allowed to SET ROLE to another client login
 GRANT regress_client2 TO regress_client;
+-- this cluster preloads the library, so revocation is checked through shared memory
+-- (the cargo pgrx tests cover the fallback without it)
+SELECT voucher._preloaded() AS revocation_from_shared_memory;
 
 ------------------------------------------------------------------------------------------------
 -- Operators create tenants and issue their first keys
@@ -141,7 +144,7 @@ BEGIN;
 SELECT voucher.authenticate(:'a_admin') IS NOT NULL AS ok;
 ROLLBACK;
 SELECT voucher.current_tenant() IS NULL AS gone_after_rollback;
--- outside a transaction block it would end with the statement: a warning says so
+-- in autocommit mode the context ends with the statement that set it
 SELECT voucher.authenticate(:'a_admin') IS NOT NULL AS ok;
 SELECT voucher.current_tenant() IS NULL AS gone;
 -- a savepoint rolled back restores the context that was there before
