@@ -183,6 +183,9 @@ BEGIN
         min_order_amount, coalesce(code_pattern, '########'), coalesce(code_charset, 'unambiguous'),
         coalesce(code_prefix, ''), coalesce(code_postfix, ''), coalesce(code_check_char, false),
         shape, coalesce(metadata, '{}'), voucher._actor_label());
+    PERFORM voucher._audit('campaign.created', 'campaign', id::text,
+        (SELECT to_jsonb(c) - 'tenant_id' - 'campaign_id' - 'created_at' - 'created_by'
+           FROM voucher.campaign c WHERE c.tenant_id = t AND c.campaign_id = id));
     RETURN id;
 END
 $$;
@@ -192,19 +195,26 @@ CREATE FUNCTION voucher.set_voucher_active(code text, active boolean) RETURNS vo
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t uuid := voucher._authorize('manage_campaigns');
-    c text := voucher.normalize_code(set_voucher_active.code);
+    t      uuid := voucher._authorize('manage_campaigns');
+    c      text := voucher.normalize_code(set_voucher_active.code);
+    id     uuid;
+    before boolean;
 BEGIN
     IF c IS NULL OR c = '' THEN
         RAISE EXCEPTION 'code must not be empty' USING ERRCODE = '22023';
     ELSIF set_voucher_active.active IS NULL THEN
         RAISE EXCEPTION 'active must not be NULL' USING ERRCODE = '22004';
     END IF;
-    UPDATE voucher.code v SET active = set_voucher_active.active
-     WHERE v.tenant_id = t AND v.code = c;
+    SELECT v.voucher_id, v.active INTO id, before FROM voucher.code v
+     WHERE v.tenant_id = t AND v.code = c FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         PERFORM voucher._raise('VC001');
     END IF;
+    UPDATE voucher.code v SET active = set_voucher_active.active
+     WHERE v.tenant_id = t AND v.voucher_id = id;
+    PERFORM voucher._audit(CASE WHEN set_voucher_active.active THEN 'voucher.enabled'
+                                ELSE 'voucher.disabled' END, 'voucher', id::text,
+        jsonb_build_object('before', before, 'after', set_voucher_active.active));
 END
 $$;
 COMMENT ON FUNCTION voucher.set_voucher_active(text, boolean) IS 'Enables or disables one voucher.';

@@ -30,11 +30,16 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_column
 DECLARE
-    t  uuid := voucher._authorize('write_customers');
-    id uuid;
+    t        uuid := voucher._authorize('write_customers');
+    id       uuid;
+    old      record;
+    now_row  record;
+    changed  text[];
 BEGIN
     PERFORM voucher._check_customer(upsert_customer.source_id, upsert_customer.email,
                                     upsert_customer.name, upsert_customer.metadata);
+    SELECT c.email, c.name, c.metadata INTO old FROM voucher.customer c
+     WHERE c.tenant_id = t AND c.source_id = upsert_customer.source_id FOR NO KEY UPDATE;
     INSERT INTO voucher.customer AS c (tenant_id, customer_id, source_id, email, name, metadata)
     VALUES (t, voucher._uuid_v7(), upsert_customer.source_id, upsert_customer.email,
             upsert_customer.name, coalesce(upsert_customer.metadata, '{}'))
@@ -44,7 +49,21 @@ BEGIN
            metadata   = CASE WHEN upsert_customer.metadata IS NULL THEN c.metadata
                              ELSE excluded.metadata END,
            updated_at = now()
-    RETURNING c.customer_id INTO id;
+    RETURNING c.customer_id, c.email, c.name, c.metadata INTO now_row;
+    id := now_row.customer_id;
+    -- the audit row names the fields that changed, never their values (personal data)
+    IF old IS NULL THEN
+        PERFORM voucher._audit('customer.created', 'customer', id::text, '{}');
+    ELSE
+        changed := array_remove(ARRAY[
+            CASE WHEN now_row.email IS DISTINCT FROM old.email THEN 'email' END,
+            CASE WHEN now_row.name IS DISTINCT FROM old.name THEN 'name' END,
+            CASE WHEN now_row.metadata IS DISTINCT FROM old.metadata THEN 'metadata' END], NULL);
+        IF cardinality(changed) > 0 THEN
+            PERFORM voucher._audit('customer.updated', 'customer', id::text,
+                                   jsonb_build_object('changed', to_jsonb(changed)));
+        END IF;
+    END IF;
     RETURN id;
 END
 $$;

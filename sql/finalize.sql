@@ -16,6 +16,12 @@ GRANT SELECT, INSERT, UPDATE (email, name, metadata, updated_at) ON voucher.cust
 GRANT SELECT, INSERT, UPDATE (used) ON voucher.customer_usage TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (rolled_back_at, rollback_reason, rolled_back_by)
     ON voucher.redemption TO voucher_definer;
+GRANT UPDATE (audit_retention) ON voucher.tenant TO voucher_definer;
+-- the audit log: insert-only for our functions (DELETE only through purge_audit, which the
+-- append-only trigger recognizes); the state row is updated by seal_audit and purge_audit
+GRANT SELECT, INSERT, DELETE ON voucher.audit_event, voucher.audit_chain TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE ON voucher.audit_state TO voucher_definer;
+GRANT USAGE, SELECT ON SEQUENCE voucher.audit_event_id_seq TO voucher_definer;
 
 -- SECURITY DEFINER functions and views run as voucher_definer, so RLS applies inside them
 -- (the extension owner is usually a superuser, and superusers bypass RLS).
@@ -55,16 +61,20 @@ GRANT EXECUTE ON FUNCTION
     voucher.upsert_customer(text, text, text, jsonb),
     voucher.validate(text, text, numeric),
     voucher.redeem(text, text, numeric, numeric, text, text, jsonb),
-    voucher.rollback_redemption(uuid, text)
+    voucher.rollback_redemption(uuid, text),
+    voucher.verify_audit(),
+    voucher.purge_audit(interval),
+    voucher.set_audit_retention(interval)
 TO voucher_client;
 GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers, voucher.customers,
-                voucher.redemptions
+                voucher.redemptions, voucher.audit_log
 TO voucher_client;
 
 -- Operators only.
 GRANT EXECUTE ON FUNCTION
     voucher.create_tenant(text),
-    voucher.act_as(uuid, text, boolean)
+    voucher.act_as(uuid, text, boolean),
+    voucher.seal_audit()
 TO voucher_operator;
 
 -- Internal helpers. Views and policies call some of them with the caller's privileges; they
@@ -72,6 +82,8 @@ TO voucher_operator;
 GRANT EXECUTE ON FUNCTION
     voucher._authorize(text),
     voucher._actor_label(),
+    voucher._audit(text, text, text, jsonb),
+    voucher._audit_hash(uuid, bigint, timestamptz, text, text, text, text, text),
     voucher._check_customer(text, text, text, jsonb),
     voucher._credentials_changed(),
     voucher._code_shape(text, text, text, text, boolean),
@@ -82,6 +94,7 @@ GRANT EXECUTE ON FUNCTION
     voucher._uuid_v7(),
     voucher.normalize_code(text)
 TO voucher_definer;
-GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe()
-    TO voucher_client, voucher_definer;
+GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe(), voucher._tenant_scan(),
+                          voucher._audit_purging()
+    TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;

@@ -94,6 +94,8 @@ BEGIN
      WHERE v.tenant_id = t AND v.voucher_id = r.voucher_id;
     voucher_id := r.voucher_id;
     restored := coalesce(r.amount, 0);
+    PERFORM voucher._audit('redemption.rolled_back', 'redemption', $1::text,
+        jsonb_build_object('voucher_id', r.voucher_id, 'restored', restored, 'reason', $2));
 END
 $$;
 COMMENT ON FUNCTION voucher.rollback_redemption(uuid, text) IS
@@ -103,16 +105,22 @@ CREATE FUNCTION voucher.set_campaign_active(campaign uuid, active boolean) RETUR
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t uuid := voucher._authorize('manage_campaigns');
+    t      uuid := voucher._authorize('manage_campaigns');
+    before boolean;
 BEGIN
     IF campaign IS NULL OR active IS NULL THEN
         RAISE EXCEPTION 'campaign and active must not be NULL' USING ERRCODE = '22004';
     END IF;
-    UPDATE voucher.campaign c SET active = set_campaign_active.active
-     WHERE c.tenant_id = t AND c.campaign_id = set_campaign_active.campaign;
+    SELECT c.active INTO before FROM voucher.campaign c
+     WHERE c.tenant_id = t AND c.campaign_id = set_campaign_active.campaign FOR NO KEY UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'no such campaign' USING ERRCODE = '22023';
     END IF;
+    UPDATE voucher.campaign c SET active = set_campaign_active.active
+     WHERE c.tenant_id = t AND c.campaign_id = set_campaign_active.campaign;
+    PERFORM voucher._audit(CASE WHEN set_campaign_active.active THEN 'campaign.enabled'
+                                ELSE 'campaign.disabled' END, 'campaign', campaign::text,
+        jsonb_build_object('before', before, 'after', set_campaign_active.active));
 END
 $$;
 COMMENT ON FUNCTION voucher.set_campaign_active(uuid, boolean) IS

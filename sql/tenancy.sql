@@ -47,6 +47,9 @@ ALTER TABLE voucher.credential FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON voucher.credential
     USING (tenant_id = (SELECT voucher.current_tenant()))
     WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+-- Platform maintenance (sealing every tenant's audit chain) lists the tenants, and only that.
+CREATE POLICY platform_scan ON voucher.tenant FOR SELECT
+    USING ((SELECT voucher._tenant_scan()));
 -- While authenticate() checks a key, exactly the rows with that key's prefix are visible to it.
 CREATE POLICY key_lookup ON voucher.credential FOR SELECT
     USING (prefix = (SELECT voucher._key_probe()));
@@ -80,8 +83,10 @@ BEGIN
     END IF;
     UPDATE voucher.credential c SET revoked_at = now()
      WHERE c.tenant_id = t AND c.key_id = revoke_api_key.key_id AND c.revoked_at IS NULL;
-    IF NOT FOUND AND NOT EXISTS (SELECT 1 FROM voucher.credential c
-                                 WHERE c.tenant_id = t AND c.key_id = revoke_api_key.key_id) THEN
+    IF FOUND THEN
+        PERFORM voucher._audit('key.revoked', 'key', revoke_api_key.key_id::text, '{}');
+    ELSIF NOT EXISTS (SELECT 1 FROM voucher.credential c
+                      WHERE c.tenant_id = t AND c.key_id = revoke_api_key.key_id) THEN
         RAISE EXCEPTION 'no such API key' USING ERRCODE = '22023';
     END IF;
 END

@@ -9,6 +9,7 @@ use pgrx::spi::SpiClient;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
+use crate::audit;
 use crate::context;
 use crate::definer::as_definer;
 use crate::error::{api, Result, VoucherError};
@@ -250,6 +251,15 @@ fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Resu
             )
         })
     })?;
+    audit::write(&audit::Event {
+        tenant,
+        actor: audit::actor_json(Some(&ctx)),
+        action: "codes.generated",
+        object_type: Some("campaign"),
+        object_id: Some(campaign.to_string()),
+        details: serde_json::json!({ "count": inserted }),
+        at: None,
+    });
     Ok(inserted as i64)
 }
 
@@ -401,6 +411,15 @@ fn add_code_impl(campaign: Option<pgrx::Uuid>, code: Option<&str>) -> Result<pgr
             "this code already exists in the tenant".into(),
         ));
     }
+    audit::write(&audit::Event {
+        tenant,
+        actor: audit::actor_json(Some(&ctx)),
+        action: "voucher.created",
+        object_type: Some("voucher"),
+        object_id: Some(id.to_string()),
+        details: serde_json::json!({ "campaign_id": campaign.to_string(), "code": canonical }),
+        at: None,
+    });
     Ok(id)
 }
 

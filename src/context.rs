@@ -18,6 +18,7 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
+use crate::audit;
 use crate::definer::{self, as_definer};
 use crate::error::{api, Result, VoucherError};
 use crate::gucs;
@@ -64,6 +65,8 @@ thread_local! {
     static OVERRIDE: Cell<Option<[u8; 16]>> = const { Cell::new(None) };
     /// The key prefix `authenticate` is looking up, so RLS lets exactly that row through.
     static PROBE: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Set while platform maintenance (sealing the audit log) lists the tenants.
+    static TENANT_SCAN: Cell<bool> = const { Cell::new(false) };
     static KEY_CHECK: RefCell<Option<OwnedPreparedStatement>> = const { RefCell::new(None) };
 }
 
@@ -174,6 +177,26 @@ pub fn end_of_transaction() {
     CONTEXTS.with(|c| c.borrow_mut().retain(|x| x.scope == Scope::Session));
     OVERRIDE.with(|o| o.set(None));
     PROBE.with(|p| *p.borrow_mut() = None);
+    TENANT_SCAN.with(|t| t.set(false));
+}
+
+/// Every tenant's id: the one query that sees across tenants, through its own policy.
+pub fn all_tenants() -> Vec<pgrx::Uuid> {
+    TENANT_SCAN.with(|t| t.set(true));
+    let ids = as_definer(|| {
+        Spi::connect(|c| {
+            c.select(
+                "SELECT tenant_id FROM voucher.tenant ORDER BY tenant_id",
+                None,
+                &[],
+            )
+            .expect("tenant list")
+            .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten())
+            .collect()
+        })
+    });
+    TENANT_SCAN.with(|t| t.set(false));
+    ids
 }
 
 /// Runs `f` as `voucher_definer` with RLS seeing `tenant`, whatever the session's context.
@@ -304,10 +327,16 @@ pub fn authorize(action: Action) -> Result<Context> {
             "call voucher.authenticate(api_key) first, in the same transaction or with session => true",
         )
     })?;
-    let Some(ctx) = revalidated(ctx) else {
+    let Some(ctx) = revalidated(ctx.clone()) else {
+        refused_key(
+            ctx.tenant,
+            ctx.key_id,
+            "revoked or expired, used by a session already authenticated",
+        );
         clear();
         return Err(VoucherError::BadKey);
     };
+    audit::flush_pending();
     action.check(ctx.role)?;
     Ok(ctx)
 }
@@ -335,6 +364,19 @@ pub fn tenant_exists(tenant: [u8; 16]) -> bool {
     .ok()
     .flatten()
     .unwrap_or(false)
+}
+
+/// Records a refused key in its tenant's audit log, whatever happens to this transaction.
+fn refused_key(tenant: [u8; 16], key_id: Option<[u8; 16]>, why: &str) {
+    audit::write_durably(audit::Event {
+        tenant,
+        actor: serde_json::json!({ "type": "key", "key_id": key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()) }),
+        action: "key.refused",
+        object_type: Some("key"),
+        object_id: key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()),
+        details: serde_json::json!({ "reason": why }),
+        at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
+    });
 }
 
 /// One row of `voucher.credential` found by its prefix during authentication.
@@ -410,6 +452,7 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
         .find(|c| keys::matches(&presented, &c.hash))
         .ok_or(VoucherError::BadKey)?;
     if !found.usable {
+        refused_key(found.tenant, Some(found.key_id), "revoked or expired");
         return Err(VoucherError::BadKey);
     }
     let role = KeyRole::parse(&found.role)?;
@@ -434,6 +477,7 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
     if found.touch_due {
         touch_last_used(found.tenant, found.key_id);
     }
+    audit::flush_pending();
     Ok(pgrx::Uuid::from_bytes(found.tenant))
 }
 
@@ -468,6 +512,17 @@ fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) ->
         Scope::Transaction
     };
     install(tenant, None, role, Some(operator), scope, None);
+    // acting as a tenant is recorded even if the transaction rolls back
+    audit::write_durably(audit::Event {
+        tenant,
+        actor: audit::actor_json(current().as_ref()),
+        action: "act_as",
+        object_type: Some("tenant"),
+        object_id: Some(pgrx::Uuid::from_bytes(tenant).to_string()),
+        details: serde_json::json!({ "role": role.as_str(), "session": session }),
+        at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
+    });
+    audit::flush_pending();
     Ok(())
 }
 
@@ -508,6 +563,12 @@ fn actor_label_sql() -> String {
         Some(ctx) => actor_label(&ctx),
         None => format!("role:{}", definer::role_name(definer::caller())),
     }
+}
+
+/// Internal, for the `voucher.tenant` policy: true only while all_tenants() runs.
+#[pg_extern(stable, parallel_restricted, name = "_tenant_scan")]
+fn tenant_scan() -> bool {
+    TENANT_SCAN.with(|t| t.get())
 }
 
 /// Internal, for the `voucher.credential` policy: the key prefix being authenticated, if any.

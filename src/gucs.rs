@@ -13,6 +13,9 @@ pub static CONTEXT_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 /// Largest share of a code pattern's space that generated codes may occupy.
 pub static MAX_CODE_SPACE_FILL: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 
+/// Where the audit HMAC key lives (default: voucher_audit.key in the data directory).
+pub static AUDIT_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+
 /// How stale `last_used_at` of an API key may get before authentication refreshes it.
 pub static KEY_LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
@@ -47,6 +50,14 @@ pub fn init() {
         86_400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"voucher.audit_key_file",
+        c"File holding the 32-byte key of the audit log's HMACs.",
+        c"Empty: voucher_audit.key in the data directory, created on first use. Back it up with the database: without it verify_audit cannot check the log.",
+        &AUDIT_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     // SAFETY: called once from _PG_init; the prefix is a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"voucher".as_ptr()) };

@@ -9,6 +9,7 @@ use pgrx::prelude::*;
 
 ::pgrx::pg_module_magic!(name, version);
 
+mod audit;
 mod charset;
 mod checkchar;
 mod codes;
@@ -34,6 +35,7 @@ extension_sql_file!(
         context::key_probe,
         context::authorize_sql,
         context::can_read,
+        context::tenant_scan,
         revocation::credentials_changed
     ]
 );
@@ -59,6 +61,17 @@ extension_sql_file!(
     name = "redeem",
     requires = ["customers", error::reason_sql]
 );
+extension_sql_file!(
+    "../sql/audit.sql",
+    name = "audit",
+    requires = [
+        "redeem",
+        audit::audit_hash_sql,
+        audit::audit_sql,
+        audit::audit_direct_sql,
+        audit::audit_purging
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
@@ -74,12 +87,15 @@ pub extern "C-unwind" fn _PG_init() {
 unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: *mut c_void) {
     use pg_sys::XactEvent::*;
     match event {
+        XACT_EVENT_PRE_COMMIT => audit::pre_commit(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             revocation::end_of_transaction(true);
+            audit::end_of_transaction(true);
             context::end_of_transaction();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             revocation::end_of_transaction(false);
+            audit::end_of_transaction(false);
             context::end_of_transaction();
         }
         _ => {}

@@ -19,6 +19,7 @@ use pgrx::spi::{OwnedPreparedStatement, SpiClient};
 use pgrx::{AnyNumeric, JsonB};
 use sha2::{Digest, Sha256};
 
+use crate::audit;
 use crate::context;
 use crate::definer::as_definer;
 use crate::error::{api, Result, VoucherError};
@@ -255,14 +256,42 @@ fn evaluate_sql(with_customer: bool) -> String {
     )
 }
 
-/// The common case in one statement: claim a use of the code if every rule passes and the
-/// campaign has no per-customer limit, and record the redemption. When it matches no row the
-/// caller evaluates the code to say why (or takes the per-customer path).
-/// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
-/// $8 idempotency key, $9 request hash, $10 metadata, $11 actor.
-fn fast_claim_sql() -> String {
+/// Wraps the CTEs `claim` (the UPDATE) and `rec` (the INSERT of the redemption, RETURNING *)
+/// so the same statement writes the audit row (the row HMAC is computed over the jsonb exactly
+/// as stored) and returns voucher_id, discount, balance_after.
+fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
     format!(
-        "WITH claim AS (
+        "WITH {ctes},
+ev AS (
+    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, rec.voucher_id,
+           rec.discount, rec.balance_after,
+           jsonb_build_object('redemption_id', rec.redemption_id, 'campaign_id', rec.campaign_id,
+                              'customer_id', rec.customer_id, 'order_id', {order_id},
+                              'order_amount', rec.order_amount, 'amount', rec.amount,
+                              'discount', rec.discount, 'balance_after', rec.balance_after,
+                              'idempotency_key', {idempotency_key}) AS details
+      FROM rec),
+audit AS (
+    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
+                                     object_id, details, row_hash)
+    SELECT $1, ev.id, ev.at, {actor}::jsonb, 'redemption.created', 'voucher', ev.voucher_id::text,
+           ev.details,
+           voucher._audit_hash($1, ev.id, ev.at, {actor}::jsonb::text, 'redemption.created',
+                               'voucher', ev.voucher_id::text, ev.details::text)
+      FROM ev
+    RETURNING event_id)
+SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
+    )
+}
+
+/// The common case in one statement: claim a use of the code if every rule passes and the
+/// campaign has no per-customer limit, record the redemption and its audit row. When it matches
+/// no row the caller evaluates the code to say why (or takes the per-customer path).
+/// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
+/// $8 idempotency key, $9 request hash, $10 metadata, $11 actor label, $12 actor (jsonb text).
+fn fast_claim_sql() -> String {
+    let ctes = format!(
+        "claim AS (
     UPDATE voucher.code v
        SET redeemed_count = v.redeemed_count + 1,
            balance = v.balance - CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END
@@ -282,16 +311,40 @@ fn fast_claim_sql() -> String {
                           OR c.discount_type NOT IN ('percent', 'fixed')) END
     RETURNING v.voucher_id, v.campaign_id, v.balance,
               CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END AS spend,
-              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) ELSE {discount} END AS discount)
-INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id, customer_id,
-    order_id, order_amount, amount, discount, balance_after, idempotency_key, request_hash,
-    metadata, redeemed_by)
-SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, claim.spend, claim.discount,
-       claim.balance, $8, $9, $10, $11
-  FROM claim
-RETURNING voucher_id, discount, balance_after",
+              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) ELSE {discount} END AS discount),
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by)
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, claim.spend, claim.discount,
+           claim.balance, $8, $9, $10, $11
+      FROM claim
+    RETURNING *)",
         discount = discount_sql("$3")
-    )
+    );
+    with_audit(&ctes, "$12", "$7", "$8")
+}
+
+/// Claims a use (and a gift card amount) of an evaluated voucher, and records the redemption
+/// and its audit row, in one statement.
+/// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
+/// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
+/// $12 request hash, $13 metadata, $14 actor label, $15 actor (jsonb text).
+fn claim_sql() -> String {
+    let ctes = "claim AS (
+    UPDATE voucher.code v
+       SET redeemed_count = v.redeemed_count + 1, balance = v.balance - $4
+     WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
+       AND ($3::integer IS NULL OR v.redeemed_count < $3)
+       AND ($4::numeric IS NULL OR v.balance >= $4)
+    RETURNING v.balance),
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by)
+    SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14 FROM claim
+    RETURNING *)";
+    with_audit(ctes, "$15", "$8", "$11")
 }
 
 /// One code, as the evaluation statement sees it.
@@ -330,24 +383,6 @@ enum Verdict {
 }
 
 /// Prepared statements, kept for the life of the backend.
-/// Claims a use (and a gift card amount) and records the redemption in one statement.
-/// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
-/// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
-/// $12 request hash, $13 metadata, $14 actor.
-const CLAIM: &str = "\
-WITH claim AS (
-    UPDATE voucher.code v
-       SET redeemed_count = v.redeemed_count + 1, balance = v.balance - $4
-     WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
-       AND ($3::integer IS NULL OR v.redeemed_count < $3)
-       AND ($4::numeric IS NULL OR v.balance >= $4)
-    RETURNING v.balance)
-INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id, customer_id,
-    order_id, order_amount, amount, discount, balance_after, idempotency_key, request_hash,
-    metadata, redeemed_by)
-SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14 FROM claim
-RETURNING balance_after";
-
 #[derive(Default)]
 struct Statements {
     evaluate_read: Option<OwnedPreparedStatement>,
@@ -763,8 +798,9 @@ fn redeem_impl(
     let hash = idempotency_key.map(|_| fingerprint(&req, order_id, metadata.as_ref()));
     let tenant = ctx.tenant_uuid();
     let actor = context::actor_label(&ctx);
+    let actor_json = audit::actor_json(Some(&ctx)).to_string();
 
-    as_definer(|| {
+    let outcome = as_definer(|| {
         Spi::connect_mut(|client| {
             // A retry with the same key returns the first result. The lock makes a racing twin
             // wait for the first call to commit (or fail); the fresh snapshot then shows its row.
@@ -805,6 +841,7 @@ fn redeem_impl(
             let numeric = pg_sys::NUMERICOID;
             let text = pg_sys::TEXTOID;
             let redemption_id = pgrx::Uuid::from_bytes(rng::uuid_v7());
+            audit::take_xid();
 
             let fast = run(
                 client,
@@ -822,6 +859,7 @@ fn redeem_impl(
                     pg_sys::BYTEAOID,
                     pg_sys::JSONBOID,
                     text,
+                    text,
                 ],
                 true,
                 &[
@@ -836,6 +874,7 @@ fn redeem_impl(
                     hash.clone().into(),
                     metadata.as_ref().map(|m| JsonB(m.0.clone())).into(),
                     actor.as_str().into(),
+                    actor_json.as_str().into(),
                 ],
             );
             if !fast.is_empty() {
@@ -889,7 +928,7 @@ fn redeem_impl(
             let claimed = run(
                 client,
                 |s| &mut s.claim,
-                || CLAIM.to_string(),
+                claim_sql,
                 &[
                     uuid,
                     uuid,
@@ -904,6 +943,7 @@ fn redeem_impl(
                     text,
                     pg_sys::BYTEAOID,
                     pg_sys::JSONBOID,
+                    text,
                     text,
                 ],
                 true,
@@ -922,6 +962,7 @@ fn redeem_impl(
                     hash.into(),
                     metadata.into(),
                     actor.as_str().into(),
+                    actor_json.as_str().into(),
                 ],
             );
             if claimed.is_empty() {
@@ -932,10 +973,27 @@ fn redeem_impl(
                     },
                 );
             }
-            let balance_after = claimed.first().get_one::<AnyNumeric>().ok().flatten();
+            let balance_after = claimed.first().get::<AnyNumeric>(3).ok().flatten();
             Ok((redemption_id, v.voucher_id, discount, balance_after, false))
         })
-    })
+    });
+    // A refused redemption is recorded although the error will roll this transaction back.
+    if let Err(VoucherError::Rule { sqlstate, .. }) = &outcome {
+        audit::write_durably(audit::Event {
+            tenant: ctx.tenant,
+            actor: audit::actor_json(Some(&ctx)),
+            action: "redemption.failed",
+            object_type: Some("voucher"),
+            object_id: None,
+            details: serde_json::json!({
+                "code": req.code, "sqlstate": sqlstate,
+                "reason": crate::error::entry(sqlstate).map(|e| e.message),
+                "customer": req.customer, "order_id": order_id,
+            }),
+            at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
+        });
+    }
+    outcome
 }
 
 /// Redeems a code atomically; raises on failure. `amount` spends from a gift card.
@@ -985,10 +1043,16 @@ mod unit {
     #[test]
     fn the_fast_claim_uses_every_parameter() {
         let sql = super::fast_claim_sql();
-        for n in 1..=11 {
+        for n in 1..=12 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$12"));
+        assert!(!sql.contains("$13"));
         assert!(sql.contains("per_customer_limit IS NULL"));
+        assert!(sql.contains("'redemption.created'"));
+        let sql = super::claim_sql();
+        for n in 1..=15 {
+            assert!(sql.contains(&format!("${n}")), "${n} unused");
+        }
+        assert!(!sql.contains("$16"));
     }
 }

@@ -2,6 +2,7 @@
 
 use pgrx::prelude::*;
 
+use crate::audit;
 use crate::context::{self, as_tenant_definer, uuid_bytes};
 use crate::definer::role_name;
 use crate::error::{api, Result, VoucherError};
@@ -39,6 +40,7 @@ fn create_tenant_impl(name: Option<&str>) -> Result<pgrx::Uuid> {
     let operator = context::require_operator("create tenants")?;
     let name = required_text("name", name)?;
     let id = rng::uuid_v7();
+    let actor = audit::actor_json(None);
     as_tenant_definer(id, || {
         Spi::run_with_args(
             "INSERT INTO voucher.tenant (tenant_id, name, created_by) VALUES ($1, $2, $3)",
@@ -50,6 +52,15 @@ fn create_tenant_impl(name: Option<&str>) -> Result<pgrx::Uuid> {
         )
     })
     .expect("tenant insert runs");
+    audit::write(&audit::Event {
+        tenant: id,
+        actor,
+        action: "tenant.created",
+        object_type: Some("tenant"),
+        object_id: Some(pgrx::Uuid::from_bytes(id).to_string()),
+        details: serde_json::json!({ "name": name }),
+        at: None,
+    });
     Ok(pgrx::Uuid::from_bytes(id))
 }
 
@@ -69,18 +80,22 @@ fn create_api_key_impl(
     let label = label.map(|l| bounded_text("label", l)).transpose()?;
     let ctx = context::current();
     let requested = tenant.as_ref().map(uuid_bytes);
-    let (target, created_by) = match requested {
+    let (target, created_by, actor) = match requested {
         Some(t) if ctx.as_ref().map(|c| c.tenant) != Some(t) => {
             let operator =
                 context::require_operator("issue keys for a tenant they are not acting as")?;
             if !context::tenant_exists(t) {
                 return Err(VoucherError::invalid("no such tenant"));
             }
-            (t, role_name(operator))
+            (t, role_name(operator), audit::actor_json(None))
         }
         _ => {
             let ctx = context::authorize(Action::ManageKeys)?;
-            (ctx.tenant, context::actor_label(&ctx))
+            (
+                ctx.tenant,
+                context::actor_label(&ctx),
+                audit::actor_json(Some(&ctx)),
+            )
         }
     };
     if let Some(at) = expires_at {
@@ -92,6 +107,7 @@ fn create_api_key_impl(
         }
     }
     let key = keys::generate();
+    let key_id = rng::uuid_v7();
     as_tenant_definer(target, || {
         Spi::run_with_args(
             "INSERT INTO voucher.credential \
@@ -99,7 +115,7 @@ fn create_api_key_impl(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             &[
                 pgrx::Uuid::from_bytes(target).into(),
-                pgrx::Uuid::from_bytes(rng::uuid_v7()).into(),
+                pgrx::Uuid::from_bytes(key_id).into(),
                 key.display_prefix.as_str().into(),
                 key.hash.to_vec().into(),
                 role.as_str().into(),
@@ -110,6 +126,18 @@ fn create_api_key_impl(
         )
     })
     .expect("credential insert runs");
+    audit::write(&audit::Event {
+        tenant: target,
+        actor,
+        action: "key.created",
+        object_type: Some("key"),
+        object_id: Some(pgrx::Uuid::from_bytes(key_id).to_string()),
+        details: serde_json::json!({
+            "role": role.as_str(), "label": label, "prefix": key.display_prefix,
+            "expires_at": expires_at.map(|t| t.to_string()),
+        }),
+        at: None,
+    });
     Ok(key.plaintext)
 }
 
