@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command (`make test`). In order: Rust unit tests, `cargo pgrx test`, then the
 # extension installed into the system PostgreSQL and tested from outside against a throwaway
-# cluster with pg_regress (tests/pg_regress), pg_isolation_regress (tests/isolation) and a
-# pgbench stress test (tests/stress).
+# cluster with pg_regress (tests/pg_regress), pg_isolation_regress (tests/isolation), a
+# pgbench stress test (tests/stress) and a pooled Python client (tests/client).
 # Stops at the first failing layer, prints the diff, exits non-zero.
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -14,12 +14,12 @@ t=$(now)
 log "setup: $(elapsed "$t")"
 
 t=$(now)
-log "1/6 Rust unit tests"
+log "1/7 Rust unit tests"
 cargo test --lib --quiet -- --skip tests::pg_ || die "Rust unit tests failed"
 log "unit tests: $(elapsed "$t")"
 
 t=$(now)
-log "2/6 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
+log "2/7 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
 if is_root; then
     pgdata="$(cluster_base)/pgrx-test-data"
     mkdir -p "$pgdata" && chown postgres: "$pgdata"
@@ -30,7 +30,7 @@ fi
 log "pgrx tests: $(elapsed "$t")"
 
 t=$(now)
-log "3/6 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
+log "3/7 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
 "$ROOT/scripts/install.sh"
 "$ROOT/scripts/cluster.sh" start test "$PORT" fsync=off max_connections=100 \
     shared_preload_libraries=voucher_ext
@@ -40,7 +40,7 @@ log "install: $(elapsed "$t")"
 
 failed=0
 t=$(now)
-log "4/6 pg_regress (tests/pg_regress)"
+log "4/7 pg_regress (tests/pg_regress)"
 out="$ROOT/target/pg_regress"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/regress/pg_regress" --bindir="$(pg_bindir)" \
@@ -54,7 +54,7 @@ fi
 log "pg_regress: $(elapsed "$t")"
 
 t=$(now)
-log "5/6 pg_isolation_regress (tests/isolation)"
+log "5/7 pg_isolation_regress (tests/isolation)"
 out="$ROOT/target/isolation"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/isolation/pg_isolation_regress" --bindir="$(pg_bindir)" \
@@ -68,9 +68,14 @@ fi
 log "isolation: $(elapsed "$t")"
 
 t=$(now)
-log "6/6 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
+log "6/7 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
 STRESS_SECONDS=${STRESS_SECONDS:-20} "$ROOT/tests/stress/run.sh" "$sock" "$PORT" \
     || die "the stress test failed"
 log "stress: $(elapsed "$t")"
+
+t=$(now)
+log "7/7 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
+"$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
+log "client: $(elapsed "$t")"
 
 log "all tests passed in $(elapsed "$total")"
