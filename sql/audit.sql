@@ -20,9 +20,11 @@ CREATE TABLE voucher.audit_event (
 ) WITH (fillfactor = 100);
 COMMENT ON TABLE voucher.audit_event IS
     'The audit log: append-only; row_hash is an HMAC-SHA256 of the row under the server''s audit key.';
-CREATE INDEX audit_event_at_idx ON voucher.audit_event (tenant_id, at);
+-- Written on every change, read rarely: few indexes. The primary key serves a tenant's log in
+-- order (and verification and purging); the object index a voucher's or key's history; a BRIN
+-- index time ranges (rows arrive in time order and are never updated, so it stays tight).
 CREATE INDEX audit_event_object_idx ON voucher.audit_event (tenant_id, object_type, object_id);
-CREATE INDEX audit_event_action_idx ON voucher.audit_event (tenant_id, action, at);
+CREATE INDEX audit_event_at_brin ON voucher.audit_event USING brin (at);
 
 -- The chain, written by seal_audit(): chain_hash = HMAC(previous chain_hash || row_hash), per
 -- tenant in event_id order. Insert-only, like the log.

@@ -7,6 +7,7 @@
 //! - N = 2^m * q with m >= 2, q odd: the direct product of `x * y = a*x + y` over GF(2^m)
 //!   (a = the field element "x", neither 0 nor 1) and the odd construction over Z_q;
 //! - N = 10: Damm's published table.
+//!
 //! Other N (2 mod 4, apart from 10) have no such closed form, and are refused.
 
 use crate::error::{Result, VoucherError};
@@ -61,7 +62,7 @@ impl CheckChar {
             Kind::Odd
         } else if n == 10 {
             Kind::Decimal
-        } else if n % 4 == 0 && n >= 4 {
+        } else if n.is_multiple_of(4) && n >= 4 {
             let m = n.trailing_zeros();
             Kind::Product { m, q: n >> m }
         } else {

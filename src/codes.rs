@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::PgMemoryContexts;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
@@ -231,15 +232,14 @@ fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Resu
             // Codes of other shapes, or imported ones, may still collide: look each new code up
             // unless the tenant has no codes at all.
             let probe = existing > 0
-                || client
+                || !client
                     .select(
                         "SELECT 1 FROM voucher.code WHERE tenant_id = $1 LIMIT 1",
                         None,
                         &[t.into()],
                     )
                     .expect("any code")
-                    .len()
-                    > 0;
+                    .is_empty();
             insert_drawn(
                 client,
                 t,
@@ -296,6 +296,9 @@ fn insert_drawn(
             ],
         )
         .expect("lookup prepares");
+    // The arrays handed to each statement are palloc'd: built in a context reset per chunk,
+    // so a million codes cost the memory of one chunk, not of all of them.
+    let mut chunk_memory = PgMemoryContexts::new("voucher generate_codes chunk");
     let mut inserted = 0u64;
     let mut codes: Vec<String> = Vec::with_capacity(CHUNK);
     let mut displays: Vec<Option<String>> = Vec::with_capacity(CHUNK);
@@ -318,31 +321,40 @@ fn insert_drawn(
                 "use a longer pattern",
             ));
         }
-        if probe {
-            let taken: HashSet<String> = client
-                .select(&lookup, None, &[tenant.into(), codes.clone().into()])
-                .expect("lookup runs")
-                .filter_map(|r| r.get::<String>(1).ok().flatten())
-                .collect();
-            if !taken.is_empty() {
-                let mut keep = codes.iter().map(|c| !taken.contains(c));
-                displays.retain(|_| keep.next().unwrap());
-                codes.retain(|c| !taken.contains(c));
-            }
+        // SAFETY: nothing allocated in chunk_memory outlives this chunk (the Rust vectors are
+        // Rust's; the statements' results are read before the reset).
+        unsafe {
+            chunk_memory.switch_to(|_| {
+                if probe {
+                    let taken: HashSet<String> = client
+                        .select(&lookup, None, &[tenant.into(), codes.clone().into()])
+                        .expect("lookup runs")
+                        .filter_map(|r| r.get::<String>(1).ok().flatten())
+                        .collect();
+                    // the result table lives in SPI's own context until the connection ends
+                    pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
+                    if !taken.is_empty() {
+                        let mut keep = codes.iter().map(|c| !taken.contains(c));
+                        displays.retain(|_| keep.next().unwrap());
+                        codes.retain(|c| !taken.contains(c));
+                    }
+                }
+                let ids: Vec<pgrx::Uuid> = codes
+                    .iter()
+                    .map(|_| pgrx::Uuid::from_bytes(rng::uuid_v7()))
+                    .collect();
+                let args: [DatumWithOid; 6] = [
+                    tenant.into(),
+                    campaign.into(),
+                    balance.clone().into(),
+                    ids.into(),
+                    codes.clone().into(),
+                    displays.clone().into(),
+                ];
+                client.update(&insert, None, &args).expect("insert runs");
+            });
+            chunk_memory.reset();
         }
-        let ids: Vec<pgrx::Uuid> = codes
-            .iter()
-            .map(|_| pgrx::Uuid::from_bytes(rng::uuid_v7()))
-            .collect();
-        let args: [DatumWithOid; 6] = [
-            tenant.into(),
-            campaign.into(),
-            balance.clone().into(),
-            ids.into(),
-            codes.clone().into(),
-            displays.clone().into(),
-        ];
-        client.update(&insert, None, &args).expect("insert runs");
         inserted += codes.len() as u64;
     }
     Ok(inserted)

@@ -689,6 +689,7 @@ fn validate_impl(
 /// Would this code redeem? Reports the verdict without changing anything; never raises for a
 /// business rule.
 #[pg_extern(stable, parallel_restricted)]
+#[allow(clippy::type_complexity)] // pgrx reads the result columns from this signature
 fn validate(
     code: Option<&str>,
     customer: default!(Option<&str>, "NULL"),
