@@ -39,7 +39,8 @@ type HmacSha256 = Hmac<Sha256>;
 const KEY_BYTES: usize = 32;
 
 thread_local! {
-    static KEY: RefCell<Option<(String, [u8; KEY_BYTES])>> = const { RefCell::new(None) };
+    /// The audit key file's path, the key, and the key ready to MAC.
+    static KEY: RefCell<Option<(String, [u8; KEY_BYTES], Keyed)>> = const { RefCell::new(None) };
     static PENDING: RefCell<Vec<Pending>> = const { RefCell::new(Vec::new()) };
     static FLUSHED_IN_XACT: Cell<usize> = const { Cell::new(0) };
     static EXIT_HOOK: Cell<bool> = const { Cell::new(false) };
@@ -103,16 +104,20 @@ fn load_key(path: &str) -> std::result::Result<[u8; KEY_BYTES], String> {
     }
 }
 
-fn with_key<R>(f: impl FnOnce(&[u8; KEY_BYTES]) -> R) -> Result<R> {
+/// Runs `f` with the audit key and the key ready to MAC, loading it on first use. The borrow of
+/// the cache ends before `f` runs: `f` may run SQL that calls `_audit_hash`, which needs it too.
+fn with_key<R>(f: impl FnOnce(&[u8; KEY_BYTES], &Keyed) -> R) -> Result<R> {
     let path = key_path();
-    KEY.with(|k| {
+    let (key, keyed) = KEY.with(|k| {
         let mut k = k.borrow_mut();
-        if !matches!(&*k, Some((p, _)) if *p == path) {
+        if !matches!(&*k, Some((p, _, _)) if *p == path) {
             let key = load_key(&path).map_err(VoucherError::NotReady)?;
-            *k = Some((path, key));
+            *k = Some((path, key, Keyed::new(&key)));
         }
-        Ok(f(&k.as_ref().unwrap().1))
-    })
+        let (_, key, keyed) = k.as_ref().expect("just loaded");
+        Ok::<_, VoucherError>((*key, keyed.clone()))
+    })?;
+    Ok(f(&key, &keyed))
 }
 
 fn mac(key: &[u8; KEY_BYTES]) -> HmacSha256 {
@@ -194,7 +199,8 @@ impl Keyed {
     }
 }
 
-pub fn row_hash(key: &[u8; KEY_BYTES], c: &Canonical) -> [u8; 32] {
+#[cfg(test)]
+fn row_hash(key: &[u8; KEY_BYTES], c: &Canonical) -> [u8; 32] {
     Keyed::new(key).row_hash(c)
 }
 
@@ -227,7 +233,7 @@ fn audit_hash_sql(
 ) -> Vec<u8> {
     let tenant = *tenant;
     api(|| {
-        with_key(|k| {
+        with_key(|_, keyed| {
             let c = Canonical {
                 tenant: &tenant,
                 event_id,
@@ -238,7 +244,7 @@ fn audit_hash_sql(
                 object_id,
                 details,
             };
-            row_hash(k, &c).to_vec()
+            keyed.row_hash(&c).to_vec()
         })
     })
 }
@@ -676,7 +682,7 @@ fn seal_impl() -> Result<i64> {
             "schedule SELECT voucher.seal_audit() as an operator, e.g. with pg_cron",
         ));
     }
-    with_key(|key| {
+    with_key(|key, _| {
         let tenants = context::all_tenants();
         tenants
             .into_iter()
@@ -699,7 +705,7 @@ fn seal_audit() -> i64 {
 // Verification
 // ---------------------------------------------------------------------------------------------
 
-/// Rows fetched per round trip to the executor while verifying.
+/// Rows fetched per round trip to the executor while walking the chain.
 const BATCH: i64 = 5000;
 
 struct Verdict {
@@ -730,38 +736,175 @@ unsafe fn raw_field(
     }
 }
 
+/// A bytea column of an SPI result, borrowed from its tuple.
+///
+/// # Safety
+/// As for [`raw_field`], and the column is a bytea.
+unsafe fn raw_bytes<'a>(
+    table: *mut pg_sys::SPITupleTable,
+    row: usize,
+    col: i32,
+) -> Option<&'a [u8]> {
+    unsafe {
+        raw_field(table, row, col)
+            .and_then(|d| <&[u8]>::from_polymorphic_datum(d, false, pg_sys::BYTEAOID))
+    }
+}
+
+/// Runs a read-only query with one uuid argument ($1) on the **calling statement's snapshot**:
+/// SPI's read-only mode takes no new snapshot per query (pgrx's client takes one per query once
+/// the transaction has written), so every read of one verification sees the same rows even while
+/// other sessions append and seal. Planned like any SPI query, so PostgreSQL may run it with
+/// parallel workers.
+///
+/// # Safety
+/// Inside an SPI connection; `sql` is a single SELECT taking a uuid as $1.
+unsafe fn snapshot_select(
+    sql: &CStr,
+    tenant: pg_sys::Datum,
+) -> (*mut pg_sys::SPITupleTable, usize) {
+    let mut types = [pg_sys::UUIDOID];
+    let mut values = [tenant];
+    unsafe {
+        let rc = pg_sys::SPI_execute_with_args(
+            sql.as_ptr(),
+            1,
+            types.as_mut_ptr(),
+            values.as_mut_ptr(),
+            std::ptr::null(),
+            true,
+            0,
+        );
+        assert_eq!(
+            rc,
+            pg_sys::SPI_OK_SELECT as i32,
+            "verification query failed"
+        );
+        (pg_sys::SPI_tuptable, pg_sys::SPI_processed as usize)
+    }
+}
+
+/// A read-only cursor on the calling statement's snapshot (see [`snapshot_select`]) read a batch
+/// at a time; each batch is freed when the next is fetched, so memory stays at one batch.
+struct Scan {
+    portal: pg_sys::Portal,
+    table: *mut pg_sys::SPITupleTable,
+    n: usize,
+    i: usize,
+    done: bool,
+}
+
+impl Scan {
+    /// # Safety
+    /// As for [`snapshot_select`].
+    unsafe fn open(sql: &CStr, tenant: pg_sys::Datum) -> Scan {
+        let mut types = [pg_sys::UUIDOID];
+        let mut values = [tenant];
+        // SAFETY: the arguments are built above; SPI copies them into the portal.
+        let portal = unsafe {
+            pg_sys::SPI_cursor_open_with_args(
+                std::ptr::null(),
+                sql.as_ptr(),
+                1,
+                types.as_mut_ptr(),
+                values.as_mut_ptr(),
+                std::ptr::null(),
+                true,
+                0,
+            )
+        };
+        Scan {
+            portal,
+            table: std::ptr::null_mut(),
+            n: 0,
+            i: 0,
+            done: false,
+        }
+    }
+
+    /// The current row as (batch, index), fetching the next batch when this one is used up.
+    fn row(&mut self) -> Option<(*mut pg_sys::SPITupleTable, usize)> {
+        if self.i >= self.n && !self.done {
+            // SAFETY: our own batch, fully read; then the next one from our own portal.
+            unsafe {
+                if !self.table.is_null() {
+                    pg_sys::SPI_freetuptable(self.table);
+                }
+                pg_sys::SPI_cursor_fetch(self.portal, true, BATCH);
+                self.table = pg_sys::SPI_tuptable;
+                self.n = pg_sys::SPI_processed as usize;
+            }
+            self.i = 0;
+            self.done = self.n == 0;
+        }
+        (self.i < self.n).then_some((self.table, self.i))
+    }
+
+    /// The current row's first column, an int8 (the event id).
+    fn id(&mut self) -> Option<i64> {
+        // SAFETY: a row of our live batch; column 1 is int8, passed by value.
+        self.row()
+            .map(|(t, i)| unsafe { raw_field(t, i, 1) }.map_or(0, |d| d.value() as i64))
+    }
+}
+
+impl Drop for Scan {
+    fn drop(&mut self) {
+        // SAFETY: our own batch and portal, not used after this.
+        unsafe {
+            if !self.table.is_null() {
+                pg_sys::SPI_freetuptable(self.table);
+            }
+            pg_sys::SPI_cursor_close(self.portal);
+        }
+    }
+}
+
+/// Two passes over one snapshot. First every row's HMAC, in one aggregate query that PostgreSQL
+/// may spread over parallel workers (the same `_audit_hash` the writers use, evaluated in the
+/// scan, so no row's text is copied out of the executor): the row count and the lowest id whose
+/// HMAC does not match. Then the chain, in event order: the ids and stored hashes of the events
+/// and the chain entries, each read along its primary key and merged here (no join, no sort),
+/// up to that first bad row, so the earliest problem of either kind is the one reported.
 fn verify_impl() -> Result<Verdict> {
     let ctx = context::authorize(Action::ReadAudit)?;
     let tenant = ctx.tenant;
-    with_key(|key| {
+    with_key(|key, keyed| {
         context::as_tenant_definer(tenant, || {
-            Spi::connect(|client| {
-                let t = pgrx::Uuid::from_bytes(tenant);
-                let st = client
-                    .select(
-                        "SELECT sealed_through, head, purged_through, purge_head, key_fingerprint \
-                           FROM voucher.audit_state WHERE tenant_id = $1",
-                        None,
-                        &[t.into()],
-                    )
-                    .expect("audit state");
-                let (sealed_through, head, purged_through, purge_head, fp) = if st.is_empty() {
-                    (0, None, 0, None, None)
-                } else {
-                    let s = st.first();
-                    (
-                        s.get::<i64>(1).ok().flatten().unwrap_or(0),
-                        s.get::<Vec<u8>>(2).ok().flatten(),
-                        s.get::<i64>(3).ok().flatten().unwrap_or(0),
-                        s.get::<Vec<u8>>(4).ok().flatten(),
-                        s.get::<String>(5).ok().flatten(),
-                    )
-                };
+            Spi::connect(|_client| {
+                let t = pgrx::Uuid::from_bytes(tenant)
+                    .into_datum()
+                    .expect("a uuid is a datum");
                 let bad = |id: Option<i64>, rows: i64, why: &str| Verdict {
                     ok: false,
                     rows,
                     first_bad: id,
                     problem: Some(why.to_string()),
+                };
+                // SAFETY (all raw reads below): columns as in each query, rows < the count SPI
+                // returned, each result read before the next query replaces SPI_tuptable.
+                let (st, n) = unsafe {
+                    snapshot_select(
+                        c"SELECT sealed_through, head, purged_through, purge_head, key_fingerprint \
+                            FROM voucher.audit_state WHERE tenant_id = $1",
+                        t,
+                    )
+                };
+                let int = |col| unsafe { raw_field(st, 0, col) }.map_or(0, |d| d.value() as i64);
+                let (sealed_through, head, purged_through, purge_head, fp) = if n == 0 {
+                    (0, None, 0, None, None)
+                } else {
+                    (
+                        int(1),
+                        unsafe { raw_bytes(st, 0, 2) }.map(<[u8]>::to_vec),
+                        int(3),
+                        unsafe { raw_bytes(st, 0, 4) }.map(<[u8]>::to_vec),
+                        unsafe { raw_field(st, 0, 5) }
+                            .and_then(|d| unsafe {
+                                <&str>::from_polymorphic_datum(d, false, pg_sys::TEXTOID)
+                            })
+                            .map(str::to_string),
+                    )
                 };
                 if fp.as_deref().is_some_and(|f| f != fingerprint(key)) {
                     return bad(
@@ -770,125 +913,90 @@ fn verify_impl() -> Result<Verdict> {
                         "the server's audit key is not the one that sealed this log",
                     );
                 }
-                let keyed = Keyed::new(key);
+
+                // pass 1: every row's HMAC
+                let (hm, _) = unsafe {
+                    snapshot_select(
+                        c"SELECT count(*), min(event_id) FILTER (WHERE (row_hash \
+                                  OPERATOR(pg_catalog.=) voucher._audit_hash(tenant_id, event_id, \
+                                  at, actor::text, action, object_type, object_id, \
+                                  details::text)) IS NOT TRUE) \
+                            FROM voucher.audit_event WHERE tenant_id = $1",
+                        t,
+                    )
+                };
+                let total = unsafe { raw_field(hm, 0, 1) }.map_or(0, |d| d.value() as i64);
+                let first_forged = unsafe { raw_field(hm, 0, 2) }.map(|d| d.value() as i64);
+
+                // pass 2: the chain
                 let mut prev = purge_head.unwrap_or_else(|| keyed.genesis(&tenant).to_vec());
                 let mut rows = 0i64;
-                // The events and the chain, each read in event order along its primary key and
-                // merged here: no join, no sort, memory bounded by one batch of each.
-                let mut events = client.open_cursor(
-                    "SELECT event_id, at, actor::text, action, object_type, object_id, \
-                            details::text, row_hash \
-                       FROM voucher.audit_event WHERE tenant_id = $1 ORDER BY event_id",
-                    &[t.into()],
-                );
-                let mut links = client.open_cursor(
-                    "SELECT event_id, chain_hash FROM voucher.audit_chain \
-                      WHERE tenant_id = $1 ORDER BY event_id",
-                    &[t.into()],
-                );
-                let mut chain_buf: std::collections::VecDeque<(i64, Vec<u8>)> = Default::default();
-                let mut chain_done = false;
-                // the next chain entry, fetching a batch when the buffer runs dry
-                let mut next_link = |buf: &mut std::collections::VecDeque<(i64, Vec<u8>)>| {
-                    if buf.is_empty() && !chain_done {
-                        let batch = links.fetch(BATCH).expect("fetch chain");
-                        chain_done = batch.is_empty();
-                        buf.extend(batch.map(|r| {
-                            (
-                                r.get::<i64>(1).ok().flatten().unwrap_or(0),
-                                r.get::<Vec<u8>>(2).ok().flatten().unwrap_or_default(),
-                            )
-                        }));
-                        // SAFETY: the batch just copied out, the last result SPI produced.
-                        unsafe { pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable) };
-                    }
-                    buf.front().map(|(id, _)| *id)
+                let mut events = unsafe {
+                    Scan::open(
+                        c"SELECT event_id, row_hash FROM voucher.audit_event \
+                           WHERE tenant_id = $1 ORDER BY event_id",
+                        t,
+                    )
                 };
-                loop {
-                    let batch = events.fetch(BATCH).expect("fetch events");
-                    // SAFETY: SPI_tuptable is this batch until the next query runs.
-                    let batch_table = unsafe { pg_sys::SPI_tuptable };
-                    if batch.is_empty() {
-                        break;
+                let mut links = unsafe {
+                    Scan::open(
+                        c"SELECT event_id, chain_hash FROM voucher.audit_chain \
+                           WHERE tenant_id = $1 ORDER BY event_id",
+                        t,
+                    )
+                };
+                while let Some(id) = events.id() {
+                    // a chain entry before this event: its event was deleted
+                    if let Some(link) = links.id().filter(|l| *l < id) {
+                        return bad(Some(link), rows, "a sealed row was deleted");
                     }
-                    let n = batch.len();
-                    for i in 0..n {
-                        // SAFETY: row i < n of the batch just fetched, which stays allocated
-                        // until it is freed below; columns as in the query.
-                        let field = |col| unsafe { raw_field(batch_table, i, col) };
-                        let text = |col| {
-                            // SAFETY: a text column; borrowed, not copied (see raw_field)
-                            field(col).and_then(|d| unsafe {
-                                <&str>::from_polymorphic_datum(d, false, pg_sys::TEXTOID)
-                            })
-                        };
-                        let id = field(1).map_or(0, |d| d.value() as i64);
-                        // a chain entry before this event: its event was deleted
-                        if let Some(link) = next_link(&mut chain_buf).filter(|l| *l < id) {
-                            return bad(Some(link), rows, "a sealed row was deleted");
-                        }
-                        let chain_hash = match chain_buf.front() {
-                            Some((l, _)) if *l == id => chain_buf.pop_front().map(|(_, h)| h),
-                            _ => None,
-                        };
-                        rows += 1;
-                        // timestamptz is an int64 of microseconds, passed by value
-                        let at_micros = field(2).map_or(0, |d| d.value() as i64);
-                        let stored: &[u8] = field(8)
-                            .and_then(|d| unsafe {
-                                // SAFETY: a bytea column, borrowed like the text ones
-                                <&[u8]>::from_polymorphic_datum(d, false, pg_sys::BYTEAOID)
-                            })
-                            .unwrap_or_default();
-                        let expected = keyed.row_hash(&Canonical {
-                            tenant: &tenant,
-                            event_id: id,
-                            at_micros,
-                            actor: text(3).unwrap_or_default(),
-                            action: text(4).unwrap_or_default(),
-                            object_type: text(5),
-                            object_id: text(6),
-                            details: text(7).unwrap_or_default(),
-                        });
-                        if stored != expected {
-                            return bad(
-                                Some(id),
-                                rows,
-                                "a row was changed, forged or renumbered (its HMAC does not match)",
-                            );
-                        }
-                        if id <= purged_through {
-                            continue;
-                        }
+                    rows += 1;
+                    if first_forged == Some(id) {
+                        return bad(
+                            Some(id),
+                            rows,
+                            "a row was changed, forged or renumbered (its HMAC does not match)",
+                        );
+                    }
+                    let chain_hash = match links.id() {
+                        Some(l) if l == id => links.row(),
+                        _ => None,
+                    };
+                    if id > purged_through {
                         if id <= sealed_through {
-                            let Some(ch) = chain_hash else {
+                            let Some((lt, li)) = chain_hash else {
                                 return bad(
                                     Some(id),
                                     rows,
                                     "a row was inserted into the sealed chain",
                                 );
                             };
+                            let (et, ei) = events.row().expect("the current event");
+                            let stored = unsafe { raw_bytes(et, ei, 2) }.unwrap_or_default();
                             let next = keyed.chain(&prev, id, stored);
-                            if ch != next {
+                            if unsafe { raw_bytes(lt, li, 2) } != Some(next.as_slice()) {
                                 return bad(
                                     Some(id),
                                     rows,
                                     "the chain breaks here: a row before it was deleted or moved",
                                 );
                             }
-                            prev = next.to_vec();
+                            prev.clear();
+                            prev.extend_from_slice(&next);
                         } else if chain_hash.is_some() {
                             return bad(Some(id), rows, "a chain entry lies past the sealed end");
                         }
                     }
-                    // SAFETY: this batch is fully read; SPI would otherwise keep every batch
-                    // until the connection ends.
-                    unsafe { pg_sys::SPI_freetuptable(batch_table) };
+                    if chain_hash.is_some() {
+                        links.i += 1;
+                    }
+                    events.i += 1;
                 }
                 // chain entries after the last event: those events were deleted
-                if let Some(link) = next_link(&mut chain_buf) {
+                if let Some(link) = links.id() {
                     return bad(Some(link), rows, "a sealed row was deleted");
                 }
+                debug_assert_eq!(rows, total, "both passes read one snapshot");
                 if sealed_through > purged_through && head.as_deref() != Some(prev.as_slice()) {
                     return bad(
                         None,
