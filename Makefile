@@ -32,3 +32,9 @@ clean:
 	-scripts/cluster.sh stop demo
 	-scripts/cluster.sh stop test
 	cargo clean
+
+# The benchmark suite: one results table, also in bench/results/latest.md (see bench/README.md).
+# PHONY on its own line: the bench/ directory would otherwise make the target look up to date.
+.PHONY: bench
+bench:
+	scripts/bench.sh

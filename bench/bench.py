@@ -1,0 +1,1067 @@
+#!/usr/bin/env python3
+"""The voucher_ext benchmark driver (Python 3 standard library only).
+
+Run it through scripts/bench.sh (`make bench`), which builds and installs the release build,
+starts a private cluster and calls:
+
+    bench/bench.py --host SOCKET_DIR --port PORT
+
+Every operation is measured against a baseline on the same data, alternating the two within one
+run (A B B A A B ...), BENCH_RUNS times each; the table reports per side the median and the range
+(min-max) and the ratio of the medians. See bench/README.md for what each row means.
+
+Environment: BENCH_RUNS (5), BENCH_SECONDS (10), BENCH_QUICK=1 (2 runs x 3 s, smaller data,
+results under bench/results/quick.tmp/), BENCH_ONLY=case,case (re-run some cases and merge them
+into the last results; `bench.py --list` names the cases).
+
+Adding a case: write a function decorated with @case(...) that measures its sides with
+alternate({...}) over closures calling pgbench(...) or oneshot(...), and returns rows made with
+row(...); see case_verify_audit at the end of the cases for a template.
+"""
+
+import argparse
+import datetime
+import glob
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+PG_CONFIG = os.environ.get("PG_CONFIG", "/usr/lib/postgresql/15/bin/pg_config")
+
+
+def env_int(name, default):
+    value = os.environ.get(name, "")
+    return int(value) if value.strip() else default
+
+
+QUICK = os.environ.get("BENCH_QUICK", "0") == "1"
+RUNS = env_int("BENCH_RUNS", 2 if QUICK else 5)
+SECONDS = env_int("BENCH_SECONDS", 3 if QUICK else 10)
+ONLY = [c for c in os.environ.get("BENCH_ONLY", "").replace(" ", "").split(",") if c]
+
+CLIENTS = 8                                   # pgbench clients unless a case says otherwise
+CLIENT_COUNTS = [1, 2, 4, 8, 16, 32]          # the picture
+GEN_COUNT = 100_000 if QUICK else 1_000_000   # codes per preview / generate run
+POOL = 100_000                                # single-use vouchers S1..S100000
+SCALES = [100_000, 1_000_000] if QUICK else [100_000, 1_000_000, 10_000_000]
+SCALE_STRIDE = 7919                           # prime: (n - 1) * 7919 % N + 1 permutes 1..N
+TENANTS, PER_TENANT = 1000, 100
+MAIN_DB, GEN_DB, AUDIT_DB = "voucher_bench", "voucher_gen", "voucher_audit"
+AUDIT_ROWS = 100_000 if QUICK else 1_000_000  # audit events verified in case 7
+APP_ROLE = "bench_app"                        # the login role pgbench connects as
+
+OUT = os.path.join(HERE, "results", "quick.tmp") if QUICK else os.path.join(HERE, "results")
+WORK = os.path.join(HERE, "results", "run.tmp")   # generated scripts, pgbench logs (ignored by git)
+
+
+def log(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+class Failure(Exception):
+    pass
+
+
+# ---------------------------------------------------------------------------------------------
+# PostgreSQL access
+# ---------------------------------------------------------------------------------------------
+
+class PG:
+    def __init__(self, host, port):
+        self.host, self.port = host, str(port)
+        self.bindir = subprocess.check_output([PG_CONFIG, "--bindir"], text=True).strip()
+
+    def cmd(self, prog, db, user):
+        return [os.path.join(self.bindir, prog), "-h", self.host, "-p", self.port, "-U", user, "-d", db]
+
+    def psql(self, db, sql, user="postgres", env=None):
+        """Runs SQL (statements, psql meta-commands) in one session; returns unaligned output."""
+        p = subprocess.run(self.cmd("psql", db, user) + ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
+                           input=sql, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            raise Failure(f"psql failed on {db}: {p.stderr.strip()[:2000]}")
+        return p.stdout
+
+    def scalar(self, db, sql):
+        out = self.psql(db, sql).strip().splitlines()
+        return out[-1] if out else None
+
+
+PGI = None  # set in main()
+
+
+def sql(db, text):
+    return PGI.psql(db, text)
+
+
+def scalar(db, text):
+    return PGI.scalar(db, text)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement primitives
+# ---------------------------------------------------------------------------------------------
+
+def render_script(name, **subst):
+    """bench/pgbench/NAME.pgbench with {{KEY}} style placeholders filled in, written to WORK."""
+    with open(os.path.join(HERE, "pgbench", name + ".pgbench")) as f:
+        text = f.read()
+    for k, v in subst.items():
+        text = text.replace("{{" + k + "}}", str(v))
+    left = re.findall(r"\{\{\w+\}\}", text)
+    if left:
+        raise Failure(f"{name}.pgbench: no value for {', '.join(sorted(set(left)))}")
+    tag = hashlib.sha1(text.encode()).hexdigest()[:10]
+    path = os.path.join(WORK, f"{name}-{tag}.pgbench")
+    with open(path, "w") as f:
+        f.write(text)
+    return path
+
+
+def pgbench(db, script, clients=CLIENTS, seconds=None, sync_commit=True, user=APP_ROLE):
+    """One pgbench run (-M prepared, per-transaction log): tps, p95 and average latency, tx."""
+    seconds = seconds or SECONDS
+    prefix = os.path.join(WORK, f"log-{uuid.uuid4().hex[:8]}")
+    cmd = PGI.cmd("pgbench", db, user)[:-2] + [
+        "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
+        "-D", "authed=0", "-l", f"--log-prefix={prefix}", "-f", script, db]
+    env = dict(os.environ)
+    env.pop("PGOPTIONS", None)
+    if not sync_commit:
+        env["PGOPTIONS"] = "-c synchronous_commit=off"
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    out = p.stdout + p.stderr
+    lat = []
+    for f in glob.glob(prefix + "*"):
+        with open(f) as fh:
+            for line in fh:
+                parts = line.split()
+                if len(parts) >= 3 and parts[2].isdigit():
+                    lat.append(int(parts[2]))
+        os.remove(f)
+    tx = re.search(r"number of transactions actually processed: (\d+)", out)
+    tps = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    failed = re.search(r"number of failed transactions: (\d+)", out)
+    if p.returncode != 0 or not tx or not tps or "aborted" in out or (failed and int(failed.group(1))):
+        raise Failure(f"pgbench {os.path.basename(script)} failed (rc {p.returncode}):\n{out.strip()[-1500:]}")
+    lat.sort()
+    p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] / 1000.0 if lat else None
+    avg = statistics.fmean(lat) / 1000.0 if lat else None
+    return {"v": float(tps.group(1)), "tx": int(tx.group(1)), "p95": p95, "avg": avg}
+
+
+def watch_memory(app, result, stop):
+    """Polls the peak memory of the backend whose application_name is `app` (20 Hz)."""
+    pid = None
+    while not stop.is_set():
+        if pid is None:
+            try:
+                got = PGI.psql("postgres", f"SELECT pid FROM pg_stat_activity WHERE application_name = '{app}'")
+                pid = int(got.split()[0]) if got.split() else None
+            except Failure:
+                pass
+        if pid is not None:
+            try:
+                with open(f"/proc/{pid}/status") as f:
+                    status = f.read()
+                for field, key in (("RssAnon", "rss"), ("VmHWM", "hwm"), ("VmRSS", "vmrss")):
+                    m = re.search(rf"^{field}:\s+(\d+) kB", status, re.M)
+                    if m:
+                        result[key] = max(result.get(key, 0), int(m.group(1)) / 1024.0)
+            except OSError:
+                pass
+        stop.wait(0.05)
+
+
+def oneshot(db, setup, timed, teardown="", monitor=False):
+    """Times the statements in `timed` (psql \\timing, summed) in one session after `setup`.
+    With monitor, also the backend's peak private memory (RssAnon) and VmHWM in MB."""
+    app = "bench_" + uuid.uuid4().hex[:10]
+    script = setup + "\n\\timing on\n" + "\n".join(timed) + "\n\\timing off\n" + teardown + "\n"
+    env = dict(os.environ, PGAPPNAME=app)
+    env.pop("PGOPTIONS", None)
+    mem, stop = {}, threading.Event()
+    watcher = threading.Thread(target=watch_memory, args=(app, mem, stop)) if monitor else None
+    proc = subprocess.Popen(PGI.cmd("psql", db, "postgres") + ["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    if watcher:
+        watcher.start()
+    out, err = proc.communicate(script)
+    if watcher:
+        stop.set()
+        watcher.join()
+    if proc.returncode != 0:
+        raise Failure(f"psql failed: {err.strip()[:2000]}")
+    times = [float(t) for t in re.findall(r"^Time: ([0-9.]+) ms", out, re.M)]
+    if len(times) != len(timed):
+        raise Failure(f"expected {len(timed)} timings, got {len(times)}:\n{out[-1000:]}")
+    sample = {"v": sum(times), "out": out}
+    if monitor:
+        if "rss" not in mem:
+            raise Failure("could not watch the backend's memory")
+        sample.update(rss=mem["rss"], hwm=mem.get("hwm"))
+    return sample
+
+
+def alternate(sides, runs=None, before=None):
+    """Runs each side `runs` times, alternating A B B A A B ... (for three sides A B C C B A ...).
+    `sides` maps a name to a function returning a sample dict; `before(name)` runs untimed
+    before every run (resets). Returns {name: [samples]}."""
+    runs = runs or RUNS
+    names = list(sides)
+    out = {n: [] for n in names}
+    for i in range(runs):
+        for name in (names if i % 2 == 0 else names[::-1]):
+            if before:
+                before(name)
+            s = sides[name]()
+            s.pop("out", None)
+            out[name].append(s)
+            extra = f", p95 {s['p95']:.2f} ms, {s['tx']:,} tx" if "tx" in s else ""
+            mem = f", RssAnon peak {s['rss']:.1f} MB" if "rss" in s else ""
+            log(f"    {name} run {i + 1}/{runs}: {s['v']:,.1f}{extra}{mem}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Rows of the results table
+# ---------------------------------------------------------------------------------------------
+
+def series(label, samples, key="v"):
+    return {"label": label, "values": [s[key] for s in samples],
+            "p95": [s["p95"] for s in samples] if samples and "p95" in samples[0] else None}
+
+
+def row(rid, op, unit, ours, base, goal=None, note=None):
+    """unit: 'TPS' (higher is better), 'ms' or 'MB' (lower is better). goal: ('>=', 0.9) etc.,
+    on the ratio of medians ours / base."""
+    return {"id": rid, "op": op, "unit": unit, "ours": ours, "base": base, "goal": goal, "note": note}
+
+
+CASES = []
+
+
+def case(name, title, needs=()):
+    def deco(fn):
+        CASES.append({"name": name, "title": title, "needs": needs, "fn": fn})
+        return fn
+    return deco
+
+
+# ---------------------------------------------------------------------------------------------
+# Data set-up
+# ---------------------------------------------------------------------------------------------
+
+STATE = {}
+
+
+def create_app_role():
+    sql("postgres", f"""
+DO $$ BEGIN
+  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '{APP_ROLE}') THEN
+    CREATE ROLE {APP_ROLE} LOGIN;
+  END IF;
+END $$;""")
+
+
+def bare_schema_sql(with_redemption=True):
+    """The baseline schema: the same table shapes, indexes, foreign keys and storage parameters
+    (LIKE ... INCLUDING ALL does not copy fillfactor, which decides whether counter updates can
+    stay HOT), without RLS, triggers or any extension logic."""
+    return """
+CREATE SCHEMA bare;
+CREATE TABLE bare.campaign (LIKE voucher.campaign INCLUDING ALL);
+CREATE TABLE bare.code (LIKE voucher.code INCLUDING ALL);
+ALTER TABLE bare.code ADD FOREIGN KEY (tenant_id, campaign_id) REFERENCES bare.campaign;
+""" + ("""CREATE TABLE bare.redemption (LIKE voucher.redemption INCLUDING ALL);
+ALTER TABLE bare.redemption ADD FOREIGN KEY (tenant_id, voucher_id) REFERENCES bare.code;
+""" if with_redemption else "") + """
+DO $$
+DECLARE r record;
+BEGIN
+    FOR r IN SELECT c.relname, c.reloptions FROM pg_class c
+              WHERE c.relnamespace = 'voucher'::regnamespace AND c.reloptions IS NOT NULL
+                AND c.relname IN (SELECT relname FROM pg_class WHERE relnamespace = 'bare'::regnamespace) LOOP
+        EXECUTE format('ALTER TABLE bare.%I SET (%s)', r.relname, array_to_string(r.reloptions, ', '));
+    END LOOP;
+END $$;
+"""
+
+
+CREATED = set()
+
+
+def fresh_db(db):
+    """A new database with the extension. main() creates them all at the start: CREATE EXTENSION
+    reads the SQL script installed at that moment, which must match the library the cluster
+    loaded at its start (a concurrent install could replace the script later)."""
+    if db in CREATED:
+        return
+    sql("postgres", f"SET client_min_messages = warning;\nDROP DATABASE IF EXISTS {db};\nCREATE DATABASE {db};")
+    sql(db, "SET client_min_messages = warning;\nCREATE EXTENSION voucher_ext;")
+    CREATED.add(db)
+
+
+def setup_main():
+    """voucher_bench: tenant 'bench' with an admin key (table bench_key), campaigns 'single-use'
+    (limit 1) and 'hot' (no limit), vouchers S1..S100000 and HOT; schema bare with the same
+    rows; the login role bench_app (voucher_client + rights on bare) that pgbench uses."""
+    t0 = time.time()
+    log(f"setting up {MAIN_DB}: tenant, key, campaigns, {POOL:,} single-use vouchers, schema bare")
+    fresh_db(MAIN_DB)
+    create_app_role()
+    sql(MAIN_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL, single uuid, hot uuid);
+DO $$
+DECLARE t uuid; k text;
+BEGIN
+    t := voucher.create_tenant('bench');
+    k := voucher.create_api_key('admin', tenant => t);
+    PERFORM voucher.authenticate(k);
+    INSERT INTO bench_key VALUES (t, k, voucher.create_campaign('bench single-use', redemption_limit => 1),
+                                  voucher.create_campaign('bench hot', redemption_limit => NULL));
+END $$;
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code)
+SELECT k.tenant, voucher._uuid_v7(), k.single, 'S' || n FROM bench_key k, generate_series(1, {POOL}) n;
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code)
+SELECT k.tenant, voucher._uuid_v7(), k.hot, 'HOT' FROM bench_key k;
+{bare_schema_sql()}
+INSERT INTO bare.campaign SELECT * FROM voucher.campaign;
+INSERT INTO bare.code SELECT * FROM voucher.code;
+CREATE SEQUENCE bench_seq_ours;
+CREATE SEQUENCE bench_seq_bare;
+CREATE SEQUENCE bench_seq_mt;
+GRANT voucher_client TO {APP_ROLE};
+GRANT USAGE ON SCHEMA bare TO {APP_ROLE};
+GRANT SELECT, INSERT, UPDATE ON ALL TABLES IN SCHEMA bare TO {APP_ROLE};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};
+VACUUM ANALYZE;
+CHECKPOINT;
+""")
+    tenant, key, single, hot = scalar(MAIN_DB, "SELECT tenant, key, single, hot FROM bench_key").split("|")
+    STATE["main"] = {"tenant": tenant, "key": key, "single": single, "vouchers": POOL}
+    log(f"  done in {time.time() - t0:.0f} s")
+
+
+def setup_tenants():
+    """1,000 tenants, each with an admin key, a campaign and 100 codes M<n> (n % 1000 = i), and one
+    tenant 'mono' holding all 100,000 codes M1..M100000; key tables bench_mt_key / bench_mono_key."""
+    t0 = time.time()
+    log(f"setting up {TENANTS:,} tenants x {PER_TENANT} vouchers, and one tenant with all of them")
+    total = TENANTS * PER_TENANT
+    sql(MAIN_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE bench_mt_key (i integer PRIMARY KEY, tenant uuid NOT NULL, key text NOT NULL, campaign uuid NOT NULL);
+CREATE TABLE bench_mono_key (i integer PRIMARY KEY, tenant uuid NOT NULL, key text NOT NULL, campaign uuid NOT NULL);
+DO $$
+DECLARE t uuid; k text; c uuid;
+BEGIN
+    FOR i IN 0..{TENANTS - 1} LOOP
+        t := voucher.create_tenant('bench tenant ' || i);
+        k := voucher.create_api_key('admin', tenant => t);
+        PERFORM voucher.authenticate(k);
+        INSERT INTO bench_mt_key VALUES (i, t, k, voucher.create_campaign('bench multi-tenant'));
+    END LOOP;
+    t := voucher.create_tenant('bench mono');
+    k := voucher.create_api_key('admin', tenant => t);
+    PERFORM voucher.authenticate(k);
+    c := voucher.create_campaign('bench mono');
+    INSERT INTO bench_mono_key SELECT i, t, k, c FROM generate_series(0, {TENANTS - 1}) i;
+END $$;
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code)
+SELECT k.tenant, voucher._uuid_v7(), k.campaign, 'M' || n
+  FROM generate_series(1, {total}) n JOIN bench_mt_key k ON k.i = n % {TENANTS};
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code)
+SELECT k.tenant, voucher._uuid_v7(), k.campaign, 'M' || n
+  FROM generate_series(1, {total}) n JOIN bench_mono_key k ON k.i = 0;
+GRANT SELECT ON bench_mt_key, bench_mono_key TO {APP_ROLE};
+VACUUM ANALYZE;
+CHECKPOINT;
+""")
+    STATE["tenants"] = True
+    log(f"  done in {time.time() - t0:.0f} s")
+
+
+def setup_gen():
+    """voucher_gen: a tenant whose code table is emptied before every run, the PL/pgSQL
+    generators, and bare.campaign / bare.code (no redemptions) for the PL/pgSQL inserts."""
+    log(f"setting up {GEN_DB}")
+    fresh_db(GEN_DB)
+    with open(os.path.join(HERE, "sql", "plpgsql_generator.sql")) as f:
+        generator = f.read()
+    sql(GEN_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL, campaign uuid);
+DO $$
+DECLARE t uuid; k text;
+BEGIN
+    t := voucher.create_tenant('bench gen');
+    k := voucher.create_api_key('admin', tenant => t);
+    PERFORM voucher.authenticate(k);
+    INSERT INTO bench_key VALUES (t, k, voucher.create_campaign('plpgsql baseline'));
+END $$;
+{bare_schema_sql(with_redemption=False)}
+INSERT INTO bare.campaign SELECT * FROM voucher.campaign;
+{generator}
+""")
+    tenant, key, campaign = scalar(GEN_DB, "SELECT tenant, key, campaign FROM bench_key").split("|")
+    STATE["gen"] = {"tenant": tenant, "key": key, "campaign": campaign}
+
+
+FIXTURES = {"main": setup_main, "tenants": setup_tenants, "gen": setup_gen}
+
+
+def need(*names):
+    for n in names:
+        if n not in STATE:
+            FIXTURES[n]()
+
+
+# Extra SQL run by every reset (in session_replication_role = replica, so the audit log's own
+# append-only and direct-DML triggers stay quiet): what redemptions append to besides
+# voucher.redemption. Each redemption writes one audit row.
+RESET_EXTRA = [
+    "TRUNCATE voucher.audit_event, voucher.audit_chain;",
+]
+
+
+def reset_main(_side=None):
+    """Before every redemption run, for both sides alike: no redemptions, every counter at 0,
+    sequences restarted, VACUUM ANALYZE, CHECKPOINT."""
+    sql(MAIN_DB, """
+SET client_min_messages = warning;
+SET session_replication_role = replica;
+TRUNCATE voucher.redemption, bare.redemption;
+UPDATE voucher.code SET redeemed_count = 0 WHERE redeemed_count <> 0;
+UPDATE bare.code SET redeemed_count = 0 WHERE redeemed_count <> 0;
+""" + "\n".join(RESET_EXTRA) + """
+SELECT setval(s, 1, false) FROM unnest(ARRAY['bench_seq_ours', 'bench_seq_bare', 'bench_seq_mt']) s;
+RESET session_replication_role;
+VACUUM ANALYZE voucher.code, voucher.redemption, bare.code, bare.redemption;
+CHECKPOINT;
+""")
+
+
+def seq_used(seq):
+    last, called = scalar(MAIN_DB, f"SELECT last_value, is_called FROM {seq}").split("|")
+    return int(last) if called == "t" else 0
+
+
+def check_redemptions(s, table, seq=None, pool=None):
+    """No silent no-ops: every pgbench transaction left exactly one redemption."""
+    got = int(scalar(MAIN_DB, f"SELECT count(*) FROM {table}"))
+    if got != s["tx"]:
+        raise Failure(f"{table}: {got:,} redemptions after {s['tx']:,} transactions")
+    if seq:
+        used = seq_used(seq)
+        if used != s["tx"]:
+            raise Failure(f"{seq}: {used:,} vouchers handed out for {s['tx']:,} transactions")
+        if pool and used > pool:
+            raise Failure(f"ran out of vouchers: {used:,} > {pool:,}")
+    return s
+
+
+# ---------------------------------------------------------------------------------------------
+# The sides (one run each)
+# ---------------------------------------------------------------------------------------------
+
+def redeem_side(kind, clients=CLIENTS, sync_commit=True, stride=1, n=None):
+    """kind: ours (session auth), pertx (per-transaction auth, one request), bare."""
+    m = STATE["main"]
+    n = n or POOL
+    if kind == "bare":
+        script = render_script("redeem_bare", SEQ="bench_seq_bare", TENANT=m["tenant"], STRIDE=stride, N=n)
+        table, seq = "bare.redemption", "bench_seq_bare"
+    else:
+        script = render_script("redeem_ours" if kind == "ours" else "redeem_ours_pertx",
+                               SEQ="bench_seq_ours", KEY=m["key"], STRIDE=stride, N=n)
+        table, seq = "voucher.redemption", "bench_seq_ours"
+    return lambda: check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit),
+                                     table, seq, n)
+
+
+def hot_side(kind, sync_commit=True):
+    m = STATE["main"]
+    if kind == "bare":
+        script, table = render_script("hot_bare", TENANT=m["tenant"]), "bare.redemption"
+    else:
+        script, table = render_script("hot_ours", KEY=m["key"]), "voucher.redemption"
+
+    def run():
+        s = check_redemptions(pgbench(MAIN_DB, script, sync_commit=sync_commit), table)
+        schema = table.split(".")[0]
+        count = int(scalar(MAIN_DB, f"SELECT redeemed_count FROM {schema}.code WHERE code = 'HOT'"))
+        if count != s["tx"]:
+            raise Failure(f"{schema} HOT redeemed_count {count:,} after {s['tx']:,} transactions")
+        return s
+    return run
+
+
+# ---------------------------------------------------------------------------------------------
+# The cases, in the order they run
+# ---------------------------------------------------------------------------------------------
+
+def fmt_count(n):
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else (
+        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+
+
+@case("codes", "1-2. preview_codes and generate_codes vs generate_series, PL/pgSQL and COPY", needs=("gen",))
+def case_codes():
+    g = STATE["gen"]
+    N = GEN_COUNT
+    nn = fmt_count(N)
+    copy_file = os.path.join(PGI.host, "bench_generated.copy")
+
+    # 1. Generating codes only (nothing stored).
+    log(f"  preview_codes({nn}) vs generate_series vs PL/pgSQL generator")
+    pure = alternate({
+        "preview_codes": lambda: oneshot(GEN_DB, "", [f"SELECT count(*) FROM voucher.preview_codes({N});"]),
+        "generate_series": lambda: oneshot(GEN_DB, "", [f"SELECT count(*) FROM generate_series(1, {N});"]),
+        "plpgsql": lambda: oneshot(GEN_DB, "", [f"SELECT count(*) FROM bench_plpgsql_codes({N});"]),
+    })
+
+    # 2. Generating and storing codes: generate_codes vs COPY of the same rows vs PL/pgSQL.
+    def empty_tables(_side):
+        sql(GEN_DB, "SET client_min_messages = warning;\nSET session_replication_role = replica;\n"
+                    "TRUNCATE voucher.code CASCADE;\nTRUNCATE bare.code;\n" + "\n".join(RESET_EXTRA) + "\nCHECKPOINT;")
+
+    def generate():
+        s = oneshot(GEN_DB,
+                    f"BEGIN;\nSELECT voucher.authenticate('{g['key']}') IS NOT NULL;\n"
+                    f"SELECT voucher.create_campaign('generated') AS campaign \\gset\n",
+                    [f"SELECT voucher.generate_codes(:'campaign', {N});", "COMMIT;"],
+                    # the rows COPY loads in its runs: exactly what this run generated
+                    f"COPY (SELECT tenant_id, voucher_id, campaign_id, code, display, balance FROM voucher.code "
+                    f"WHERE campaign_id = :'campaign') TO '{copy_file}';",
+                    monitor=True)
+        if f"\n{N}\n" not in "\n" + s["out"]:
+            raise Failure(f"generate_codes did not report {N} codes:\n{s['out'][-500:]}")
+        return s
+
+    def copy():
+        s = oneshot(GEN_DB, "", [f"COPY voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) "
+                                 f"FROM '{copy_file}';"], monitor=True)
+        got = int(scalar(GEN_DB, "SELECT count(*) FROM voucher.code"))
+        if got != N:
+            raise Failure(f"COPY loaded {got} rows, not {N}")
+        return s
+
+    def plpgsql():
+        s = oneshot(GEN_DB, "", [f"SELECT bench_plpgsql_generate('{g['tenant']}', '{g['campaign']}', {N});"])
+        got = int(scalar(GEN_DB, "SELECT count(DISTINCT code) FROM bare.code"))
+        if got != N:
+            raise Failure(f"the PL/pgSQL generator stored {got} codes, not {N}")
+        return s
+
+    log(f"  generate_codes({nn}) vs COPY of the same rows vs PL/pgSQL generator inserting")
+    generate()            # untimed: warms up and writes the first COPY file
+    stored = alternate({"generate_codes": generate, "COPY": copy, "plpgsql_insert": plpgsql},
+                       before=empty_tables)
+    empty_tables(None)
+    if os.path.exists(copy_file):
+        os.remove(copy_file)
+    return [
+        row("1a", f"`preview_codes({nn})` vs `generate_series(1, {nn})`, count(*)", "ms",
+            series("preview_codes", pure["preview_codes"]), series("generate_series", pure["generate_series"]),
+            goal=("<=", 5.0)),
+        row("1b", f"`preview_codes({nn})` vs PL/pgSQL generator (random(), retry on a temp table)", "ms",
+            series("preview_codes", pure["preview_codes"]), series("PL/pgSQL", pure["plpgsql"])),
+        row("1c", f"`generate_codes(campaign, {nn})` vs PL/pgSQL generator inserting into bare.code", "ms",
+            series("generate_codes", stored["generate_codes"]), series("PL/pgSQL insert", stored["plpgsql_insert"]),
+            goal=("<=", 0.2), note="goal: generate_codes at least 5x faster, i.e. time ratio <= 0.20"),
+        row("2a", f"`generate_codes(campaign, {nn})` (incl. COMMIT) vs COPY FROM of the same rows", "ms",
+            series("generate_codes", stored["generate_codes"]), series("COPY", stored["COPY"]),
+            goal=("<=", 1.25)),
+        row("2b", f"peak private memory (RssAnon) of the backend: generate_codes({nn}) vs COPY", "MB",
+            series("generate_codes", stored["generate_codes"], "rss"), series("COPY", stored["COPY"], "rss"),
+            note="VmHWM (includes the shared buffers the backend touched): generate_codes "
+                 f"{statistics.median(s['hwm'] for s in stored['generate_codes']):.0f} MB, COPY "
+                 f"{statistics.median(s['hwm'] for s in stored['COPY']):.0f} MB (medians)"),
+    ]
+
+
+@case("validate", "3. validate vs the bare indexed SELECT", needs=("main",))
+def case_validate():
+    m = STATE["main"]
+    ours = render_script("validate_ours", KEY=m["key"], N=POOL)
+    bare = render_script("validate_bare", TENANT=m["tenant"], N=POOL)
+    r = alternate({"validate": lambda: pgbench(MAIN_DB, ours), "bare": lambda: pgbench(MAIN_DB, bare)},
+                  before=reset_main)
+    return [row("3", f"`validate('S' || random)` vs indexed SELECT code JOIN campaign, {CLIENTS} clients", "TPS",
+                series("validate", r["validate"]), series("bare SELECT", r["bare"]), goal=(">=", 0.9))]
+
+
+@case("redeem", "4. redeem single-use vouchers vs UPDATE+INSERT; per-transaction authentication", needs=("main",))
+def case_redeem():
+    r = alternate({"ours": redeem_side("ours"), "bare": redeem_side("bare"), "pertx": redeem_side("pertx")},
+                  before=reset_main)
+    return [
+        row("4a", f"`redeem('S' || n)`, {POOL // 1000}k single-use vouchers, {CLIENTS} clients, session auth, "
+            "vs bare UPDATE+INSERT", "TPS", series("redeem", r["ours"]), series("bare", r["bare"]),
+            goal=(">=", 0.85)),
+        row("4b", "same, per-transaction auth: `authenticate(key)` + `redeem` in one request, vs bare", "TPS",
+            series("auth+redeem", r["pertx"]), series("bare", r["bare"])),
+    ]
+
+
+@case("hot", "5. all clients on one multi-use voucher", needs=("main",))
+def case_hot():
+    r = alternate({"ours": hot_side("ours"), "bare": hot_side("bare")}, before=reset_main)
+    return [row("5", f"`redeem('HOT')`: {CLIENTS} clients on one multi-use voucher, vs bare", "TPS",
+                series("redeem", r["ours"]), series("bare", r["bare"]), goal=(">=", 0.9))]
+
+
+@case("async", "6. 4 and 5 with synchronous_commit = off", needs=("main",))
+def case_async():
+    single = alternate({"ours": redeem_side("ours", sync_commit=False),
+                        "bare": redeem_side("bare", sync_commit=False)}, before=reset_main)
+    hot = alternate({"ours": hot_side("ours", sync_commit=False), "bare": hot_side("bare", sync_commit=False)},
+                    before=reset_main)
+    return [
+        row("6a", "4a with synchronous_commit = off (CPU cost, no commit flush)", "TPS",
+            series("redeem", single["ours"]), series("bare", single["bare"])),
+        row("6b", "5 with synchronous_commit = off", "TPS", series("redeem", hot["ours"]), series("bare", hot["bare"])),
+    ]
+
+
+@case("clients", "redeem TPS against client count (the picture)", needs=("main",))
+def case_clients():
+    # One alternation over all the points (ours 1, bare 1, ours 2, ... bare 32, then backwards):
+    # a slow spell of the machine spreads over every client count instead of denting one.
+    sides = {}
+    for c in CLIENT_COUNTS:
+        sides[f"ours c={c}"] = redeem_side("ours", clients=c)
+        sides[f"bare c={c}"] = redeem_side("bare", clients=c)
+    r = alternate(sides, before=reset_main)
+    rows, points = [], []
+    for c in CLIENT_COUNTS:
+        ours, bare = r[f"ours c={c}"], r[f"bare c={c}"]
+        rows.append(row(f"C{c}", f"4a with {c} client{'s' if c > 1 else ''}", "TPS",
+                        series("redeem", ours), series("bare", bare)))
+        points.append((c, ours, bare))
+    plot_clients(points)
+    return rows
+
+
+@case("tenants", "1,000 tenants vs 1 tenant (per-transaction authentication)", needs=("main", "tenants"))
+def case_tenants():
+    def side(keytable):
+        script = render_script("tenants", SEQ="bench_seq_mt", KEYTABLE=keytable)
+        return lambda: check_redemptions(pgbench(MAIN_DB, script), "voucher.redemption", "bench_seq_mt",
+                                         TENANTS * PER_TENANT)
+    r = alternate({"1000 tenants": side("bench_mt_key"), "1 tenant": side("bench_mono_key")}, before=reset_main)
+    return [row("T", f"redeem with per-transaction auth, consecutive transactions in {TENANTS:,} tenants "
+                f"({PER_TENANT} vouchers each) vs all {TENANTS * PER_TENANT // 1000}k in 1 tenant (ours both)",
+                "TPS", series(f"{TENANTS} tenants", r["1000 tenants"]), series("1 tenant", r["1 tenant"]))]
+
+
+def grow_main(target):
+    """Adds single-use vouchers S<n> to voucher.code and bare.code (same rows) up to `target`."""
+    m = STATE["main"]
+    have = m["vouchers"]
+    if have >= target:
+        return
+    t0 = time.time()
+    log(f"  growing the tenant from {have:,} to {target:,} vouchers")
+    step = 1_000_000
+    for lo in range(have + 1, target + 1, step):
+        hi = min(lo + step - 1, target)
+        sql(MAIN_DB, f"""
+SET session_replication_role = replica;  -- rows are valid by construction: skip the per-row FK checks
+CREATE TEMP TABLE grow AS
+SELECT k.tenant, voucher._uuid_v7() AS voucher_id, k.single, 'S' || n AS code
+  FROM bench_key k, generate_series({lo}, {hi}) n;
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code) SELECT * FROM grow;
+INSERT INTO bare.code (tenant_id, voucher_id, campaign_id, code) SELECT * FROM grow;
+""")
+    sql(MAIN_DB, "VACUUM ANALYZE voucher.code, bare.code;\nCHECKPOINT;")
+    m["vouchers"] = target
+    log(f"  grown in {time.time() - t0:.0f} s")
+
+
+@case("scale", "redeem TPS and p95 at 100k, 1M, 10M vouchers in one tenant", needs=("main",))
+def case_scale():
+    rows, ours_at = [], {}
+    for i, n in enumerate(SCALES):
+        grow_main(n)
+        log(f"  {n:,} vouchers")
+        r = alternate({"ours": redeem_side("ours", stride=SCALE_STRIDE, n=n),
+                       "bare": redeem_side("bare", stride=SCALE_STRIDE, n=n)}, before=reset_main)
+        ours_at[n] = r
+        rows.append(row(f"S{i + 1}", f"`redeem`, {fmt_count(n)} vouchers in the tenant, picked spread over "
+                        f"the table, {CLIENTS} clients, vs bare", "TPS",
+                        series("redeem", r["ours"]), series("bare", r["bare"])))
+    lo, hi = SCALES[0], SCALES[-1]
+    bare_ratio = (statistics.median(s["v"] for s in ours_at[hi]["bare"])
+                  / statistics.median(s["v"] for s in ours_at[lo]["bare"]))
+    rows.append(row(f"S{len(SCALES) + 1}", f"`redeem` TPS at {fmt_count(hi)} vs at {fmt_count(lo)} vouchers "
+                    f"(rows S{len(SCALES)} and S1, ours)", "TPS",
+                    series(f"redeem @{fmt_count(hi)}", ours_at[hi]["ours"]),
+                    series(f"redeem @{fmt_count(lo)}", ours_at[lo]["ours"]),
+                    goal=(">=", 0.8),
+                    note=f"the bare baseline's own ratio {fmt_count(hi)}/{fmt_count(lo)}: {bare_ratio:.2f}x"))
+    return rows
+
+
+# ---- 7. verify_audit ---------------------------------------------------------------------------
+# The audit log of one tenant holding AUDIT_ROWS sealed events: verify_audit() (every row's HMAC and
+# the chain of seals, in Rust) against a plain SQL scan that reads the same rows and pushes each
+# one's fields and stored hash through sha256(). Run it alone with:
+#   BENCH_SKIP_INSTALL=1 BENCH_ONLY=audit make bench
+def setup_audit():
+    """voucher_audit: one tenant whose audit log holds AUDIT_ROWS redemption events (written
+    directly, with their real row HMACs, as the superuser), sealed by two seal_audit() runs."""
+    t0 = time.time()
+    log(f"setting up {AUDIT_DB}: {AUDIT_ROWS:,} audit events in one tenant, sealed")
+    fresh_db(AUDIT_DB)
+    sql(AUDIT_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL);
+INSERT INTO bench_key SELECT t, voucher.create_api_key('auditor', tenant => t)
+  FROM voucher.create_tenant('bench audit') t;
+INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, object_id,
+                                 details, row_hash)
+SELECT k.tenant, e.id, e.at, e.actor, 'redemption.created', 'voucher', e.object_id, e.details,
+       voucher._audit_hash(k.tenant, e.id, e.at, e.actor::text, 'redemption.created', 'voucher',
+                           e.object_id, e.details::text)
+  FROM bench_key k,
+       LATERAL (SELECT nextval('voucher.audit_event_id_seq') AS id, clock_timestamp() AS at,
+                       jsonb_build_object('type', 'key', 'key_id', gen_random_uuid(),
+                                          'role', 'redeemer') AS actor,
+                       gen_random_uuid()::text AS object_id,
+                       jsonb_build_object('redemption_id', gen_random_uuid(),
+                                          'campaign_id', gen_random_uuid(), 'customer_id', NULL,
+                                          'order_id', 'order-' || g, 'order_amount', 80,
+                                          'amount', NULL, 'discount', 12, 'balance_after', NULL,
+                                          'idempotency_key', 'order-' || g) AS details
+                  FROM generate_series(1, {AUDIT_ROWS}) g) e;
+""")
+    # the first run fixes the horizon, the second seals everything before it
+    sql(AUDIT_DB, "SELECT voucher.seal_audit();")
+    sealed = int(scalar(AUDIT_DB, "SELECT voucher.seal_audit();"))
+    sql(AUDIT_DB, "VACUUM ANALYZE voucher.audit_event, voucher.audit_chain;\nCHECKPOINT;")
+    tenant, key = scalar(AUDIT_DB, "SELECT tenant, key FROM bench_key").split("|")
+    rows = int(scalar(AUDIT_DB, f"SELECT count(*) FROM voucher.audit_event WHERE tenant_id = '{tenant}'"))
+    if sealed < AUDIT_ROWS:
+        raise Failure(f"seal_audit sealed {sealed:,} events, expected at least {AUDIT_ROWS:,}")
+    STATE["audit"] = {"tenant": tenant, "key": key, "rows": rows}
+    log(f"  {rows:,} events, {sealed:,} sealed; done in {time.time() - t0:.0f} s")
+
+
+FIXTURES["audit"] = setup_audit
+
+
+@case("audit", "7. verify_audit over 1e6 rows vs a plain SQL scan hashing the same rows", needs=("audit",))
+def case_verify_audit():
+    a = STATE["audit"]
+
+    def verify():
+        s = oneshot(AUDIT_DB, f"BEGIN;\nSELECT voucher.authenticate('{a['key']}') IS NOT NULL;",
+                    ["SELECT ok, rows_checked FROM voucher.verify_audit();"], "COMMIT;", monitor=True)
+        if f"t|{a['rows']}" not in s["out"]:
+            raise Failure(f"verify_audit did not pass over {a['rows']:,} rows:\n{s['out'][-500:]}")
+        return s
+
+    def scan():
+        # each row's fields and stored hash through SHA-256, like verification reads them
+        s = oneshot(AUDIT_DB, "", [
+            "SELECT count(*), sum(length(sha256(convert_to(e.actor::text || e.action || "
+            "coalesce(e.object_type, '') || coalesce(e.object_id, '') || e.details::text || "
+            "e.at::text, 'UTF8') || e.row_hash))) "
+            f"FROM voucher.audit_event e WHERE e.tenant_id = '{a['tenant']}';"], monitor=True)
+        if f"{a['rows']}|{32 * a['rows']}" not in s["out"]:
+            raise Failure(f"the SQL scan did not see {a['rows']:,} rows:\n{s['out'][-500:]}")
+        return s
+
+    r = alternate({"verify_audit": verify, "sql_hash": scan})
+    n = f"{a['rows']:,}"
+    return [row("7", f"`verify_audit()` over {n} sealed audit rows vs `SELECT sum(length(sha256(row fields)))` "
+                     "over the same rows", "ms",
+                series("verify_audit", r["verify_audit"]), series("SQL sha256 scan", r["sql_hash"]),
+                goal=("<=", 2.0)),
+            row("7b", "peak private memory (RssAnon) of the backend during 7", "MB",
+                series("verify_audit", r["verify_audit"], key="rss"),
+                series("SQL sha256 scan", r["sql_hash"], key="rss"))]
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+# ---------------------------------------------------------------------------------------------
+
+def plot_clients(points):
+    os.makedirs(OUT, exist_ok=True)
+    dat = os.path.join(WORK, "clients.dat")
+    with open(dat, "w") as f:
+        f.write("# clients ours_median ours_min ours_max bare_median bare_min bare_max\n")
+        for c, ours, bare in points:
+            o = [s["v"] for s in ours]
+            b = [s["v"] for s in bare]
+            f.write(f"{c} {statistics.median(o)} {min(o)} {max(o)} {statistics.median(b)} {min(b)} {max(b)}\n")
+    png = os.path.join(OUT, "clients.png")
+    gnuplot = shutil.which("gnuplot")
+    if not gnuplot:
+        log("gnuplot not found: no picture")
+        return
+    terminals = subprocess.run([gnuplot, "-e", "set terminal"], capture_output=True, text=True)
+    term = "pngcairo noenhanced size 1000,620 font 'sans,11'" if "pngcairo" in terminals.stdout + terminals.stderr \
+        else "png noenhanced size 1000,620 font 'sans,11'"
+    mode = "quick mode, " if QUICK else ""
+    script = f"""
+set terminal {term}
+set output '{png}'
+set title "voucher_ext: single-use redemption throughput vs client count\\n({mode}{RUNS} runs x {SECONDS} s per point; line = median, bars = min-max; synchronous_commit = on)"
+set xlabel 'pgbench clients'
+set ylabel 'transactions per second'
+set logscale x 2
+set xrange [0.8:40]
+set xtics ({", ".join(str(c) for c in CLIENT_COUNTS)})
+set yrange [0:*]
+set grid ytics xtics
+set key bottom right box opaque
+set datafile commentschars '#'
+plot '{dat}' using 1:5:6:7 with yerrorlines lw 2 pt 7 ps 1.2 lc rgb '#888888' title 'bare UPDATE+INSERT baseline', \\
+     '{dat}' using 1:2:3:4 with yerrorlines lw 2 pt 5 ps 1.2 lc rgb '#1f5fbf' title 'voucher.redeem()'
+"""
+    p = subprocess.run([gnuplot], input=script, capture_output=True, text=True)
+    if p.returncode != 0:
+        log(f"gnuplot failed: {p.stderr.strip()}")
+    else:
+        log(f"wrote {os.path.relpath(png, ROOT)}")
+
+
+def med(values):
+    return statistics.median(values) if values else None
+
+
+def fnum(v, unit):
+    if v is None:
+        return "—"
+    if unit == "TPS":
+        return f"{v:,.0f}"
+    if unit == "MB":
+        return f"{v:,.1f}"
+    return f"{v:,.0f}" if v >= 100 else (f"{v:,.1f}" if v >= 10 else f"{v:,.2f}")
+
+
+def cell(s, unit):
+    vals = s["values"]
+    if not vals:
+        return "—"
+    return f"{fnum(med(vals), unit)} ({fnum(min(vals), unit)}–{fnum(max(vals), unit)})"
+
+
+UNIT_LABEL = {"TPS": "TPS ↑", "ms": "ms ↓", "MB": "MB ↓"}
+
+
+def table(results):
+    head = ("| # | operation (ours vs baseline) | unit | ours: median (min–max) | baseline: median (min–max) "
+            "| ratio ours/base | goal | result | p95 ms ours / base |")
+    lines = [head, "|" + "---|" * 9]
+    notes = []
+    for c in CASES:
+        res = results.get(c["name"])
+        if res is None:
+            continue
+        if res.get("error"):
+            lines.append(f"| {c['name']} | {c['title']} | | ERROR | | | | ERROR | |")
+            notes.append(f"{c['name']}: {res['error'].splitlines()[0][:300]}")
+            continue
+        for r in res["rows"]:
+            o, b = med(r["ours"]["values"]), med(r["base"]["values"])
+            ratio = o / b if o is not None and b else None
+            goal, result = "—", "info"
+            if r["goal"]:
+                cmp, x = r["goal"]
+                goal = f"{'≥' if cmp == '>=' else '≤'} {x:.2f}×"
+                ok = ratio is not None and (ratio >= x if cmp == ">=" else ratio <= x)
+                result = "**PASS**" if ok else "**FAIL**"
+            p95 = "—"
+            if r["ours"].get("p95") and r["base"].get("p95"):
+                p95 = f"{med(r['ours']['p95']):.2f} / {med(r['base']['p95']):.2f}"
+            lines.append(
+                f"| {r['id']} | {r['op'].replace('|', chr(92) + '|')} <br>*{r['ours']['label']}* vs *{r['base']['label']}* | "
+                f"{UNIT_LABEL[r['unit']]} | {cell(r['ours'], r['unit'])} | {cell(r['base'], r['unit'])} | "
+                f"{'—' if ratio is None else f'{ratio:.2f}×'} | {goal} | {result} | {p95} |")
+            if r.get("note"):
+                notes.append(f"{r['id']}: {r['note']}")
+    return "\n".join(lines), notes
+
+
+def environment(meta):
+    return (f"{meta['mode']} mode: {meta['runs']} runs per side, {meta['seconds']} s per pgbench run, "
+            f"{CLIENTS} clients unless stated. Wall time {meta['wall']}. Run {meta['date']}, "
+            f"commit {meta['commit']}, library sha256 {meta['library']}.\n"
+            f"Machine: {meta['machine']}. {meta['server']}; cluster settings: {meta['settings']}.")
+
+
+def render(results, meta):
+    tab, notes = table(results)
+    legend = legend_text()
+    reruns = [f"{k} ({v['finished']}" + (f", DIFFERENT library {v['library']}" if v.get("library", meta["library"])
+                                          != meta["library"] else ", same library") + ")"
+              for k, v in results.items() if v.get("finished", "") > meta["date"]]
+    body = [environment(meta), "", tab, "", legend]
+    if reruns:
+        body += ["", "Re-run later and merged: " + ", ".join(reruns) + "."]
+    if notes:
+        body += ["", "Notes:", ""] + [f"- {n}" for n in notes]
+    md = ["# voucher_ext benchmark results", ""] + body + ["", "![redeem TPS vs clients](clients.png)", ""]
+    return "\n".join(md), "\n".join(body)
+
+
+def legend_text():
+    return ("↑ higher is better (throughput, so the ratio is ours ÷ baseline TPS and ≥ 1 means we "
+            "are faster); ↓ lower is better (time or memory, so the ratio is ours ÷ baseline time "
+            "and ≤ 1 means we are faster). Medians of all runs; PASS/FAIL compares the ratio of "
+            "the medians with the goal.")
+
+
+def update_readme(block):
+    path = os.path.join(HERE, "README.md")
+    if not os.path.exists(path):
+        return
+    with open(path) as f:
+        text = f.read()
+    begin, end = "<!-- latest:begin -->", "<!-- latest:end -->"
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        with open(path, "w") as f:
+            f.write(head + begin + "\n" + block + "\n" + end + tail)
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            m = re.search(r"^model name\s*:\s*(.+)$", f.read(), re.M)
+            model = m.group(1).strip() if m else model
+        with open("/proc/meminfo") as f:
+            mem = int(re.search(r"MemTotal:\s+(\d+)", f.read()).group(1)) / 1024 / 1024
+    except OSError:
+        mem = 0
+    return f"{os.cpu_count()} vCPU {model}, {mem:.0f} GiB RAM, {platform.system()} {platform.release()}"
+
+
+def git_commit():
+    try:
+        head = subprocess.check_output(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], text=True).strip()
+        dirty = subprocess.check_output(["git", "-C", ROOT, "status", "--porcelain", "src", "sql", "Cargo.toml"],
+                                        text=True).strip()
+        return head + (" + uncommitted changes in src/sql" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def library_hash():
+    lib = os.path.join(subprocess.check_output([PG_CONFIG, "--pkglibdir"], text=True).strip(), "voucher_ext.so")
+    try:
+        with open(lib, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()[:12]
+    except OSError:
+        return "unknown"
+
+
+def main():
+    global PGI
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--host", help="socket directory of the benchmark cluster")
+    ap.add_argument("--port", default="54340")
+    ap.add_argument("--list", action="store_true", help="list the cases and exit")
+    ap.add_argument("--render", action="store_true",
+                    help="only re-render latest.md (and the table in bench/README.md) from latest.json")
+    args = ap.parse_args()
+    if args.list:
+        for c in CASES:
+            print(f"{c['name']:10} {c['title']}")
+        return 0
+    json_path = os.path.join(OUT, "latest.json")
+    if args.render:
+        with open(json_path) as f:
+            saved = json.load(f)
+        publish(saved["results"], saved["meta"])
+        return 0
+    if not args.host:
+        ap.error("--host is required")
+    unknown = [n for n in ONLY if n not in {c["name"] for c in CASES}]
+    if unknown:
+        ap.error(f"unknown case(s) in BENCH_ONLY: {', '.join(unknown)} (see --list)")
+    PGI = PG(args.host, args.port)
+    os.makedirs(WORK, exist_ok=True)
+    os.makedirs(OUT, exist_ok=True)
+    t0 = time.time()
+    started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    results, meta = {}, None
+    if ONLY and os.path.exists(json_path):
+        with open(json_path) as f:
+            saved = json.load(f)
+        results, meta = saved["results"], saved["meta"]
+
+    fresh_meta = {"mode": "quick" if QUICK else "full", "runs": RUNS, "seconds": SECONDS, "date": started,
+                  "commit": git_commit(), "library": library_hash(), "machine": machine()}
+    settings = scalar("postgres", """SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name)
+      FROM pg_settings WHERE name IN ('shared_buffers', 'max_wal_size', 'checkpoint_timeout', 'max_connections',
+      'fsync', 'synchronous_commit', 'full_page_writes', 'wal_level', 'shared_preload_libraries')""")
+    server = scalar("postgres", "SELECT split_part(version(), ' on ', 1)")
+
+    selected = [c for c in CASES if not ONLY or c["name"] in ONLY]
+    needs = {n for c in selected for n in c["needs"]}
+    for db in ([GEN_DB] if "gen" in needs else []) + ([MAIN_DB] if needs & {"main", "tenants"} else []) \
+            + ([AUDIT_DB] if "audit" in needs else []):
+        fresh_db(db)
+    for c in selected:
+        log(f"case {c['name']}: {c['title']}")
+        tc = time.time()
+        try:
+            need(*c["needs"])
+            rows = c["fn"]()
+            if not rows:
+                log("  (not measured)")
+                continue
+            results[c["name"]] = {"rows": rows, "seconds": round(time.time() - tc)}
+        except Failure as e:
+            log(f"  FAILED: {e}")
+            results[c["name"]] = {"error": str(e), "seconds": round(time.time() - tc)}
+        if ONLY:
+            results[c["name"]]["finished"] = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+            results[c["name"]]["library"] = fresh_meta["library"]
+        log(f"  case {c['name']} took {time.time() - tc:.0f} s")
+
+    wall = time.time() - t0
+    wall_s = f"{int(wall // 60)} min {int(wall % 60)} s"
+    if meta is None or not ONLY:
+        meta = dict(fresh_meta, server=server, settings=settings, wall=wall_s + " (bench.py, without building)")
+    with open(json_path, "w") as f:
+        json.dump({"meta": meta, "results": results}, f, indent=1)
+    publish(results, meta)
+    log(f"wrote {os.path.relpath(os.path.join(OUT, 'latest.md'), ROOT)} ({wall_s})")
+    return 1 if any(r.get("error") for r in results.values()) else 0
+
+
+def publish(results, meta):
+    md, body = render(results, meta)
+    with open(os.path.join(OUT, "latest.md"), "w") as f:
+        f.write(md)
+    if not QUICK:
+        update_readme(body)
+    print()
+    print(md)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
