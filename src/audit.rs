@@ -344,17 +344,14 @@ fn audit_sql(
                 "call voucher.authenticate(api_key) first",
             )
         })?;
-        write(&Event {
-            tenant: ctx.tenant,
-            actor: actor_json(Some(&ctx)),
-            action: static_str(action),
-            object_type: object_type.map(static_str),
-            object_id: object_id.map(str::to_string),
-            details: details
-                .map(|d| d.0)
-                .unwrap_or_else(|| serde_json::json!({})),
-            at: None,
-        });
+        write_from_sql(
+            ctx.tenant,
+            actor_json(Some(&ctx)),
+            action,
+            object_type,
+            object_id,
+            details,
+        );
         Ok(())
     })
 }
@@ -368,9 +365,28 @@ fn audit_direct_sql(
     object_id: Option<&str>,
     details: Option<JsonB>,
 ) {
+    write_from_sql(
+        *tenant,
+        actor_json(None),
+        action,
+        object_type,
+        object_id,
+        details,
+    );
+}
+
+/// Writes an event whose fields arrive as SQL arguments (details NULL: an empty object).
+fn write_from_sql(
+    tenant: [u8; 16],
+    actor: serde_json::Value,
+    action: &str,
+    object_type: Option<&str>,
+    object_id: Option<&str>,
+    details: Option<JsonB>,
+) {
     write(&Event {
-        tenant: *tenant,
-        actor: actor_json(None),
+        tenant,
+        actor,
         action: static_str(action),
         object_type: object_type.map(static_str),
         object_id: object_id.map(str::to_string),
