@@ -317,11 +317,14 @@ def fresh_db(db):
 def setup_main():
     """voucher_bench: tenant 'bench' with an admin key (table bench_key), campaigns 'single-use'
     (limit 1) and 'hot' (no limit), vouchers S1..S100000 and HOT; schema bare with the same
-    rows; the login role bench_app (voucher_client + rights on bare) that pgbench uses."""
+    rows and the floor functions (bench/sql/floor.sql); the login role bench_app
+    (voucher_client + rights on bare) that pgbench uses."""
     t0 = time.time()
     log(f"setting up {MAIN_DB}: tenant, key, campaigns, {POOL:,} single-use vouchers, schema bare")
     fresh_db(MAIN_DB)
     create_app_role()
+    with open(os.path.join(HERE, "sql", "floor.sql")) as f:
+        floor_sql = f.read()
     sql(MAIN_DB, f"""
 SET client_min_messages = warning;
 CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL, single uuid, hot uuid);
@@ -341,6 +344,10 @@ SELECT k.tenant, voucher._uuid_v7(), k.hot, 'HOT' FROM bench_key k;
 {bare_schema_sql()}
 INSERT INTO bare.campaign SELECT * FROM voucher.campaign;
 INSERT INTO bare.code SELECT * FROM voucher.code;
+{floor_sql}
+ALTER FUNCTION bare.validate(uuid, text) OWNER TO {APP_ROLE};
+ALTER FUNCTION bare.redeem(uuid, text, integer) OWNER TO {APP_ROLE};
+GRANT USAGE, SELECT ON SEQUENCE bare.audit_event_id_seq TO {APP_ROLE};
 CREATE SEQUENCE bench_seq_ours;
 CREATE SEQUENCE bench_seq_bare;
 CREATE SEQUENCE bench_seq_mt;
@@ -444,7 +451,7 @@ def reset_main(_side=None):
     sql(MAIN_DB, """
 SET client_min_messages = warning;
 SET session_replication_role = replica;
-TRUNCATE voucher.redemption, bare.redemption;
+TRUNCATE voucher.redemption, bare.redemption, bare.audit_event;
 UPDATE voucher.code SET redeemed_count = 0 WHERE redeemed_count <> 0;
 UPDATE bare.code SET redeemed_count = 0 WHERE redeemed_count <> 0;
 """ + "\n".join(RESET_EXTRA) + """
@@ -478,30 +485,44 @@ def check_redemptions(s, table, seq=None, pool=None):
 # The sides (one run each)
 # ---------------------------------------------------------------------------------------------
 
+def check_floor_audit(s):
+    """The floor side wrote one audit row per transaction."""
+    got = int(scalar(MAIN_DB, "SELECT count(*) FROM bare.audit_event"))
+    if got != s["tx"]:
+        raise Failure(f"bare.audit_event: {got:,} rows after {s['tx']:,} transactions")
+    return s
+
+
 def redeem_side(kind, clients=CLIENTS, sync_commit=True, stride=1, n=None):
-    """kind: ours (session auth), pertx (per-transaction auth, one request), bare."""
+    """kind: ours (session auth), pertx (per-transaction auth, one request), bare, floor (the
+    bare statements plus an audit row, through a function: bench/sql/floor.sql)."""
     m = STATE["main"]
     n = n or POOL
-    if kind == "bare":
-        script = render_script("redeem_bare", SEQ="bench_seq_bare", TENANT=m["tenant"], STRIDE=stride, N=n)
+    if kind in ("bare", "floor"):
+        script = render_script(f"redeem_{kind}", SEQ="bench_seq_bare", TENANT=m["tenant"], STRIDE=stride, N=n)
         table, seq = "bare.redemption", "bench_seq_bare"
     else:
         script = render_script("redeem_ours" if kind == "ours" else "redeem_ours_pertx",
                                SEQ="bench_seq_ours", KEY=m["key"], STRIDE=stride, N=n)
         table, seq = "voucher.redemption", "bench_seq_ours"
-    return lambda: check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit),
-                                     table, seq, n)
+
+    def run():
+        s = check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit), table, seq, n)
+        return check_floor_audit(s) if kind == "floor" else s
+    return run
 
 
 def hot_side(kind, sync_commit=True):
     m = STATE["main"]
-    if kind == "bare":
-        script, table = render_script("hot_bare", TENANT=m["tenant"]), "bare.redemption"
+    if kind in ("bare", "floor"):
+        script, table = render_script(f"hot_{kind}", TENANT=m["tenant"]), "bare.redemption"
     else:
         script, table = render_script("hot_ours", KEY=m["key"]), "voucher.redemption"
 
     def run():
         s = check_redemptions(pgbench(MAIN_DB, script, sync_commit=sync_commit), table)
+        if kind == "floor":
+            check_floor_audit(s)
         schema = table.split(".")[0]
         count = int(scalar(MAIN_DB, f"SELECT redeemed_count FROM {schema}.code WHERE code = 'HOT'"))
         if count != s["tx"]:
@@ -594,20 +615,34 @@ def case_codes():
     ]
 
 
+FLOOR_NOTE = ("floor rows (3f, 4f, 5f): the baseline's own statements in the shape the product must have "
+              "(an API function owned by another role; for redemptions the audit row in the same transaction), "
+              "nothing else: no RLS, no tenant context, no key check, no rules (bench/sql/floor.sql). "
+              "Their ratio bounds what any implementation of that shape running the same statements can reach")
+
+
 @case("validate", "3. validate vs the bare indexed SELECT", needs=("main",))
 def case_validate():
     m = STATE["main"]
     ours = render_script("validate_ours", KEY=m["key"], N=POOL)
     bare = render_script("validate_bare", TENANT=m["tenant"], N=POOL)
-    r = alternate({"validate": lambda: pgbench(MAIN_DB, ours), "bare": lambda: pgbench(MAIN_DB, bare)},
+    floor = render_script("validate_floor", TENANT=m["tenant"], N=POOL)
+    r = alternate({"validate": lambda: pgbench(MAIN_DB, ours), "bare": lambda: pgbench(MAIN_DB, bare),
+                   "floor": lambda: pgbench(MAIN_DB, floor)},
                   before=reset_main)
     return [row("3", f"`validate('S' || random)` vs indexed SELECT code JOIN campaign, {CLIENTS} clients", "TPS",
-                series("validate", r["validate"]), series("bare SELECT", r["bare"]), goal=(">=", 0.9))]
+                series("validate", r["validate"]), series("bare SELECT", r["bare"]), goal=(">=", 0.9)),
+            row("3f", "floor: the same SELECT through a PL/pgSQL SECURITY DEFINER function, vs the bare SELECT",
+                "TPS", series("function(SELECT)", r["floor"]), series("bare SELECT", r["bare"]),
+                note=FLOOR_NOTE),
+            row("3g", "`validate` vs that function", "TPS",
+                series("validate", r["validate"]), series("function(SELECT)", r["floor"]))]
 
 
 @case("redeem", "4. redeem single-use vouchers vs UPDATE+INSERT; per-transaction authentication", needs=("main",))
 def case_redeem():
-    r = alternate({"ours": redeem_side("ours"), "bare": redeem_side("bare"), "pertx": redeem_side("pertx")},
+    r = alternate({"ours": redeem_side("ours"), "bare": redeem_side("bare"), "pertx": redeem_side("pertx"),
+                   "floor": redeem_side("floor")},
                   before=reset_main)
     return [
         row("4a", f"`redeem('S' || n)`, {POOL // 1000}k single-use vouchers, {CLIENTS} clients, session auth, "
@@ -615,14 +650,24 @@ def case_redeem():
             goal=(">=", 0.85)),
         row("4b", "same, per-transaction auth: `authenticate(key)` + `redeem` in one request, vs bare", "TPS",
             series("auth+redeem", r["pertx"]), series("bare", r["bare"])),
+        row("4f", "floor: bare UPDATE+INSERT plus an audit row, through a PL/pgSQL SECURITY DEFINER function, "
+            "vs bare", "TPS", series("function(+audit)", r["floor"]), series("bare", r["bare"]),
+            note="a floor row, as 3f"),
+        row("4g", "`redeem` vs that function", "TPS", series("redeem", r["ours"]),
+            series("function(+audit)", r["floor"])),
     ]
 
 
 @case("hot", "5. all clients on one multi-use voucher", needs=("main",))
 def case_hot():
-    r = alternate({"ours": hot_side("ours"), "bare": hot_side("bare")}, before=reset_main)
+    r = alternate({"ours": hot_side("ours"), "bare": hot_side("bare"), "floor": hot_side("floor")},
+                  before=reset_main)
     return [row("5", f"`redeem('HOT')`: {CLIENTS} clients on one multi-use voucher, vs bare", "TPS",
-                series("redeem", r["ours"]), series("bare", r["bare"]), goal=(">=", 0.9))]
+                series("redeem", r["ours"]), series("bare", r["bare"]), goal=(">=", 0.9)),
+            row("5f", "floor: the function of 4f on the hot voucher, vs bare", "TPS",
+                series("function(+audit)", r["floor"]), series("bare", r["bare"]), note="a floor row, as 3f"),
+            row("5g", "`redeem('HOT')` vs that function", "TPS", series("redeem", r["ours"]),
+                series("function(+audit)", r["floor"]))]
 
 
 @case("async", "6. 4 and 5 with synchronous_commit = off", needs=("main",))

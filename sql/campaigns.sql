@@ -4,18 +4,6 @@
 -- from our SECURITY DEFINER functions, which pin search_path. They carry no SET clause of their
 -- own: each would push and pop the setting on every call, and SQL ones could not be inlined.
 
--- Decimal places of a currency's minor unit (ISO 4217): discounts are rounded to it.
-CREATE FUNCTION voucher._currency_scale(currency text) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT CASE
-        WHEN currency IN ('BIF', 'CLP', 'DJF', 'GNF', 'ISK', 'JPY', 'KMF', 'KRW', 'PYG', 'RWF',
-                          'UGX', 'UYI', 'VND', 'VUV', 'XAF', 'XOF', 'XPF') THEN 0
-        WHEN currency IN ('BHD', 'IQD', 'JOD', 'KWD', 'LYD', 'OMR', 'TND') THEN 3
-        ELSE 2
-    END
-$$;
-
 CREATE TABLE voucher.campaign (
     tenant_id           uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
     campaign_id         uuid        NOT NULL,

@@ -87,7 +87,7 @@ GRANT EXECUTE ON FUNCTION
     voucher._check_customer(text, text, text, jsonb),
     voucher._credentials_changed(),
     voucher._code_shape(text, text, text, text, boolean),
-    voucher._currency_scale(text),
+    voucher._discount(text, numeric, numeric, text, numeric),
     voucher._money(numeric, text),
     voucher._raise(text, text),
     voucher._reason(text),

@@ -1,22 +1,25 @@
 //! Validation and redemption (../shared/API.md, "Validation and redemption").
 //!
-//! The hot path of the product, so it is Rust over kept prepared statements: one statement
-//! evaluates every rule of a code for a request; redeem then claims the voucher with ONE
-//! conditional UPDATE (limit, balance and active re-checked by the row itself) as late as
-//! possible, so the row lock is held only from that UPDATE to commit, and inserts the
-//! redemption. Per-customer limits are claimed on their own counter row (customer_usage) the
-//! same way; idempotency keys are serialized by a transaction-scoped advisory lock plus a unique
-//! index. Lock order is always redemption -> customer_usage -> code, in rollback_redemption too,
-//! so the two cannot deadlock.
+//! The hot path of the product, so it is Rust over kept prepared statements. `validate` looks the
+//! code up (its voucher and campaign rows, one statement of plain columns) and judges the rules
+//! in Rust. `redeem`'s common case is ONE statement: a conditional UPDATE of the voucher that
+//! re-checks every rule on the row itself, feeding the INSERT of the redemption and of its audit
+//! row, so the row lock is held only from that UPDATE to commit. When it matches no row (a rule
+//! failed, or the campaign limits redemptions per customer) the code is looked up and judged, to
+//! say why, or to claim the customer's allowance first on its own counter row (customer_usage,
+//! the same conditional way) and then the voucher. Idempotency keys are serialized by a
+//! transaction-scoped advisory lock plus a unique index. Lock order is always redemption ->
+//! customer_usage -> code, in rollback_redemption too, so the two cannot deadlock.
 //!
 //! Everything runs as voucher_definer, so row-level security applies to every statement.
 
 use std::cell::RefCell;
 
 use pgrx::datum::DatumWithOid;
+use pgrx::datum::TimestampWithTimeZone;
 use pgrx::prelude::*;
 use pgrx::spi::{OwnedPreparedStatement, SpiClient};
-use pgrx::{AnyNumeric, JsonB};
+use pgrx::{AnyNumeric, IntoDatum, JsonB};
 use sha2::{Digest, Sha256};
 
 use crate::audit;
@@ -205,54 +208,112 @@ impl<'a> Request<'a> {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Evaluation: every rule in one statement
+// Evaluation: the look-up in SQL, the rules and the discount in Rust
 // ---------------------------------------------------------------------------------------------
 
-/// The discount for an order of `order` (an SQL expression) under campaign `c`: percent of it
-/// rounded to the currency's minor unit and capped, a fixed amount off (never more than the
-/// order), or the order brought down to a fixed price.
-fn discount_sql(order: &str) -> String {
+/// Decimal places of a currency's minor unit (ISO 4217): discounts are rounded to it. No
+/// currency (or an unlisted one): 2.
+fn currency_scale(currency: Option<&str>) -> i32 {
+    match currency {
+        Some(
+            "BIF" | "CLP" | "DJF" | "GNF" | "ISK" | "JPY" | "KMF" | "KRW" | "PYG" | "RWF" | "UGX"
+            | "UYI" | "VND" | "VUV" | "XAF" | "XOF" | "XPF",
+        ) => 0,
+        Some("BHD" | "IQD" | "JOD" | "KWD" | "LYD" | "OMR" | "TND") => 3,
+        _ => 2,
+    }
+}
+
+/// SQL's LEAST / GREATEST over numerics: NULLs are ignored, and of equal values the first one
+/// given is kept (its scale is what the caller sees).
+fn pick(values: impl IntoIterator<Item = Option<AnyNumeric>>, least: bool) -> Option<AnyNumeric> {
+    values
+        .into_iter()
+        .flatten()
+        .fold(None, |best, v| match best {
+            Some(b) if (least && v >= b) || (!least && v <= b) => Some(b),
+            _ => Some(v),
+        })
+}
+
+/// The discount for an order of `order_amount` under a campaign's discount rule: percent of the order
+/// rounded to the currency's minor unit (half away from zero) and capped by `max_discount` and
+/// by the order, a fixed amount off (never more than the order), or the order brought down to a
+/// fixed price; 0 without a rule. NULL where it needs the order and has none (percent). Numeric
+/// arithmetic is PostgreSQL's own (numeric_mul, numeric_div, numeric_round), so amounts and
+/// their scales are exactly what the same expression in SQL gives. Also `voucher._discount`,
+/// for the redemption statement.
+#[pg_extern(immutable, parallel_safe, name = "_discount")]
+fn discount(
+    discount_type: Option<&str>,
+    value: Option<AnyNumeric>,
+    max_discount: Option<AnyNumeric>,
+    currency: Option<&str>,
+    order_amount: Option<AnyNumeric>,
+) -> Option<AnyNumeric> {
+    match (discount_type, value) {
+        (Some("percent"), Some(value)) => {
+            let share = order_amount.clone().map(|o| {
+                let raw = o * value / AnyNumeric::from(100);
+                // SAFETY: numeric_round(numeric, int4) takes and returns valid datums.
+                unsafe {
+                    pgrx::direct_function_call::<AnyNumeric>(
+                        pg_sys::numeric_round,
+                        &[raw.into_datum(), currency_scale(currency).into_datum()],
+                    )
+                }
+                .expect("round returns a number")
+            });
+            pick(
+                [
+                    share,
+                    max_discount.or_else(|| order_amount.clone()),
+                    order_amount,
+                ],
+                true,
+            )
+        }
+        (Some("amount"), Some(value)) => {
+            let cap = order_amount.unwrap_or_else(|| value.clone());
+            pick([Some(value), Some(cap)], true)
+        }
+        (Some("fixed"), Some(value)) => pick(
+            [order_amount.map(|o| o - value), Some(AnyNumeric::from(0))],
+            false,
+        ),
+        _ => Some(AnyNumeric::from(0)),
+    }
+}
+
+/// The discount of campaign `c` for an order of `order` (an SQL expression).
+fn discount_call(order: &str) -> String {
     format!(
-        "CASE c.discount_type
-            WHEN 'percent' THEN least(round({order} * c.discount_value / 100,
-                                            voucher._currency_scale(c.currency)),
-                                      coalesce(c.max_discount, {order}), {order})
-            WHEN 'amount'  THEN least(c.discount_value, coalesce({order}, c.discount_value))
-            WHEN 'fixed'   THEN greatest({order} - c.discount_value, 0)
-            ELSE 0
-         END"
+        "voucher._discount(c.discount_type, c.discount_value, c.max_discount, c.currency, {order})"
     )
 }
 
-/// Every rule of a code for a request: $1 tenant, $2 code, $3 order amount, [$4 customer].
+/// A code's voucher and campaign columns, as stored: $1 tenant, $2 code, [$3 customer]. The
+/// rules are judged in Rust (`evaluate`): the statement only looks the rows up, so starting it
+/// builds no expressions beyond plain columns.
 fn evaluate_sql(with_customer: bool) -> String {
-    let (columns, joins) = if with_customer {
+    let (used, joins) = if with_customer {
         (
-            "coalesce(coalesce(u.used, 0) >= c.per_customer_limit, false)",
-            "LEFT JOIN voucher.customer cu ON cu.tenant_id = v.tenant_id AND cu.source_id = $4
+            "u.used",
+            "LEFT JOIN voucher.customer cu ON cu.tenant_id = v.tenant_id AND cu.source_id = $3
   LEFT JOIN voucher.customer_usage u ON u.tenant_id = v.tenant_id
         AND u.campaign_id = v.campaign_id AND u.customer_id = cu.customer_id",
         )
     } else {
-        ("false", "")
+        ("NULL::integer", "")
     };
     format!(
         "SELECT v.voucher_id, v.campaign_id, c.kind, v.balance, c.redemption_limit,
-       c.per_customer_limit,
-       NOT (v.active AND c.active),
-       coalesce(c.starts_at > now(), false),
-       coalesce(c.expires_at <= now(), false),
-       coalesce(v.redeemed_count >= c.redemption_limit, false),
-       c.min_order_amount IS NOT NULL,
-       coalesce($3 < c.min_order_amount, false),
-       c.discount_type,
-       {discount},
-       {columns}
+       c.per_customer_limit, v.active AND c.active, c.starts_at, c.expires_at, v.redeemed_count,
+       c.min_order_amount, c.discount_type, c.discount_value, c.max_discount, c.currency, {used}
   FROM voucher.code v
   JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
   {joins}
- WHERE v.tenant_id = $1 AND v.code = $2",
-        discount = discount_sql("$3")
+ WHERE v.tenant_id = $1 AND v.code = $2"
     )
 }
 
@@ -320,7 +381,7 @@ rec AS (
            claim.balance, $8, $9, $10, $11
       FROM claim
     RETURNING *)",
-        discount = discount_sql("$3")
+        discount = discount_call("$3")
     );
     with_audit(&ctes, "$12", "$7", "$8")
 }
@@ -437,18 +498,13 @@ fn evaluate(
 ) -> Option<Voucher> {
     let uuid = pgrx::Uuid::type_oid();
     let text = pg_sys::TEXTOID;
-    let numeric = pg_sys::NUMERICOID;
-    let mut args: Vec<DatumWithOid> = vec![
-        tenant.into(),
-        req.code.as_str().into(),
-        req.order_amount.clone().into(),
-    ];
+    let mut args: Vec<DatumWithOid> = vec![tenant.into(), req.code.as_str().into()];
     let rows = match (req.customer, mutating) {
         (None, false) => run(
             client,
             |s| &mut s.evaluate_read,
             || evaluate_sql(false),
-            &[uuid, text, numeric],
+            &[uuid, text],
             false,
             &args,
         ),
@@ -456,13 +512,13 @@ fn evaluate(
             client,
             |s| &mut s.evaluate,
             || evaluate_sql(false),
-            &[uuid, text, numeric],
+            &[uuid, text],
             true,
             &args,
         ),
         (Some(customer), m) => {
             args.push(customer.into());
-            let types = [uuid, text, numeric, text];
+            let types = [uuid, text, text];
             if m {
                 run(
                     client,
@@ -488,23 +544,47 @@ fn evaluate(
         return None;
     }
     let r = rows.first();
-    let flag = |i| r.get::<bool>(i).ok().flatten().unwrap_or(false);
+    // now(): the transaction's start, as the SQL rules used to compare against
+    // SAFETY: reads backend-local state.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let time = |i| {
+        r.get::<TimestampWithTimeZone>(i)
+            .ok()
+            .flatten()
+            .map(pg_sys::TimestampTz::from)
+    };
+    let redemption_limit: Option<i32> = r.get(5).ok().flatten();
+    let per_customer_limit: Option<i32> = r.get(6).ok().flatten();
+    let redeemed: i32 = r.get(10).ok().flatten().unwrap_or(0);
+    let minimum: Option<AnyNumeric> = r.get(11).ok().flatten();
+    let discount_type: Option<String> = r.get(12).ok().flatten();
+    let currency: Option<String> = r.get(15).ok().flatten();
+    let used: i32 = r.get(16).ok().flatten().unwrap_or(0);
     Some(Voucher {
         voucher_id: r.get(1).ok().flatten()?,
         campaign_id: r.get(2).ok().flatten()?,
         kind: r.get(3).ok().flatten()?,
         balance: r.get(4).ok().flatten(),
-        redemption_limit: r.get(5).ok().flatten(),
-        per_customer_limit: r.get(6).ok().flatten(),
-        disabled: flag(7),
-        not_started: flag(8),
-        expired: flag(9),
-        used_up: flag(10),
-        has_minimum: flag(11),
-        below_minimum: flag(12),
-        discount_type: r.get(13).ok().flatten(),
-        discount: r.get(14).ok().flatten(),
-        customer_used_up: flag(15),
+        redemption_limit,
+        per_customer_limit,
+        disabled: !r.get::<bool>(7).ok().flatten().unwrap_or(false),
+        not_started: time(8).is_some_and(|t| t > now),
+        expired: time(9).is_some_and(|t| t <= now),
+        used_up: redemption_limit.is_some_and(|l| redeemed >= l),
+        has_minimum: minimum.is_some(),
+        below_minimum: match (&req.order_amount, &minimum) {
+            (Some(o), Some(m)) => o < m,
+            _ => false,
+        },
+        discount: discount(
+            discount_type.as_deref(),
+            r.get(13).ok().flatten(),
+            r.get(14).ok().flatten(),
+            currency.as_deref(),
+            req.order_amount.clone(),
+        ),
+        discount_type,
+        customer_used_up: per_customer_limit.is_some_and(|l| used >= l),
     })
 }
 
@@ -1030,15 +1110,47 @@ fn redeem(
     }))
 }
 
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// `_discount` (Rust, over PostgreSQL's numeric functions) gives what the rule written in
+    /// SQL gives, value and scale, over every discount type, cap, currency scale and order.
+    #[pg_test]
+    fn discount_is_the_sql_rule() {
+        let (checked, different) = Spi::get_two::<i64, i64>(
+            "WITH cases AS (
+               SELECT t, CASE WHEN t IS NOT NULL THEN v END AS v, m, cur, o
+                 FROM unnest(ARRAY['percent', 'amount', 'fixed', NULL]) t,
+                      unnest('{0, 0.5, 10, 12.5, 33.3333, 100, 250.00}'::numeric[]) v,
+                      unnest('{NULL, 0, 5, 7.25}'::numeric[]) m,
+                      unnest(ARRAY[NULL, 'EUR', 'JPY', 'KWD', 'ZZZ']) cur,
+                      unnest('{NULL, 0, 0.01, 19.99, 80, 123.4567, 1000, 999999999999.9999}'::numeric[]) o)
+             SELECT count(*), count(*) FILTER (WHERE
+                    voucher._discount(t, v, m, cur, o)::text IS DISTINCT FROM (CASE t
+                      WHEN 'percent' THEN least(round(o * v / 100, CASE WHEN cur = 'JPY' THEN 0
+                                                                        WHEN cur = 'KWD' THEN 3
+                                                                        ELSE 2 END),
+                                                coalesce(m, o), o)
+                      WHEN 'amount' THEN least(v, coalesce(o, v))
+                      WHEN 'fixed' THEN greatest(o - v, 0)
+                      ELSE 0 END)::text)
+               FROM cases",
+        )
+        .unwrap();
+        assert_eq!((checked, different), (Some(4 * 7 * 4 * 5 * 8), Some(0)));
+    }
+}
+
 #[cfg(test)]
 mod unit {
     #[test]
     fn evaluation_variants_differ_only_in_customer_joins() {
         let plain = super::evaluate_sql(false);
         let with = super::evaluate_sql(true);
-        assert!(!plain.contains("$4"));
-        assert!(with.contains("cu.source_id = $4"));
-        assert!(plain.contains("round($3 * c.discount_value / 100"));
+        assert!(with.contains("cu.source_id = $3"));
+        assert!(!plain.contains("$3"));
     }
 
     #[test]
