@@ -236,12 +236,12 @@ fn pick(values: impl IntoIterator<Item = Option<AnyNumeric>>, least: bool) -> Op
         })
 }
 
-/// The discount for an order of `order_amount` under a campaign's discount rule: percent of the order
-/// rounded to the currency's minor unit (half away from zero) and capped by `max_discount` and
-/// by the order, a fixed amount off (never more than the order), or the order brought down to a
-/// fixed price; 0 without a rule. NULL where it needs the order and has none (percent). Numeric
-/// arithmetic is PostgreSQL's own (numeric_mul, numeric_div, numeric_round), so amounts and
-/// their scales are exactly what the same expression in SQL gives. Also `voucher._discount`,
+/// The discount for an order of `order_amount` under a campaign's discount rule: percent of the
+/// order rounded to the currency's minor unit (half away from zero) and capped by `max_discount`
+/// and by the order, a fixed amount off (never more than the order), or the order brought down
+/// to a fixed price; 0 without a rule. NULL where it needs the order and has none (percent).
+/// Numeric arithmetic is PostgreSQL's own (numeric_mul, numeric_div, numeric_round), so amounts
+/// and their scales are exactly what the same expression in SQL gives. Also `voucher._discount`,
 /// for the redemption statement.
 #[pg_extern(immutable, parallel_safe, name = "_discount")]
 fn discount(
