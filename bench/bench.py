@@ -303,6 +303,12 @@ END $$;
 CREATED = set()
 
 
+def bench_sql(name):
+    """The text of bench/sql/NAME."""
+    with open(os.path.join(HERE, "sql", name)) as f:
+        return f.read()
+
+
 def fresh_db(db):
     """A new database with the extension. main() creates them all at the start: CREATE EXTENSION
     reads the SQL script installed at that moment, which must match the library the cluster
@@ -323,8 +329,6 @@ def setup_main():
     log(f"setting up {MAIN_DB}: tenant, key, campaigns, {POOL:,} single-use vouchers, schema bare")
     fresh_db(MAIN_DB)
     create_app_role()
-    with open(os.path.join(HERE, "sql", "floor.sql")) as f:
-        floor_sql = f.read()
     sql(MAIN_DB, f"""
 SET client_min_messages = warning;
 CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL, single uuid, hot uuid);
@@ -344,7 +348,7 @@ SELECT k.tenant, voucher._uuid_v7(), k.hot, 'HOT' FROM bench_key k;
 {bare_schema_sql()}
 INSERT INTO bare.campaign SELECT * FROM voucher.campaign;
 INSERT INTO bare.code SELECT * FROM voucher.code;
-{floor_sql}
+{bench_sql('floor.sql')}
 ALTER FUNCTION bare.validate(uuid, text) OWNER TO {APP_ROLE};
 ALTER FUNCTION bare.redeem(uuid, text, integer) OWNER TO {APP_ROLE};
 GRANT USAGE, SELECT ON SEQUENCE bare.audit_event_id_seq TO {APP_ROLE};
@@ -407,8 +411,6 @@ def setup_gen():
     generators, and bare.campaign / bare.code (no redemptions) for the PL/pgSQL inserts."""
     log(f"setting up {GEN_DB}")
     fresh_db(GEN_DB)
-    with open(os.path.join(HERE, "sql", "plpgsql_generator.sql")) as f:
-        generator = f.read()
     sql(GEN_DB, f"""
 SET client_min_messages = warning;
 CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL, campaign uuid);
@@ -422,7 +424,7 @@ BEGIN
 END $$;
 {bare_schema_sql(with_redemption=False)}
 INSERT INTO bare.campaign SELECT * FROM voucher.campaign;
-{generator}
+{bench_sql('plpgsql_generator.sql')}
 """)
     tenant, key, campaign = scalar(GEN_DB, "SELECT tenant, key, campaign FROM bench_key").split("|")
     STATE["gen"] = {"tenant": tenant, "key": key, "campaign": campaign}

@@ -752,6 +752,14 @@ unsafe fn raw_field(
     }
 }
 
+/// An int8 column of an SPI result (passed by value).
+///
+/// # Safety
+/// As for [`raw_field`], and the column is an int8.
+unsafe fn raw_i64(table: *mut pg_sys::SPITupleTable, row: usize, col: i32) -> Option<i64> {
+    unsafe { raw_field(table, row, col) }.map(|d| d.value() as i64)
+}
+
 /// A bytea column of an SPI result, borrowed from its tuple.
 ///
 /// # Safety
@@ -860,7 +868,7 @@ impl Scan {
     fn id(&mut self) -> Option<i64> {
         // SAFETY: a row of our live batch; column 1 is int8, passed by value.
         self.row()
-            .map(|(t, i)| unsafe { raw_field(t, i, 1) }.map_or(0, |d| d.value() as i64))
+            .map(|(t, i)| unsafe { raw_i64(t, i, 1) }.unwrap_or(0))
     }
 }
 
@@ -906,7 +914,7 @@ fn verify_impl() -> Result<Verdict> {
                         t,
                     )
                 };
-                let int = |col| unsafe { raw_field(st, 0, col) }.map_or(0, |d| d.value() as i64);
+                let int = |col| unsafe { raw_i64(st, 0, col) }.unwrap_or(0);
                 let (sealed_through, head, purged_through, purge_head, fp) = if n == 0 {
                     (0, None, 0, None, None)
                 } else {
@@ -941,8 +949,8 @@ fn verify_impl() -> Result<Verdict> {
                         t,
                     )
                 };
-                let total = unsafe { raw_field(hm, 0, 1) }.map_or(0, |d| d.value() as i64);
-                let first_forged = unsafe { raw_field(hm, 0, 2) }.map(|d| d.value() as i64);
+                let total = unsafe { raw_i64(hm, 0, 1) }.unwrap_or(0);
+                let first_forged = unsafe { raw_i64(hm, 0, 2) };
 
                 // pass 2: the chain
                 let mut prev = purge_head.unwrap_or_else(|| keyed.genesis(&tenant).to_vec());
