@@ -10,20 +10,9 @@ use pgrx::prelude::*;
 ::pgrx::pg_module_magic!(name, version);
 
 mod audit;
-mod charset;
-mod checkchar;
 mod codes;
-mod context;
-mod definer;
-mod error;
-mod gucs;
-mod keys;
-mod pattern;
-mod permute;
+mod common;
 mod redeem;
-mod revocation;
-mod rng;
-mod roles;
 mod tenancy;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
@@ -31,35 +20,35 @@ extension_sql_file!(
     "../sql/tenancy.sql",
     name = "tenancy",
     requires = [
-        context::current_tenant_sql,
-        context::key_probe,
-        context::authorize_sql,
-        context::can_read,
-        context::tenant_scan,
-        revocation::credentials_changed
+        tenancy::context::current_tenant_sql,
+        tenancy::context::key_probe,
+        tenancy::context::authorize_sql,
+        tenancy::context::can_read,
+        tenancy::context::tenant_scan,
+        tenancy::revocation::credentials_changed
     ]
 );
 extension_sql_file!(
-    "../sql/campaigns.sql",
-    name = "campaigns",
+    "../sql/codes.sql",
+    name = "codes",
     requires = [
         "tenancy",
-        codes::code_shape,
-        codes::normalize_code,
-        error::raise_sql,
-        rng::uuid_v7_sql,
-        context::actor_label_sql
+        codes::generate::code_shape,
+        codes::generate::normalize_code,
+        common::error::raise_sql,
+        common::rng::uuid_v7_sql,
+        tenancy::context::actor_label_sql
     ]
 );
 extension_sql_file!(
     "../sql/customers.sql",
     name = "customers",
-    requires = ["campaigns"]
+    requires = ["codes"]
 );
 extension_sql_file!(
     "../sql/redeem.sql",
     name = "redeem",
-    requires = ["customers", error::reason_sql]
+    requires = ["customers", common::error::reason_sql]
 );
 extension_sql_file!(
     "../sql/audit.sql",
@@ -77,8 +66,8 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
-    gucs::init();
-    revocation::init();
+    common::gucs::init();
+    tenancy::revocation::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
@@ -89,14 +78,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
     match event {
         XACT_EVENT_PRE_COMMIT => audit::pre_commit(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
-            revocation::end_of_transaction(true);
+            tenancy::revocation::end_of_transaction(true);
             audit::end_of_transaction(true);
-            context::end_of_transaction();
+            tenancy::context::end_of_transaction();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
-            revocation::end_of_transaction(false);
+            tenancy::revocation::end_of_transaction(false);
             audit::end_of_transaction(false);
-            context::end_of_transaction();
+            tenancy::context::end_of_transaction();
         }
         _ => {}
     }

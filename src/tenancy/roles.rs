@@ -3,7 +3,7 @@
 //! SQL functions name the action they perform (`voucher._authorize('redeem')`); this table is the
 //! only place that says which key role may perform it.
 
-use crate::error::{Result, VoucherError};
+use crate::common::error::{Result, VoucherError};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum KeyRole {

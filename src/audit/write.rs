@@ -27,12 +27,12 @@ use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 use sha2::{Digest, Sha256};
 
-use crate::context::{self, Context};
-use crate::definer;
-use crate::error::{api, Result, VoucherError};
-use crate::gucs;
-use crate::rng;
-use crate::roles::Action;
+use crate::tenancy::context::{self, Context};
+use crate::tenancy::definer;
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::gucs;
+use crate::common::rng;
+use crate::tenancy::roles::Action;
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -1,6 +1,6 @@
 //! The characters a code's random positions are drawn from.
 
-use crate::error::{Result, VoucherError};
+use crate::common::error::{Result, VoucherError};
 
 /// No 0/O, 1/I/L: codes read aloud or typed from paper come back right. 31 characters.
 pub const UNAMBIGUOUS: &str = "23456789ABCDEFGHJKMNPQRSTUVWXYZ";
@@ -138,7 +138,7 @@ mod unit {
             let c = Charset::parse(name).unwrap();
             for i in 0..c.len() {
                 let s = c.symbol(i) as char;
-                assert_eq!(crate::pattern::normalize(&s.to_string()), s.to_string());
+                assert_eq!(crate::codes::pattern::normalize(&s.to_string()), s.to_string());
             }
         }
     }

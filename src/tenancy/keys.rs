@@ -7,7 +7,7 @@
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::rng;
+use crate::common::rng;
 
 /// Lower-case Crockford base32: no i, l, o, u, so keys read back unambiguously.
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";

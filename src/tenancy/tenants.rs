@@ -3,12 +3,12 @@
 use pgrx::prelude::*;
 
 use crate::audit;
-use crate::context::{self, as_tenant_definer, uuid_bytes};
-use crate::definer::role_name;
-use crate::error::{api, Result, VoucherError};
-use crate::keys;
-use crate::rng;
-use crate::roles::{Action, KeyRole};
+use crate::tenancy::context::{self, as_tenant_definer, uuid_bytes};
+use crate::tenancy::definer::role_name;
+use crate::common::error::{api, Result, VoucherError};
+use crate::tenancy::keys;
+use crate::common::rng;
+use crate::tenancy::roles::{Action, KeyRole};
 
 /// Longest tenant name or key label we accept.
 const MAX_NAME: usize = 200;

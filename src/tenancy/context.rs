@@ -19,13 +19,13 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
 use crate::audit;
-use crate::definer::{self, as_definer};
-use crate::error::{api, Result, VoucherError};
-use crate::gucs;
-use crate::keys;
-use crate::revocation;
-use crate::rng;
-use crate::roles::{Action, KeyRole};
+use crate::tenancy::definer::{self, as_definer};
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::gucs;
+use crate::tenancy::keys;
+use crate::tenancy::revocation;
+use crate::common::rng;
+use crate::tenancy::roles::{Action, KeyRole};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Scope {

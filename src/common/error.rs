@@ -372,7 +372,7 @@ mod unit {
 
     #[test]
     fn readme_documents_every_sqlstate() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../../README.md");
         for e in CATALOGUE {
             let row = format!("| `{}` |", e.sqlstate);
             assert!(

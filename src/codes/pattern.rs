@@ -6,9 +6,9 @@
 
 use rand::Rng;
 
-use crate::charset::Charset;
-use crate::checkchar::CheckChar;
-use crate::error::{Result, VoucherError};
+use crate::codes::charset::Charset;
+use crate::codes::checkchar::CheckChar;
+use crate::common::error::{Result, VoucherError};
 
 pub const MAX_PATTERN: usize = 64;
 pub const MAX_AFFIX: usize = 32;
@@ -437,7 +437,7 @@ mod unit {
             assert!(s.matches(&c), "{c}");
             let b = c.as_bytes();
             for pos in 0..b.len() {
-                for &sub in crate::charset::UNAMBIGUOUS.as_bytes() {
+                for &sub in crate::codes::charset::UNAMBIGUOUS.as_bytes() {
                     if sub != b[pos] {
                         let mut t = b.to_vec();
                         t[pos] = sub;
@@ -498,7 +498,7 @@ mod unit {
     fn digits_are_uniform_without_modulo_bias() {
         // 31 symbols do not divide 2^64: a biased mapping would favour the low symbols
         let s = Shape::parse(&"#".repeat(16), "unambiguous", "", "", false).unwrap();
-        let p = crate::permute::Permutation::new(s.domain(), [5; 16]);
+        let p = crate::codes::permute::Permutation::new(s.domain(), [5; 16]);
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
         let (mut d, mut c) = (String::new(), String::new());
         let mut counts = [[0u32; 31]; 16];

@@ -23,12 +23,12 @@ use pgrx::{AnyNumeric, IntoDatum, JsonB};
 use sha2::{Digest, Sha256};
 
 use crate::audit;
-use crate::context;
-use crate::definer::as_definer;
-use crate::error::{api, Result, VoucherError};
-use crate::pattern::{self, Shape, MAX_CODE};
-use crate::rng;
-use crate::roles::Action;
+use crate::tenancy::context;
+use crate::tenancy::definer::as_definer;
+use crate::common::error::{api, Result, VoucherError};
+use crate::codes::pattern::{self, Shape, MAX_CODE};
+use crate::common::rng;
+use crate::tenancy::roles::Action;
 
 /// Longest customer id, order id or idempotency key.
 const MAX_TEXT: usize = 200;
@@ -749,7 +749,7 @@ fn validate_impl(
                         v.balance,
                     ),
                     Verdict::Refused { sqlstate, v } => {
-                        let mut reason = crate::error::entry(sqlstate)
+                        let mut reason = crate::common::error::entry(sqlstate)
                             .expect("catalogued")
                             .message
                             .to_string();
@@ -1068,7 +1068,7 @@ fn redeem_impl(
             object_id: None,
             details: serde_json::json!({
                 "code": req.code, "sqlstate": sqlstate,
-                "reason": crate::error::entry(sqlstate).map(|e| e.message),
+                "reason": crate::common::error::entry(sqlstate).map(|e| e.message),
                 "customer": req.customer, "order_id": order_id,
             }),
             at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),

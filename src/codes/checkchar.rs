@@ -10,7 +10,7 @@
 //!
 //! Other N (2 mod 4, apart from 10) have no such closed form, and are refused.
 
-use crate::error::{Result, VoucherError};
+use crate::common::error::{Result, VoucherError};
 
 /// Damm's totally anti-symmetric quasigroup of order 10 (his 2004 thesis).
 const DAMM10: [[u8; 10]; 10] = [

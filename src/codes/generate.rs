@@ -11,14 +11,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::audit;
-use crate::context;
-use crate::definer::as_definer;
-use crate::error::{api, Result, VoucherError};
-use crate::gucs;
-use crate::pattern::{self, group, Shape, MAX_CODE};
-use crate::permute::Permutation;
-use crate::rng;
-use crate::roles::Action;
+use crate::tenancy::context;
+use crate::tenancy::definer::as_definer;
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::gucs;
+use crate::codes::pattern::{self, group, Shape, MAX_CODE};
+use crate::codes::permute::Permutation;
+use crate::common::rng;
+use crate::tenancy::roles::Action;
 
 /// Most codes one call may generate or preview.
 pub const MAX_PER_CALL: i64 = 10_000_000;

@@ -1,0 +1,8 @@
+//! Codes: patterns, charsets, check characters, the keyed permutation that draws unique codes,
+//! generation in bounded chunks and import of caller-chosen codes.
+
+pub mod charset;
+pub mod checkchar;
+pub mod generate;
+pub mod pattern;
+pub mod permute;

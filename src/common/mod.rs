@@ -1,0 +1,6 @@
+//! Plumbing every capability uses: errors and their SQLSTATEs, settings (GUCs), randomness.
+//! Depends on nothing else in the crate.
+
+pub mod error;
+pub mod gucs;
+pub mod rng;
