@@ -1,5 +1,5 @@
 -- The audit trail: one row per state change and security event, written in the same transaction
--- as the change (src/audit.rs explains the design: row HMACs at insert, a chain sealed later,
+-- as the change (src/audit/mod.rs explains the design: row HMACs at insert, a chain sealed later,
 -- failed attempts that survive their transaction's rollback).
 
 -- CACHE 1 (the default) on purpose: sealing reads last_value as the highest id handed out, which
@@ -55,21 +55,9 @@ CREATE TABLE voucher.audit_state (
 );
 COMMENT ON TABLE voucher.audit_state IS 'Per tenant: how far the audit chain is sealed, and its head.';
 
-ALTER TABLE voucher.audit_event ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.audit_event FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.audit_event
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
-ALTER TABLE voucher.audit_chain ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.audit_chain FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.audit_chain
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
-ALTER TABLE voucher.audit_state ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.audit_state FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.audit_state
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.audit_event');
+SELECT voucher._isolate_tenant('voucher.audit_chain');
+SELECT voucher._isolate_tenant('voucher.audit_state');
 
 -- Append-only: nobody but a superuser may change or remove audit rows (and what a superuser
 -- changes, verify_audit finds). The only exception is voucher.purge_audit() applying retention.

@@ -59,17 +59,9 @@ COMMENT ON TABLE voucher.code IS 'Vouchers: the canonical code (upper case, no s
 COMMENT ON COLUMN voucher.code.display IS 'The code as issued (with separators), when it differs from the canonical form.';
 CREATE INDEX code_campaign_idx ON voucher.code (tenant_id, campaign_id);
 
-ALTER TABLE voucher.campaign ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.campaign FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.campaign
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.campaign');
 
-ALTER TABLE voucher.code ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.code FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.code
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.code');
 
 CREATE FUNCTION voucher.create_campaign(
     name                text,

@@ -14,11 +14,7 @@ CREATE TABLE voucher.customer (
 );
 COMMENT ON TABLE voucher.customer IS 'Customers; source_id is the application''s own customer id.';
 
-ALTER TABLE voucher.customer ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.customer FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.customer
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.customer');
 
 CREATE FUNCTION voucher.upsert_customer(
     source_id  text,

@@ -98,3 +98,6 @@ GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe(), voucher
                           voucher._audit_purging()
     TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;
+
+-- Install-time helpers are not part of the API.
+DROP FUNCTION voucher._isolate_tenant(regclass);

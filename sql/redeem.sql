@@ -1,4 +1,4 @@
--- Redemptions and rollbacks. validate() and redeem() are Rust (src/redeem.rs), which also
+-- Redemptions and rollbacks. validate() and redeem() are Rust (src/redeem/), which also
 -- explains the locking; rollback follows the same lock order: redemption -> customer_usage -> code.
 
 CREATE TABLE voucher.customer_usage (
@@ -44,17 +44,9 @@ COMMENT ON COLUMN voucher.redemption.request_hash IS
 CREATE INDEX redemption_voucher_idx ON voucher.redemption (tenant_id, voucher_id);
 CREATE INDEX redemption_time_idx ON voucher.redemption (tenant_id, redeemed_at);
 
-ALTER TABLE voucher.customer_usage ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.customer_usage FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.customer_usage
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.customer_usage');
 
-ALTER TABLE voucher.redemption ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.redemption FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.redemption
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.redemption');
 
 CREATE FUNCTION voucher.rollback_redemption(
     INOUT redemption_id  uuid,

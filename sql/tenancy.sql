@@ -2,7 +2,19 @@
 --   * tenant_id is the first column of the primary key and of every unique constraint, and
 --     every index starts with it (the layout a distribution by tenant_id needs);
 --   * row-level security is enabled AND forced, with one policy comparing tenant_id to the
---     session's tenant context, written as a sub-select so it is evaluated once per query.
+--     session's tenant context, written as a sub-select so it is evaluated once per query
+--   (both written by voucher._isolate_tenant, the one helper for this boilerplate: install
+--   time only, dropped again by finalize.sql).
+
+CREATE FUNCTION voucher._isolate_tenant(tbl regclass) RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('ALTER TABLE %s FORCE ROW LEVEL SECURITY', tbl);
+    EXECUTE format('CREATE POLICY tenant_isolation ON %s '
+                   'USING (tenant_id = (SELECT voucher.current_tenant())) '
+                   'WITH CHECK (tenant_id = (SELECT voucher.current_tenant()))', tbl);
+END
+$$;
 
 CREATE TABLE voucher.tenant (
     tenant_id        uuid        NOT NULL,
@@ -36,17 +48,9 @@ COMMENT ON COLUMN voucher.credential.prefix IS 'vk_ and 12 random characters: sh
 -- authenticate() finds a key by its prefix before it knows the tenant.
 CREATE INDEX credential_prefix_idx ON voucher.credential (prefix);
 
-ALTER TABLE voucher.tenant ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.tenant FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.tenant
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.tenant');
 
-ALTER TABLE voucher.credential ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.credential FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.credential
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+SELECT voucher._isolate_tenant('voucher.credential');
 -- Platform maintenance (sealing every tenant's audit chain) lists the tenants, and only that.
 CREATE POLICY platform_scan ON voucher.tenant FOR SELECT
     USING ((SELECT voucher._tenant_scan()));
@@ -55,7 +59,7 @@ CREATE POLICY key_lookup ON voucher.credential FOR SELECT
     USING (prefix = (SELECT voucher._key_probe()));
 
 -- Any committed change that can invalidate a key bumps the revocation generation, so sessions
--- re-read their key at their next call (src/revocation.rs). last_used_at is not such a change.
+-- re-read their key at their next call (src/tenancy/revocation.rs). last_used_at is not such a change.
 CREATE FUNCTION voucher._credential_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     PERFORM voucher._credentials_changed();

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 mod audit;
 mod codes;
 mod common;
+mod customers;
 mod redeem;
 mod tenancy;
 
@@ -55,10 +56,10 @@ extension_sql_file!(
     name = "audit",
     requires = [
         "redeem",
-        audit::audit_hash_sql,
-        audit::audit_sql,
-        audit::audit_direct_sql,
-        audit::audit_purging
+        audit::hash::audit_hash_sql,
+        audit::write::audit_sql,
+        audit::write::audit_direct_sql,
+        audit::retention::audit_purging
     ]
 );
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
@@ -67,6 +68,7 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
     common::gucs::init();
+    audit::install();
     tenancy::revocation::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };

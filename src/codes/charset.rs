@@ -138,7 +138,10 @@ mod unit {
             let c = Charset::parse(name).unwrap();
             for i in 0..c.len() {
                 let s = c.symbol(i) as char;
-                assert_eq!(crate::codes::pattern::normalize(&s.to_string()), s.to_string());
+                assert_eq!(
+                    crate::codes::pattern::normalize(&s.to_string()),
+                    s.to_string()
+                );
             }
         }
     }

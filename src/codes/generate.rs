@@ -11,13 +11,14 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 
 use crate::audit;
+use crate::codes::pattern::{self, group, Shape};
+use crate::codes::permute::Permutation;
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::events::Event;
+use crate::common::gucs;
+use crate::common::rng;
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
-use crate::common::error::{api, Result, VoucherError};
-use crate::common::gucs;
-use crate::codes::pattern::{self, group, Shape, MAX_CODE};
-use crate::codes::permute::Permutation;
-use crate::common::rng;
 use crate::tenancy::roles::Action;
 
 /// Most codes one call may generate or preview.
@@ -155,7 +156,7 @@ fn lock_key(tenant: [u8; 16]) -> i32 {
 
 /// Serializes generation within a tenant (`shared` for single imports, which only conflict on
 /// an exact duplicate and the unique index settles that).
-fn lock_tenant_codes(client: &mut SpiClient<'_>, tenant: [u8; 16], shared: bool) {
+pub(super) fn lock_tenant_codes(client: &mut SpiClient<'_>, tenant: [u8; 16], shared: bool) {
     let sql = if shared {
         "SELECT pg_catalog.pg_advisory_xact_lock_shared($1, $2)"
     } else {
@@ -166,13 +167,13 @@ fn lock_tenant_codes(client: &mut SpiClient<'_>, tenant: [u8; 16], shared: bool)
         .expect("advisory lock");
 }
 
-struct CampaignCodes {
-    shape: Shape,
-    shape_key: String,
-    gift_balance: Option<AnyNumeric>,
+pub(super) struct CampaignCodes {
+    pub(super) shape: Shape,
+    pub(super) shape_key: String,
+    pub(super) gift_balance: Option<AnyNumeric>,
 }
 
-fn load_campaign(
+pub(super) fn load_campaign(
     client: &SpiClient<'_>,
     tenant: [u8; 16],
     campaign: pgrx::Uuid,
@@ -251,9 +252,9 @@ fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Resu
             )
         })
     })?;
-    audit::write(&audit::Event {
+    audit::write(&Event {
         tenant,
-        actor: audit::actor_json(Some(&ctx)),
+        actor: context::actor_json(Some(&ctx)),
         action: "codes.generated",
         object_type: Some("campaign"),
         object_id: Some(campaign.to_string()),
@@ -364,79 +365,4 @@ fn insert_drawn(
 #[pg_extern(volatile, parallel_unsafe)]
 fn generate_codes(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> i64 {
     api(|| generate_codes_impl(campaign, count))
-}
-
-/// A code as an importer gave it: its canonical form, if it can be a code.
-pub fn importable(code: Option<&str>) -> Result<String> {
-    let code = code.ok_or(VoucherError::NullArgument("code"))?;
-    let canonical = pattern::normalize(code);
-    if canonical.is_empty() {
-        return Err(VoucherError::invalid("code must not be empty"));
-    }
-    if canonical.len() > MAX_CODE || code.chars().count() > 2 * MAX_CODE {
-        return Err(VoucherError::invalid(format!(
-            "code is longer than {MAX_CODE} characters"
-        )));
-    }
-    if !canonical.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(VoucherError::invalid_hint(
-            "code contains characters other than printable ASCII",
-            "codes are letters, digits and punctuation; spaces and dashes are ignored",
-        ));
-    }
-    Ok(canonical)
-}
-
-fn add_code_impl(campaign: Option<pgrx::Uuid>, code: Option<&str>) -> Result<pgrx::Uuid> {
-    let ctx = context::authorize(Action::ManageCampaigns)?;
-    let campaign = campaign.ok_or(VoucherError::NullArgument("campaign"))?;
-    let canonical = importable(code)?;
-    let given = code.unwrap_or_default().trim();
-    let display = (given != canonical).then(|| given.to_string());
-    let tenant = ctx.tenant;
-    let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
-    let inserted = as_definer(|| {
-        Spi::connect_mut(|client| -> Result<bool> {
-            let c = load_campaign(client, tenant, campaign)?;
-            lock_tenant_codes(client, tenant, true);
-            let rows = client
-                .update(
-                    "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) \
-                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (tenant_id, code) DO NOTHING \
-                     RETURNING voucher_id",
-                    None,
-                    &[
-                        pgrx::Uuid::from_bytes(tenant).into(),
-                        id.into(),
-                        campaign.into(),
-                        canonical.as_str().into(),
-                        display.clone().into(),
-                        c.gift_balance.into(),
-                    ],
-                )
-                .expect("insert runs");
-            Ok(!rows.is_empty())
-        })
-    })?;
-    if !inserted {
-        return Err(VoucherError::Duplicate(
-            "this code already exists in the tenant".into(),
-        ));
-    }
-    audit::write(&audit::Event {
-        tenant,
-        actor: audit::actor_json(Some(&ctx)),
-        action: "voucher.created",
-        object_type: Some("voucher"),
-        object_id: Some(id.to_string()),
-        details: serde_json::json!({ "campaign_id": campaign.to_string(), "code": canonical }),
-        at: None,
-    });
-    Ok(id)
-}
-
-/// Imports a code chosen by the caller into a campaign; returns the new voucher's id.
-#[pg_extern(volatile, parallel_unsafe)]
-fn add_code(campaign: Option<pgrx::Uuid>, code: Option<&str>) -> pgrx::Uuid {
-    api(|| add_code_impl(campaign, code))
 }

@@ -4,5 +4,6 @@
 pub mod charset;
 pub mod checkchar;
 pub mod generate;
+pub mod import;
 pub mod pattern;
 pub mod permute;

@@ -6,7 +6,7 @@ use std::ffi::{CStr, CString};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 
-/// Internal: the token that ties this session to its tenant context (see `context.rs`).
+/// Internal: the token that ties this session to its tenant context (see `tenancy/context.rs`).
 /// Only C code sets it; only superusers could, and even they cannot forge a context with it.
 pub static CONTEXT_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 

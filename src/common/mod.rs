@@ -2,5 +2,7 @@
 //! Depends on nothing else in the crate.
 
 pub mod error;
+pub mod events;
 pub mod gucs;
 pub mod rng;
+pub mod spi;

@@ -1,4 +1,15 @@
-//! Validation and redemption: the rules and the discount, the statements of the hot path, and
-//! the SQL-facing `validate` and `redeem`.
+//! Validation and redemption (../shared/API.md, "Validation and redemption").
+//!
+//! - `rules`: the request's arguments checked, the voucher as looked up, the verdict in the
+//!   documented order.
+//! - `discount`: the campaign's discount for an order, shared by validate and redeem.
+//! - `statements`: the hot path's statements, prepared once per backend.
+//! - `validate` and `api` (`redeem`): the SQL-facing functions.
+//!
+//! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`; nothing to Rust.
 
 pub mod api;
+pub mod discount;
+pub mod rules;
+pub mod statements;
+pub mod validate;

@@ -18,13 +18,12 @@ use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 
-use crate::audit;
-use crate::tenancy::definer::{self, as_definer};
 use crate::common::error::{api, Result, VoucherError};
+use crate::common::events::{self, Event};
 use crate::common::gucs;
-use crate::tenancy::keys;
-use crate::tenancy::revocation;
 use crate::common::rng;
+use crate::tenancy::definer::{self, as_definer};
+use crate::tenancy::revocation;
 use crate::tenancy::roles::{Action, KeyRole};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -129,13 +128,13 @@ fn set_token(value: &CString, scope: Scope) {
 }
 
 /// What a key's row says, read at a given revocation generation.
-struct KeyState {
-    role: KeyRole,
-    expires_at: Option<f64>,
-    generation: Option<u64>,
+pub(super) struct KeyState {
+    pub(super) role: KeyRole,
+    pub(super) expires_at: Option<f64>,
+    pub(super) generation: Option<u64>,
 }
 
-fn install(
+pub(super) fn install(
     tenant: [u8; 16],
     key_id: Option<[u8; 16]>,
     role: KeyRole,
@@ -225,7 +224,7 @@ pub fn with_tenant<R>(tenant: [u8; 16], f: impl FnOnce() -> R) -> R {
     f()
 }
 
-fn with_probe<R>(prefix: &str, f: impl FnOnce() -> R) -> R {
+pub(super) fn with_probe<R>(prefix: &str, f: impl FnOnce() -> R) -> R {
     struct Restore;
     impl Drop for Restore {
         fn drop(&mut self) {
@@ -319,6 +318,19 @@ fn revalidated(mut ctx: Context) -> Option<Context> {
     Some(ctx)
 }
 
+/// Records a refused key in its tenant's audit log, whatever happens to this transaction.
+pub(super) fn refused_key(tenant: [u8; 16], key_id: Option<[u8; 16]>, why: &str) {
+    events::record_durably(Event {
+        tenant,
+        actor: serde_json::json!({ "type": "key", "key_id": key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()) }),
+        action: "key.refused",
+        object_type: Some("key"),
+        object_id: key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()),
+        details: serde_json::json!({ "reason": why }),
+        at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
+    });
+}
+
 /// The context, checked: present, its key still valid, and its role allowed to do `action`.
 pub fn authorize(action: Action) -> Result<Context> {
     let ctx = current().ok_or_else(|| {
@@ -336,7 +348,7 @@ pub fn authorize(action: Action) -> Result<Context> {
         clear();
         return Err(VoucherError::BadKey);
     };
-    audit::flush_pending();
+    events::flush_pending();
     action.check(ctx.role)?;
     Ok(ctx)
 }
@@ -366,174 +378,10 @@ pub fn tenant_exists(tenant: [u8; 16]) -> bool {
     .unwrap_or(false)
 }
 
-/// Records a refused key in its tenant's audit log, whatever happens to this transaction.
-fn refused_key(tenant: [u8; 16], key_id: Option<[u8; 16]>, why: &str) {
-    audit::write_durably(audit::Event {
-        tenant,
-        actor: serde_json::json!({ "type": "key", "key_id": key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()) }),
-        action: "key.refused",
-        object_type: Some("key"),
-        object_id: key_id.map(|k| pgrx::Uuid::from_bytes(k).to_string()),
-        details: serde_json::json!({ "reason": why }),
-        at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
-    });
-}
-
-/// One row of `voucher.credential` found by its prefix during authentication.
-struct Candidate {
-    tenant: [u8; 16],
-    key_id: [u8; 16],
-    hash: Vec<u8>,
-    role: String,
-    usable: bool,
-    touch_due: bool,
-    expires_at: Option<f64>,
-}
-
-fn find_candidates(prefix: &str) -> Vec<Candidate> {
-    let interval = gucs::KEY_LAST_USED_INTERVAL.get() as f64;
-    with_probe(prefix, || {
-        as_definer(|| {
-            Spi::connect(|client| {
-                let rows = client
-                    .select(
-                        "SELECT tenant_id, key_id, key_hash, role, \
-                                revoked_at IS NULL AND (expires_at IS NULL OR expires_at > now()), \
-                                last_used_at IS NULL \
-                                  OR last_used_at < now() - make_interval(secs => $2), \
-                                extract(epoch FROM expires_at)::float8 \
-                         FROM voucher.credential WHERE prefix = $1",
-                        None,
-                        &[prefix.into(), interval.into()],
-                    )
-                    .expect("credential lookup runs");
-                rows.map(|r| Candidate {
-                    tenant: uuid_bytes(&r.get::<pgrx::Uuid>(1).unwrap().unwrap()),
-                    key_id: uuid_bytes(&r.get::<pgrx::Uuid>(2).unwrap().unwrap()),
-                    hash: r.get::<Vec<u8>>(3).unwrap().unwrap_or_default(),
-                    role: r.get::<String>(4).unwrap().unwrap_or_default(),
-                    usable: r.get::<bool>(5).unwrap().unwrap_or(false),
-                    touch_due: r.get::<bool>(6).unwrap().unwrap_or(false),
-                    expires_at: r.get::<f64>(7).unwrap(),
-                })
-                .collect()
-            })
-        })
-    })
-}
-
-/// Refreshes `last_used_at`, skipping a row another session holds locked: never waits.
-fn touch_last_used(tenant: [u8; 16], key_id: [u8; 16]) {
-    // SAFETY: reads a backend-local flag.
-    if unsafe { pg_sys::XactReadOnly } {
-        return; // a read-only transaction or a hot standby: authentication still works
-    }
-    as_definer(|| {
-        Spi::run_with_args(
-            "UPDATE voucher.credential SET last_used_at = now() \
-             WHERE ctid = (SELECT ctid FROM voucher.credential \
-                           WHERE tenant_id = $1 AND key_id = $2 FOR UPDATE SKIP LOCKED)",
-            &[
-                pgrx::Uuid::from_bytes(tenant).into(),
-                pgrx::Uuid::from_bytes(key_id).into(),
-            ],
-        )
-        .expect("last_used_at update runs")
-    });
-}
-
-fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid> {
-    let key = api_key.ok_or(VoucherError::BadKey)?;
-    let prefix = keys::display_prefix(key).ok_or(VoucherError::BadKey)?;
-    let presented = keys::hash(key);
-    let generation = revocation::current();
-    let found = find_candidates(prefix)
-        .into_iter()
-        .find(|c| keys::matches(&presented, &c.hash))
-        .ok_or(VoucherError::BadKey)?;
-    if !found.usable {
-        refused_key(found.tenant, Some(found.key_id), "revoked or expired");
-        return Err(VoucherError::BadKey);
-    }
-    let role = KeyRole::parse(&found.role)?;
-    let scope = if session {
-        Scope::Session
-    } else {
-        Scope::Transaction
-    };
-    let state = KeyState {
-        role,
-        expires_at: found.expires_at,
-        generation,
-    };
-    install(
-        found.tenant,
-        Some(found.key_id),
-        role,
-        None,
-        scope,
-        Some(&state),
-    );
-    if found.touch_due {
-        touch_last_used(found.tenant, found.key_id);
-    }
-    audit::flush_pending();
-    Ok(pgrx::Uuid::from_bytes(found.tenant))
-}
-
-/// Verifies an API key and opens its tenant context for this transaction (or the session).
-#[pg_extern(volatile, parallel_unsafe)]
-fn authenticate(api_key: Option<&str>, session: default!(bool, false)) -> pgrx::Uuid {
-    api(|| authenticate_impl(api_key, session))
-}
-
 /// The tenant this session acts for, or NULL.
 #[pg_extern(stable, parallel_restricted, name = "current_tenant")]
 fn current_tenant_sql() -> Option<pgrx::Uuid> {
     current_tenant().map(pgrx::Uuid::from_bytes)
-}
-
-/// Clears the tenant context of this session.
-#[pg_extern(volatile, parallel_unsafe)]
-fn logout() {
-    clear();
-}
-
-fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) -> Result<()> {
-    let operator = require_operator("act as a tenant")?;
-    let tenant = uuid_bytes(&tenant.ok_or(VoucherError::NullArgument("tenant"))?);
-    let role = KeyRole::parse(role.ok_or(VoucherError::NullArgument("role"))?)?;
-    if !tenant_exists(tenant) {
-        return Err(VoucherError::invalid("no such tenant"));
-    }
-    let scope = if session {
-        Scope::Session
-    } else {
-        Scope::Transaction
-    };
-    install(tenant, None, role, Some(operator), scope, None);
-    // acting as a tenant is recorded even if the transaction rolls back
-    audit::write_durably(audit::Event {
-        tenant,
-        actor: audit::actor_json(current().as_ref()),
-        action: "act_as",
-        object_type: Some("tenant"),
-        object_id: Some(pgrx::Uuid::from_bytes(tenant).to_string()),
-        details: serde_json::json!({ "role": role.as_str(), "session": session }),
-        at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
-    });
-    audit::flush_pending();
-    Ok(())
-}
-
-/// Operators and superusers: act as `tenant` with key role `role`.
-#[pg_extern(volatile, parallel_unsafe)]
-fn act_as(
-    tenant: Option<pgrx::Uuid>,
-    role: default!(Option<&str>, "'admin'"),
-    session: default!(bool, false),
-) {
-    api(|| act_as_impl(tenant, role, session))
 }
 
 /// Internal, for SQL functions: the tenant, once the context may perform `action`.
@@ -575,4 +423,23 @@ fn tenant_scan() -> bool {
 #[pg_extern(stable, parallel_restricted, name = "_key_probe")]
 fn key_probe() -> Option<String> {
     PROBE.with(|p| p.borrow().clone())
+}
+
+/// Who acts, as audit rows record it: the key and its role, an operator acting as the tenant, or
+/// a database role.
+pub fn actor_json(ctx: Option<&Context>) -> serde_json::Value {
+    match ctx {
+        Some(c) => match (c.key_id, c.operator) {
+            (Some(k), _) => serde_json::json!({
+                "type": "key", "key_id": pgrx::Uuid::from_bytes(k).to_string(), "role": c.role.as_str()
+            }),
+            (None, Some(op)) => serde_json::json!({
+                "type": "operator", "db_role": definer::role_name(op), "role": c.role.as_str()
+            }),
+            (None, None) => serde_json::json!({ "type": "unknown" }),
+        },
+        None => {
+            serde_json::json!({ "type": "db_role", "db_role": definer::role_name(definer::caller()) })
+        }
+    }
 }

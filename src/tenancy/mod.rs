@@ -7,6 +7,7 @@
 //! - `definer`: running table work as `voucher_definer`, so row-level security applies.
 //! - `tenants`: `create_tenant`, `create_api_key`.
 
+pub mod auth;
 pub mod context;
 pub mod definer;
 pub mod keys;

@@ -2,12 +2,12 @@
 
 use pgrx::prelude::*;
 
-use crate::audit;
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::events::{self, Event};
+use crate::common::rng;
 use crate::tenancy::context::{self, as_tenant_definer, uuid_bytes};
 use crate::tenancy::definer::role_name;
-use crate::common::error::{api, Result, VoucherError};
 use crate::tenancy::keys;
-use crate::common::rng;
 use crate::tenancy::roles::{Action, KeyRole};
 
 /// Longest tenant name or key label we accept.
@@ -40,7 +40,7 @@ fn create_tenant_impl(name: Option<&str>) -> Result<pgrx::Uuid> {
     let operator = context::require_operator("create tenants")?;
     let name = required_text("name", name)?;
     let id = rng::uuid_v7();
-    let actor = audit::actor_json(None);
+    let actor = context::actor_json(None);
     as_tenant_definer(id, || {
         Spi::run_with_args(
             "INSERT INTO voucher.tenant (tenant_id, name, created_by) VALUES ($1, $2, $3)",
@@ -52,7 +52,7 @@ fn create_tenant_impl(name: Option<&str>) -> Result<pgrx::Uuid> {
         )
     })
     .expect("tenant insert runs");
-    audit::write(&audit::Event {
+    events::record(&Event {
         tenant: id,
         actor,
         action: "tenant.created",
@@ -87,14 +87,14 @@ fn create_api_key_impl(
             if !context::tenant_exists(t) {
                 return Err(VoucherError::invalid("no such tenant"));
             }
-            (t, role_name(operator), audit::actor_json(None))
+            (t, role_name(operator), context::actor_json(None))
         }
         _ => {
             let ctx = context::authorize(Action::ManageKeys)?;
             (
                 ctx.tenant,
                 context::actor_label(&ctx),
-                audit::actor_json(Some(&ctx)),
+                context::actor_json(Some(&ctx)),
             )
         }
     };
@@ -126,7 +126,7 @@ fn create_api_key_impl(
         )
     })
     .expect("credential insert runs");
-    audit::write(&audit::Event {
+    events::record(&Event {
         tenant: target,
         actor,
         action: "key.created",

@@ -1,0 +1,314 @@
+//! The statements of the hot path, prepared once per backend and kept: the look-up of a code
+//! (`evaluate`), the one-statement fast claim, and the claim of an evaluated voucher, each writing
+//! the redemption and its audit row in the same statement.
+
+use std::cell::RefCell;
+
+use pgrx::datum::{DatumWithOid, TimestampWithTimeZone};
+use pgrx::prelude::*;
+use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::AnyNumeric;
+
+use super::discount::{discount, discount_call};
+use super::rules::{Request, Voucher};
+use crate::codes::pattern::Shape;
+use crate::common::spi::run_kept;
+
+/// A code's voucher and campaign columns, as stored: $1 tenant, $2 code, [$3 customer]. The
+/// rules are judged in Rust (`evaluate`): the statement only looks the rows up, so starting it
+/// builds no expressions beyond plain columns.
+pub fn evaluate_sql(with_customer: bool) -> String {
+    let (used, joins) = if with_customer {
+        (
+            "u.used",
+            "LEFT JOIN voucher.customer cu ON cu.tenant_id = v.tenant_id AND cu.source_id = $3
+  LEFT JOIN voucher.customer_usage u ON u.tenant_id = v.tenant_id
+        AND u.campaign_id = v.campaign_id AND u.customer_id = cu.customer_id",
+        )
+    } else {
+        ("NULL::integer", "")
+    };
+    format!(
+        "SELECT v.voucher_id, v.campaign_id, c.kind, v.balance, c.redemption_limit,
+       c.per_customer_limit, v.active AND c.active, c.starts_at, c.expires_at, v.redeemed_count,
+       c.min_order_amount, c.discount_type, c.discount_value, c.max_discount, c.currency, {used}
+  FROM voucher.code v
+  JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
+  {joins}
+ WHERE v.tenant_id = $1 AND v.code = $2"
+    )
+}
+
+/// Wraps the CTEs `claim` (the UPDATE) and `rec` (the INSERT of the redemption, RETURNING *)
+/// so the same statement writes the audit row (the row HMAC is computed over the jsonb exactly
+/// as stored) and returns voucher_id, discount, balance_after.
+pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
+    format!(
+        "WITH {ctes},
+ev AS (
+    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, rec.voucher_id,
+           rec.discount, rec.balance_after,
+           jsonb_build_object('redemption_id', rec.redemption_id, 'campaign_id', rec.campaign_id,
+                              'customer_id', rec.customer_id, 'order_id', {order_id},
+                              'order_amount', rec.order_amount, 'amount', rec.amount,
+                              'discount', rec.discount, 'balance_after', rec.balance_after,
+                              'idempotency_key', {idempotency_key}) AS details
+      FROM rec),
+audit AS (
+    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
+                                     object_id, details, row_hash)
+    SELECT $1, ev.id, ev.at, {actor}::jsonb, 'redemption.created', 'voucher', ev.voucher_id::text,
+           ev.details,
+           voucher._audit_hash($1, ev.id, ev.at, {actor}::jsonb::text, 'redemption.created',
+                               'voucher', ev.voucher_id::text, ev.details::text)
+      FROM ev
+    RETURNING event_id)
+SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
+    )
+}
+
+/// The common case in one statement: claim a use of the code if every rule passes and the
+/// campaign has no per-customer limit, record the redemption and its audit row. When it matches
+/// no row the caller evaluates the code to say why (or takes the per-customer path).
+/// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
+/// $8 idempotency key, $9 request hash, $10 metadata, $11 actor label, $12 actor (jsonb text).
+pub fn fast_claim_sql() -> String {
+    let ctes = format!(
+        "claim AS (
+    UPDATE voucher.code v
+       SET redeemed_count = v.redeemed_count + 1,
+           balance = v.balance - CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END
+      FROM voucher.campaign c
+     WHERE v.tenant_id = $1 AND v.code = $2
+       AND c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
+       AND v.active AND c.active
+       AND (c.starts_at IS NULL OR c.starts_at <= now())
+       AND (c.expires_at IS NULL OR c.expires_at > now())
+       AND (c.redemption_limit IS NULL OR v.redeemed_count < c.redemption_limit)
+       AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
+       AND c.per_customer_limit IS NULL
+       AND CASE WHEN c.kind = 'gift_card'
+                THEN coalesce($4, $3) > 0 AND v.balance >= coalesce($4, $3)
+                ELSE $4::numeric IS NULL
+                     AND ($3 IS NOT NULL OR c.discount_type IS NULL
+                          OR c.discount_type NOT IN ('percent', 'fixed')) END
+    RETURNING v.voucher_id, v.campaign_id, v.balance,
+              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END AS spend,
+              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) ELSE {discount} END AS discount),
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by)
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, claim.spend, claim.discount,
+           claim.balance, $8, $9, $10, $11
+      FROM claim
+    RETURNING *)",
+        discount = discount_call("$3")
+    );
+    with_audit(&ctes, "$12", "$7", "$8")
+}
+
+/// Claims a use (and a gift card amount) of an evaluated voucher, and records the redemption
+/// and its audit row, in one statement.
+/// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
+/// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
+/// $12 request hash, $13 metadata, $14 actor label, $15 actor (jsonb text).
+pub fn claim_sql() -> String {
+    let ctes = "claim AS (
+    UPDATE voucher.code v
+       SET redeemed_count = v.redeemed_count + 1, balance = v.balance - $4
+     WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
+       AND ($3::integer IS NULL OR v.redeemed_count < $3)
+       AND ($4::numeric IS NULL OR v.balance >= $4)
+    RETURNING v.balance),
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by)
+    SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14 FROM claim
+    RETURNING *)";
+    with_audit(ctes, "$15", "$8", "$11")
+}
+
+/// Prepared statements, kept for the life of the backend.
+#[derive(Default)]
+pub struct Statements {
+    pub evaluate_read: Option<OwnedPreparedStatement>,
+    pub evaluate_read_customer: Option<OwnedPreparedStatement>,
+    pub evaluate: Option<OwnedPreparedStatement>,
+    pub evaluate_customer: Option<OwnedPreparedStatement>,
+    pub fast_claim: Option<OwnedPreparedStatement>,
+    pub claim: Option<OwnedPreparedStatement>,
+}
+
+thread_local! {
+    static STATEMENTS: RefCell<Statements> = RefCell::new(Statements::default());
+}
+
+/// Runs a kept statement of this module, preparing it on first use.
+pub fn run<'c>(
+    client: &SpiClient<'c>,
+    pick: fn(&mut Statements) -> &mut Option<OwnedPreparedStatement>,
+    sql: impl FnOnce() -> String,
+    types: &[pg_sys::Oid],
+    mutating: bool,
+    args: &[DatumWithOid],
+) -> pgrx::spi::SpiTupleTable<'c> {
+    STATEMENTS.with(|s| {
+        run_kept(
+            client,
+            pick(&mut s.borrow_mut()),
+            sql,
+            types,
+            mutating,
+            None,
+            args,
+        )
+    })
+}
+
+pub fn evaluate(
+    client: &SpiClient<'_>,
+    tenant: pgrx::Uuid,
+    req: &Request,
+    mutating: bool,
+) -> Option<Voucher> {
+    let uuid = pgrx::Uuid::type_oid();
+    let text = pg_sys::TEXTOID;
+    let mut args: Vec<DatumWithOid> = vec![tenant.into(), req.code.as_str().into()];
+    let rows = match (req.customer, mutating) {
+        (None, false) => run(
+            client,
+            |s| &mut s.evaluate_read,
+            || evaluate_sql(false),
+            &[uuid, text],
+            false,
+            &args,
+        ),
+        (None, true) => run(
+            client,
+            |s| &mut s.evaluate,
+            || evaluate_sql(false),
+            &[uuid, text],
+            true,
+            &args,
+        ),
+        (Some(customer), m) => {
+            args.push(customer.into());
+            let types = [uuid, text, text];
+            if m {
+                run(
+                    client,
+                    |s| &mut s.evaluate_customer,
+                    || evaluate_sql(true),
+                    &types,
+                    true,
+                    &args,
+                )
+            } else {
+                run(
+                    client,
+                    |s| &mut s.evaluate_read_customer,
+                    || evaluate_sql(true),
+                    &types,
+                    false,
+                    &args,
+                )
+            }
+        }
+    };
+    if rows.is_empty() {
+        return None;
+    }
+    let r = rows.first();
+    // now(): the transaction's start, as the SQL rules used to compare against
+    // SAFETY: reads backend-local state.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let time = |i| {
+        r.get::<TimestampWithTimeZone>(i)
+            .ok()
+            .flatten()
+            .map(pg_sys::TimestampTz::from)
+    };
+    let redemption_limit: Option<i32> = r.get(5).ok().flatten();
+    let per_customer_limit: Option<i32> = r.get(6).ok().flatten();
+    let redeemed: i32 = r.get(10).ok().flatten().unwrap_or(0);
+    let minimum: Option<AnyNumeric> = r.get(11).ok().flatten();
+    let discount_type: Option<String> = r.get(12).ok().flatten();
+    let currency: Option<String> = r.get(15).ok().flatten();
+    let used: i32 = r.get(16).ok().flatten().unwrap_or(0);
+    Some(Voucher {
+        voucher_id: r.get(1).ok().flatten()?,
+        campaign_id: r.get(2).ok().flatten()?,
+        kind: r.get(3).ok().flatten()?,
+        balance: r.get(4).ok().flatten(),
+        redemption_limit,
+        per_customer_limit,
+        disabled: !r.get::<bool>(7).ok().flatten().unwrap_or(false),
+        not_started: time(8).is_some_and(|t| t > now),
+        expired: time(9).is_some_and(|t| t <= now),
+        used_up: redemption_limit.is_some_and(|l| redeemed >= l),
+        has_minimum: minimum.is_some(),
+        below_minimum: match (&req.order_amount, &minimum) {
+            (Some(o), Some(m)) => o < m,
+            _ => false,
+        },
+        discount: discount(
+            discount_type.as_deref(),
+            r.get(13).ok().flatten(),
+            r.get(14).ok().flatten(),
+            currency.as_deref(),
+            req.order_amount.clone(),
+        ),
+        discount_type,
+        customer_used_up: per_customer_limit.is_some_and(|l| used >= l),
+    })
+}
+
+/// For a code that does not exist: does it look like a code of a check-character campaign with
+/// a mistyped character? Checked after the lookup missed, never before: an imported code may
+/// share a check-character campaign's shape without carrying its check character.
+pub fn looks_mistyped(client: &SpiClient<'_>, tenant: pgrx::Uuid, code: &str) -> bool {
+    let rows = client
+        .select(
+            "SELECT code_pattern, code_charset, code_prefix, code_postfix FROM voucher.campaign \
+              WHERE tenant_id = $1 AND code_check_char",
+            None,
+            &[tenant.into()],
+        )
+        .expect("campaign lookup");
+    rows.filter_map(|r| {
+        let text = |i| r.get::<String>(i).ok().flatten().unwrap_or_default();
+        Shape::parse(&text(1), &text(2), &text(3), &text(4), true).ok()
+    })
+    .any(|shape| shape.check_status(code) == Some(false))
+}
+
+pub const MISTYPED: &str = "the check character does not match: probably a typo";
+
+#[cfg(test)]
+mod unit {
+    #[test]
+    fn evaluation_variants_differ_only_in_customer_joins() {
+        let plain = super::evaluate_sql(false);
+        let with = super::evaluate_sql(true);
+        assert!(with.contains("cu.source_id = $3"));
+        assert!(!plain.contains("$3"));
+    }
+
+    #[test]
+    fn the_fast_claim_uses_every_parameter() {
+        let sql = super::fast_claim_sql();
+        for n in 1..=12 {
+            assert!(sql.contains(&format!("${n}")), "${n} unused");
+        }
+        assert!(!sql.contains("$13"));
+        assert!(sql.contains("per_customer_limit IS NULL"));
+        assert!(sql.contains("'redemption.created'"));
+        let sql = super::claim_sql();
+        for n in 1..=15 {
+            assert!(sql.contains(&format!("${n}")), "${n} unused");
+        }
+        assert!(!sql.contains("$16"));
+    }
+}
