@@ -764,6 +764,92 @@ def case_scale():
     return rows
 
 
+# ---- 8. brute-force protection ---------------------------------------------------------------
+# Shop-shaped redemptions (customer and client named) with the tenant's protection on vs off,
+# also while another identity is locked out; then what a locked-out guesser can push: refused
+# attempts per second and the audit rows they cost, against an unprotected guesser.
+THROTTLE_SQL = f"""
+CREATE OR REPLACE FUNCTION public.bench_guess(code text, who text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM * FROM voucher.redeem(code, customer => who, client => '198.51.100.66');
+    RETURN 'ok';
+EXCEPTION WHEN OTHERS THEN
+    RETURN SQLSTATE;
+END $$;
+GRANT EXECUTE ON FUNCTION public.bench_guess(text, text) TO {APP_ROLE};
+"""
+
+
+def throttle_configure(protection, locked_out=None):
+    """Sets the bench tenant's protection; with locked_out, locks that customer out for an hour
+    (ten failed guesses) first. Every earlier lock-out is lifted."""
+    stmts = ["SELECT voucher.authenticate(key, true) IS NOT NULL FROM bench_key;",
+             "SELECT voucher.configure('brute_force_protection', 'true');",
+             "SELECT voucher.configure('customer_lockout_period', '1h');",
+             "SELECT voucher.unlock('customer', w) FROM unnest(ARRAY['bystander', 'guesser']) w;",
+             "SELECT voucher.unlock('client', '198.51.100.66');"]
+    if locked_out:
+        stmts.append(f"SELECT public.bench_guess('NOPE' || n, '{locked_out}') FROM generate_series(1, 10) n;")
+    stmts.append(f"SELECT voucher.configure('brute_force_protection', '{'true' if protection else 'false'}');")
+    sql(MAIN_DB, "\n".join(stmts))
+
+
+def reset_shop(side):
+    reset_main(side)
+    sql(MAIN_DB, """
+SET client_min_messages = warning;
+SET session_replication_role = replica;
+TRUNCATE voucher.customer_usage, voucher.customer CASCADE;
+RESET session_replication_role;
+""")
+    throttle_configure(side != "off", "bystander" if side == "attack" else None)
+
+
+def shop_side():
+    m = STATE["main"]
+    script = render_script("redeem_shop", SEQ="bench_seq_ours", KEY=m["key"])
+    return lambda: check_redemptions(pgbench(MAIN_DB, script), "voucher.redemption", "bench_seq_ours", POOL)
+
+
+def guess_side(who):
+    m = STATE["main"]
+    script = render_script("guess_locked", KEY=m["key"], WHO=who)
+
+    def run():
+        before = int(scalar(MAIN_DB, "SELECT count(*) FROM voucher.audit_event"))
+        s = pgbench(MAIN_DB, script)
+        s["audit"] = int(scalar(MAIN_DB, "SELECT count(*) FROM voucher.audit_event")) - before
+        return s
+    return run
+
+
+@case("throttle", "8. brute-force protection: shop-shaped redemption on vs off; a locked-out guesser",
+      needs=("main",))
+def case_throttle():
+    sql(MAIN_DB, THROTTLE_SQL)
+    r = alternate({"on": shop_side(), "off": shop_side(), "attack": shop_side()}, before=reset_shop)
+
+    def before_guess(side):
+        reset_main(side)
+        throttle_configure(side == "locked", "guesser" if side == "locked" else None)
+    g = alternate({"locked": guess_side("guesser"), "unprotected": guess_side("guesser")},
+                  before=before_guess)
+    per_k = {k: statistics.median(1000 * s["audit"] / max(1, s["tx"]) for s in v) for k, v in g.items()}
+    throttle_configure(True)
+    return [
+        row("8a", f"shop-shaped `redeem(code, customer, client)`, {CLIENTS} clients: protection on vs off",
+            "TPS", series("on", r["on"]), series("off", r["off"]), goal=(">=", 0.97)),
+        row("8b", "the same while another customer is locked out (every call hashes and looks up its "
+            "identities) vs off", "TPS", series("on, lock-out in force", r["attack"]), series("off", r["off"])),
+        row("8c", f"a guesser on {CLIENTS} connections (one customer, one client): refused attempts "
+            "(VC012) per second locked out vs guesses (VC001) per second unprotected", "TPS",
+            series("locked out", g["locked"]), series("unprotected", g["unprotected"]),
+            note=f"audit rows per 1,000 attempts: {per_k['locked']:.2f} locked out vs "
+                 f"{per_k['unprotected']:.0f} unprotected"),
+    ]
+
+
 # ---- 7. verify_audit ---------------------------------------------------------------------------
 # The audit log of one tenant holding AUDIT_ROWS sealed events: verify_audit() (every row's HMAC and
 # the chain of seals, in Rust) against a plain SQL scan that reads the same rows and pushes each

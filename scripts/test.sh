@@ -78,4 +78,10 @@ log "7/7 a Python shop client (psycopg 3, connection pool, 32 threads) against t
 "$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
 log "client: $(elapsed "$t")"
 
+t=$(now)
+log "throttle: a code guesser and an honest client side by side, then a flood of bad keys"
+GUESS_SECONDS=${GUESS_SECONDS:-5} "$ROOT/tests/throttle/guess.sh" "$sock" "$PORT" \
+    || die "the guessing test failed"
+log "guessing: $(elapsed "$t")"
+
 log "all tests passed in $(elapsed "$total")"

@@ -22,6 +22,8 @@ GRANT UPDATE (audit_retention) ON voucher.tenant TO voucher_definer;
 GRANT SELECT, INSERT, DELETE ON voucher.audit_event, voucher.audit_chain TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE ON voucher.audit_state TO voucher_definer;
 GRANT USAGE, SELECT ON SEQUENCE voucher.audit_event_id_seq TO voucher_definer;
+GRANT SELECT, INSERT, DELETE, UPDATE (value, updated_at, updated_by) ON voucher.tenant_setting
+    TO voucher_definer;
 
 -- SECURITY DEFINER functions and views run as voucher_definer, so RLS applies inside them
 -- (the extension owner is usually a superuser, and superusers bypass RLS).
@@ -59,22 +61,26 @@ GRANT EXECUTE ON FUNCTION
     voucher.normalize_code(text),
     voucher.set_campaign_active(uuid, boolean),
     voucher.upsert_customer(text, text, text, jsonb),
-    voucher.validate(text, text, numeric),
-    voucher.redeem(text, text, numeric, numeric, text, text, jsonb),
+    voucher.validate(text, text, numeric, text),
+    voucher.redeem(text, text, numeric, numeric, text, text, jsonb, text),
+    voucher.configure(text, text),
+    voucher.unlock(text, text),
+    voucher.lockout_fingerprint(text, text),
     voucher.rollback_redemption(uuid, text),
     voucher.verify_audit(),
     voucher.purge_audit(interval),
     voucher.set_audit_retention(interval)
 TO voucher_client;
 GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers, voucher.customers,
-                voucher.redemptions, voucher.audit_log
+                voucher.redemptions, voucher.audit_log, voucher.settings, voucher.lockouts
 TO voucher_client;
 
 -- Operators only.
 GRANT EXECUTE ON FUNCTION
     voucher.create_tenant(text),
     voucher.act_as(uuid, text, boolean),
-    voucher.seal_audit()
+    voucher.seal_audit(),
+    voucher._throttle_capacity()
 TO voucher_operator;
 
 -- Internal helpers. Views and policies call some of them with the caller's privileges; they
@@ -91,11 +97,12 @@ GRANT EXECUTE ON FUNCTION
     voucher._money(numeric, text),
     voucher._raise(text, text),
     voucher._reason(text),
+    voucher._settings_changed(),
     voucher._uuid_v7(),
     voucher.normalize_code(text)
 TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe(), voucher._tenant_scan(),
-                          voucher._audit_purging()
+                          voucher._audit_purging(), voucher._setting_registry(), voucher._lockouts()
     TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;
 

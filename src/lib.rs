@@ -14,7 +14,9 @@ mod codes;
 mod common;
 mod customers;
 mod redeem;
+mod settings;
 mod tenancy;
+mod throttle;
 
 extension_sql_file!("../sql/bootstrap.sql", name = "bootstrap", bootstrap);
 extension_sql_file!(
@@ -62,6 +64,20 @@ extension_sql_file!(
         audit::retention::audit_purging
     ]
 );
+extension_sql_file!(
+    "../sql/settings.sql",
+    name = "settings",
+    requires = [
+        "audit",
+        settings::setting_registry,
+        settings::settings_changed
+    ]
+);
+extension_sql_file!(
+    "../sql/throttle.sql",
+    name = "throttle",
+    requires = ["settings", throttle::lockouts_sql]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
@@ -70,6 +86,8 @@ pub extern "C-unwind" fn _PG_init() {
     common::gucs::init();
     audit::install();
     tenancy::revocation::init();
+    settings::init();
+    throttle::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
@@ -81,11 +99,13 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_PRE_COMMIT => audit::pre_commit(),
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             tenancy::revocation::end_of_transaction(true);
+            settings::end_of_transaction(true);
             audit::end_of_transaction(true);
             tenancy::context::end_of_transaction();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             tenancy::revocation::end_of_transaction(false);
+            settings::end_of_transaction(false);
             audit::end_of_transaction(false);
             tenancy::context::end_of_transaction();
         }

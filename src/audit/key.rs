@@ -95,6 +95,20 @@ pub fn mac(key: &[u8; KEY_BYTES]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes any key length")
 }
 
+/// HMAC-SHA256 under the audit key over `domain` and length-prefixed `parts`: keyed
+/// fingerprints of identities that must not be stored in plaintext (src/throttle/).
+pub fn keyed_digest(domain: &str, parts: &[&[u8]]) -> Result<[u8; 32]> {
+    use hmac::Mac;
+    with_key(|key, _| {
+        let mut m = mac(key);
+        for p in std::iter::once(domain.as_bytes()).chain(parts.iter().copied()) {
+            m.update(&(p.len() as u64).to_be_bytes());
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    })
+}
+
 /// Identifies the key without revealing it.
 pub fn fingerprint(key: &[u8; KEY_BYTES]) -> String {
     let d = Sha256::digest([b"voucher_ext audit key id\0".as_slice(), key].concat());

@@ -149,6 +149,7 @@ fn static_str(s: &str) -> &'static str {
         "credential",
         "code",
         "customer_usage",
+        "tenant_setting",
         "audit",
     ];
     NAMES.iter().find(|n| **n == s).copied().unwrap_or_else(|| {

@@ -19,6 +19,15 @@ pub static AUDIT_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CSt
 /// How stale `last_used_at` of an API key may get before authentication refreshes it.
 pub static KEY_LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
+// Brute-force protection of authenticate (src/throttle/): per source address, platform-wide.
+/// Slots of the shared failure-counter table (server start).
+pub static THROTTLE_ENTRIES: GucSetting<i32> = GucSetting::<i32>::new(65_536);
+/// Failed authenticate calls per source address within the window that lock it out.
+pub static AUTH_FAILURE_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(20);
+pub static AUTH_FAILURE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// The first lock-out's length (each repeated one doubles, up to an hour).
+pub static AUTH_LOCKOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
+
 pub fn init() {
     GucRegistry::define_string_guc(
         c"voucher.context_token",
@@ -58,6 +67,50 @@ pub fn init() {
         &AUDIT_KEY_FILE,
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
+    );
+    // a server-start setting can only be defined while preloading (FATAL afterwards)
+    // SAFETY: reads a postmaster flag during library load.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        GucRegistry::define_int_guc(
+            c"voucher.throttle_entries",
+            c"Slots of the shared table of failure counters (brute-force protection).",
+            c"88 bytes each, claimed at server start when preloaded; the oldest counters without a lock-out are evicted when a bucket is full.",
+            &THROTTLE_ENTRIES,
+            1024,
+            16_777_216,
+            GucContext::Postmaster,
+            GucFlags::default(),
+        );
+    }
+    GucRegistry::define_int_guc(
+        c"voucher.auth_failure_threshold",
+        c"Failed authenticate calls per source address within voucher.auth_failure_window that lock it out.",
+        c"Past it, further bad keys from that address get VC012 instead of 28000; valid keys are still accepted.",
+        &AUTH_FAILURE_THRESHOLD,
+        1,
+        1_000_000,
+        GucContext::Suset,
+        GucFlags::default(),
+    );
+    GucRegistry::define_int_guc(
+        c"voucher.auth_failure_window",
+        c"The sliding window failed authenticate calls are counted in.",
+        c"",
+        &AUTH_FAILURE_WINDOW,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"voucher.auth_lockout",
+        c"How long a source address's first lock-out of authenticate lasts.",
+        c"Each repeated lock-out within a day doubles it, up to an hour.",
+        &AUTH_LOCKOUT,
+        1,
+        86_400,
+        GucContext::Suset,
+        GucFlags::UNIT_S,
     );
     // SAFETY: called once from _PG_init; the prefix is a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"voucher".as_ptr()) };

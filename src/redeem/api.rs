@@ -28,6 +28,7 @@ use crate::customers::{check_metadata, MAX_TEXT};
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
+use crate::throttle;
 
 /// redemption_id, voucher_id, discount, balance_after, replayed
 type RedeemRow = (pgrx::Uuid, pgrx::Uuid, AnyNumeric, Option<AnyNumeric>, bool);
@@ -99,9 +100,14 @@ fn redeem_impl(
     order_id: Option<&str>,
     idempotency_key: Option<&str>,
     metadata: Option<JsonB>,
+    client: Option<&str>,
 ) -> Result<RedeemRow> {
     let ctx = context::authorize(Action::Redeem)?;
     let req = Request::new(code, customer, order_amount, amount)?;
+    // a locked-out customer, client or key is refused whatever the code (no audit row each:
+    // the lock-out's end sums them up)
+    let guard = throttle::Guard::new(&ctx, req.customer, client)?;
+    guard.check()?;
     if order_id.is_some_and(|o| o.chars().count() > MAX_TEXT)
         || idempotency_key.is_some_and(|k| k.chars().count() > MAX_TEXT)
     {
@@ -295,6 +301,13 @@ fn redeem_impl(
             Ok((redemption_id, v.voucher_id, discount, balance_after, false))
         })
     });
+    // A failed look-up counts towards a lock-out, whatever happens to this transaction.
+    if let Err(VoucherError::Rule {
+        sqlstate: "VC001", ..
+    }) = &outcome
+    {
+        guard.failed(&ctx)?;
+    }
     // A refused redemption is recorded although the error will roll this transaction back.
     if let Err(VoucherError::Rule { sqlstate, .. }) = &outcome {
         audit::write_durably(Event {
@@ -324,6 +337,7 @@ fn redeem(
     order_id: default!(Option<&str>, "NULL"),
     idempotency_key: default!(Option<&str>, "NULL"),
     metadata: default!(Option<JsonB>, "NULL"),
+    client: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -343,6 +357,7 @@ fn redeem(
             order_id,
             idempotency_key,
             metadata,
+            client,
         )
     }))
 }

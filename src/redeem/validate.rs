@@ -5,10 +5,11 @@ use pgrx::AnyNumeric;
 
 use super::rules::{judge, Request, Verdict};
 use super::statements::{evaluate, looks_mistyped, MISTYPED};
-use crate::common::error::{api, Result};
+use crate::common::error::{api, Result, VoucherError};
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
+use crate::throttle;
 
 /// valid, reason, sqlstate, voucher_id, discount, balance
 type ValidateRow = (
@@ -24,11 +25,26 @@ fn validate_impl(
     code: Option<&str>,
     customer: Option<&str>,
     order_amount: Option<AnyNumeric>,
+    client: Option<&str>,
 ) -> Result<ValidateRow> {
     let ctx = context::authorize(Action::Validate)?;
     let req = Request::new(code, customer, order_amount, None)?;
+    // a locked-out identity learns nothing, also about codes that exist
+    let guard = throttle::Guard::new(&ctx, req.customer, client)?;
+    match guard.check() {
+        Ok(()) => {}
+        Err(e @ VoucherError::Rule { .. }) => {
+            let (message, _, hint) = e.parts();
+            let reason = match hint {
+                Some(h) => format!("{message}: {h}"),
+                None => message,
+            };
+            return Ok((false, reason, Some(e.sqlstate().to_string()), None, None, None));
+        }
+        Err(e) => return Err(e),
+    }
     let tenant = ctx.tenant_uuid();
-    as_definer(|| {
+    let row = as_definer(|| {
         Spi::connect(|client| {
             Ok(
                 match judge(evaluate(client, tenant, &req, false), &req, false)? {
@@ -55,7 +71,12 @@ fn validate_impl(
                 },
             )
         })
-    })
+    })?;
+    // a failed look-up counts towards a lock-out
+    if row.2.as_deref() == Some("VC001") {
+        guard.failed(&ctx)?;
+    }
+    Ok(row)
 }
 
 /// Would this code redeem? Reports the verdict without changing anything; never raises for a
@@ -66,6 +87,7 @@ fn validate(
     code: Option<&str>,
     customer: default!(Option<&str>, "NULL"),
     order_amount: default!(Option<AnyNumeric>, "NULL"),
+    client: default!(Option<&str>, "NULL"),
 ) -> TableIterator<
     'static,
     (
@@ -77,5 +99,7 @@ fn validate(
         name!(balance, Option<AnyNumeric>),
     ),
 > {
-    TableIterator::once(api(|| validate_impl(code, customer, order_amount)))
+    TableIterator::once(api(|| {
+        validate_impl(code, customer, order_amount, client)
+    }))
 }

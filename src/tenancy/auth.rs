@@ -9,6 +9,7 @@ use super::definer::as_definer;
 use super::keys;
 use super::revocation;
 use super::roles::KeyRole;
+use crate::common::auth_guard;
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::{self, Event};
 use crate::common::gucs;
@@ -86,7 +87,10 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
         .find(|c| keys::matches(&presented, &c.hash))
         .ok_or(VoucherError::BadKey)?;
     if !found.usable {
-        refused_key(found.tenant, Some(found.key_id), "revoked or expired");
+        // while its source is locked out, a flood of refused keys is summed up, not a row each
+        if !auth_guard::source_locked() {
+            refused_key(found.tenant, Some(found.key_id), "revoked or expired");
+        }
         return Err(VoucherError::BadKey);
     }
     let role = KeyRole::parse(&found.role)?;
@@ -118,7 +122,11 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
 /// Verifies an API key and opens its tenant context for this transaction (or the session).
 #[pg_extern(volatile, parallel_unsafe)]
 fn authenticate(api_key: Option<&str>, session: default!(bool, false)) -> pgrx::Uuid {
-    api(|| authenticate_impl(api_key, session))
+    // bad keys count per source address; past the threshold they get VC012 instead of 28000
+    api(|| match authenticate_impl(api_key, session) {
+        Err(VoucherError::BadKey) => Err(auth_guard::bad_key()),
+        other => other,
+    })
 }
 
 /// Clears the tenant context of this session.

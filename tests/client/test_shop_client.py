@@ -289,14 +289,16 @@ def test_no_context_leak(t: dict) -> str:
                         conn.execute("SELECT * FROM voucher.redeem(code => 'NO-SUCH-CODE')")
                     raise AssertionError("redeem of an unknown code succeeded")
                 except psycopg.Error as exc:
-                    assert exc.sqlstate == "VC001", exc.sqlstate
+                    # past the key's limit on failed anonymous look-ups (100 a minute): VC012
+                    assert exc.sqlstate in ("VC001", "VC012"), exc.sqlstate
             elif kind == "bad-key":
                 try:
                     with conn.transaction():
                         conn.execute("SELECT voucher.authenticate(%s)", ["vk_wrong"])
                     raise AssertionError("a bad key authenticated")
                 except psycopg.Error as exc:
-                    assert exc.sqlstate == "28000", exc.sqlstate
+                    # past 20 bad keys a minute from one source (brute-force protection): VC012
+                    assert exc.sqlstate in ("28000", "VC012"), exc.sqlstate
             elif kind == "autocommit-auth":
                 # The mistake of authenticating outside a transaction: the context lasts for
                 # that one statement only, so the next statement already has none.
