@@ -39,7 +39,14 @@ fn validate_impl(
                 Some(h) => format!("{message}: {h}"),
                 None => message,
             };
-            return Ok((false, reason, Some(e.sqlstate().to_string()), None, None, None));
+            return Ok((
+                false,
+                reason,
+                Some(e.sqlstate().to_string()),
+                None,
+                None,
+                None,
+            ));
         }
         Err(e) => return Err(e),
     }
@@ -99,7 +106,5 @@ fn validate(
         name!(balance, Option<AnyNumeric>),
     ),
 > {
-    TableIterator::once(api(|| {
-        validate_impl(code, customer, order_amount, client)
-    }))
+    TableIterator::once(api(|| validate_impl(code, customer, order_amount, client)))
 }
