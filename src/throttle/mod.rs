@@ -344,6 +344,7 @@ fn unlock_impl(kind: Option<&str>, ident: Option<&str>) -> Result<bool> {
     let now = now();
     match table::unlock(&id, now) {
         Some((true, ended)) => {
+            table::recompute_horizon(now);
             report::ended(&ended, "unlocked", ctx.as_ref());
             Ok(true)
         }

@@ -177,14 +177,51 @@ fn horizon() -> Micros {
     }
 }
 
+/// The backend-local table's horizon (the shared one is raised under the partition lock).
 fn raise_horizon(until: Micros) {
+    LOCAL.with(|l| {
+        let mut l = l.borrow_mut();
+        l.1 = l.1.max(until);
+    });
+}
+
+/// After an unlock: the horizon drops to the latest end of the lock-outs still in force (it only
+/// grows otherwise), so the successful path is back to one atomic read once the last lock-out is
+/// lifted. Holds every partition lock meanwhile (taken in order; nobody else holds two), so no
+/// lock-out can start unseen.
+pub fn recompute_horizon(now: Micros) {
+    let latest = |slots: &[Slot]| {
+        slots
+            .iter()
+            .filter(|s| !s.is_empty() && s.locked_until > now)
+            .map(|s| s.locked_until)
+            .max()
+            .unwrap_or(0)
+    };
     match header() {
         Some(h) => {
-            h.horizon.fetch_max(until, Ordering::AcqRel);
+            // SAFETY: the tranche has PARTITIONS locks; with all of them held the whole table
+            // is ours; the scan is plain Rust that cannot raise.
+            unsafe {
+                if (*(&raw const LOCKS)).is_null() {
+                    LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
+                }
+                let held: Vec<Held> = (0..PARTITIONS)
+                    .map(|i| {
+                        let lock = &raw mut (*LOCKS.add(i)).lock;
+                        pg_sys::LWLockAcquire(lock, pg_sys::LWLockMode::LW_EXCLUSIVE);
+                        Held(lock)
+                    })
+                    .collect();
+                let slots = (h as *const Header).add(1).cast::<Slot>();
+                let all = std::slice::from_raw_parts(slots, h.buckets as usize * WAYS);
+                h.horizon.store(latest(all), Ordering::Release);
+                drop(held);
+            }
         }
         None => LOCAL.with(|l| {
             let mut l = l.borrow_mut();
-            l.1 = l.1.max(until);
+            l.1 = latest(&l.0);
         }),
     }
 }
@@ -275,9 +312,14 @@ pub fn fail(id: &Identity, now: Micros, policy: &Policy) -> (Failure, Option<End
                 (i, ended)
             }
         };
-        (bucket[i].fail(now, policy), ended)
+        let failure = bucket[i].fail(now, policy);
+        // raised while the partition is held, so recompute_horizon cannot miss this lock-out
+        if let (Failure::LockedNow { until, .. }, Some(h)) = (failure, header()) {
+            h.horizon.fetch_max(until, Ordering::AcqRel);
+        }
+        (failure, ended)
     });
-    if let Failure::LockedNow { until, .. } = failure {
+    if let (Failure::LockedNow { until, .. }, None) = (failure, header()) {
         raise_horizon(until);
     }
     (failure, ended)
