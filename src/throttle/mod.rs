@@ -435,11 +435,22 @@ fn lockouts_sql() -> TableIterator<
     TableIterator::new(api(lockouts_impl))
 }
 
-/// Internal: how big the counter table is, and whether it is in shared memory.
-#[pg_extern(stable, parallel_safe, name = "_throttle_capacity")]
-fn capacity_sql() -> TableIterator<'static, (name!(entries, i64), name!(shared, bool))> {
-    let (n, shared) = table::capacity();
-    TableIterator::once((n as i64, shared))
+/// Internal: how big the counter table is, whether it is in shared memory, and until when the
+/// successful path looks identities up (NULL: it does not).
+#[pg_extern(volatile, parallel_safe, name = "_throttle_capacity")]
+fn capacity_sql() -> TableIterator<
+    'static,
+    (
+        name!(entries, i64),
+        name!(shared, bool),
+        name!(lookups_until, Option<TimestampWithTimeZone>),
+    ),
+> {
+    let (n, shared, horizon) = table::capacity();
+    let until = (horizon > 0)
+        .then(|| TimestampWithTimeZone::try_from(horizon).ok())
+        .flatten();
+    TableIterator::once((n as i64, shared, until))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -473,10 +484,18 @@ mod tests {
             Spi::get_one::<i64>("SELECT count(*) FROM voucher.lockouts WHERE kind = 'customer'"),
             Ok(Some(1))
         );
+        let lookups = || {
+            Spi::get_one::<bool>(
+                "SELECT lookups_until IS NOT NULL FROM voucher._throttle_capacity()",
+            )
+        };
+        assert_eq!(lookups(), Ok(Some(true)));
         assert_eq!(
             Spi::get_one::<bool>("SELECT voucher.unlock('customer', 'm')"),
             Ok(Some(true))
         );
+        // the last lock-out lifted: the successful path is back to one atomic read
+        assert_eq!(lookups(), Ok(Some(false)));
         assert_eq!(state("X4"), Ok(Some("VC001".into())));
     }
 }

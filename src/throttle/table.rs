@@ -359,7 +359,8 @@ pub fn list(mut keep: impl FnMut(&Slot) -> bool) -> Vec<Slot> {
     out
 }
 
-/// Slots in the table, and whether it is shared.
-pub fn capacity() -> (usize, bool) {
-    (buckets() * WAYS, preloaded())
+/// Slots in the table, whether it is shared, and the horizon (0: no lock-out since the last
+/// sweep or unlock).
+pub fn capacity() -> (usize, bool, Micros) {
+    (buckets() * WAYS, preloaded(), horizon())
 }

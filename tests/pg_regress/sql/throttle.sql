@@ -182,6 +182,8 @@ SELECT count(*) AS key_refused_rows FROM voucher.audit_log WHERE action = 'key.r
 SELECT voucher.logout();
 -- operators see and lift source-address lock-outs
 \c - regress_op
+-- preloaded: the counters are in shared memory
+SELECT entries, shared FROM voucher._throttle_capacity();
 SELECT kind, fingerprint = voucher.lockout_fingerprint('address', 'regress_flood') AS is_flood,
        failures, refused
   FROM voucher.lockouts;
