@@ -329,6 +329,7 @@ fn redeem_impl(
 
 /// Redeems a code atomically; raises on failure. `amount` spends from a gift card.
 #[pg_extern(volatile, parallel_unsafe)]
+#[allow(clippy::too_many_arguments)] // the SQL signature of ../shared/API.md
 fn redeem(
     code: Option<&str>,
     customer: default!(Option<&str>, "NULL"),

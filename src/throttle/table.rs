@@ -111,12 +111,16 @@ unsafe extern "C-unwind" fn startup() {
 
 pub fn preloaded() -> bool {
     // SAFETY: set once at startup, inherited by backends.
-    unsafe { !(*(&raw const SHARED)).is_null() }
+    let p = unsafe { SHARED };
+    !p.is_null()
 }
 
 fn header() -> Option<&'static Header> {
     // SAFETY: the segment lives as long as the server.
-    unsafe { (*(&raw const SHARED)).as_ref() }
+    unsafe {
+        let p = SHARED;
+        p.as_ref()
+    }
 }
 
 /// Releases an LWLock when dropped, unless an ERROR already released it.
@@ -139,7 +143,8 @@ fn with_bucket<R>(b: usize, write: bool, f: impl FnOnce(&mut [Slot]) -> R) -> R 
             // SAFETY: the tranche has PARTITIONS locks; slots follow the header; the partition
             // lock guards every bucket of the partition.
             unsafe {
-                if (*(&raw const LOCKS)).is_null() {
+                let cached = LOCKS;
+                if cached.is_null() {
                     LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
                 }
                 let locks = LOCKS;
@@ -203,7 +208,8 @@ pub fn recompute_horizon(now: Micros) {
             // SAFETY: the tranche has PARTITIONS locks; with all of them held the whole table
             // is ours; the scan is plain Rust that cannot raise.
             unsafe {
-                if (*(&raw const LOCKS)).is_null() {
+                let cached = LOCKS;
+                if cached.is_null() {
                     LOCKS = pg_sys::GetNamedLWLockTranche(TRANCHE.as_ptr());
                 }
                 let held: Vec<Held> = (0..PARTITIONS)
