@@ -78,4 +78,10 @@ log "7/7 a Python shop client (psycopg 3, connection pool, 32 threads) against t
 "$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
 log "client: $(elapsed "$t")"
 
+t=$(now)
+log "crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own throwaway cluster)"
+VOUCHER_SCAN_PORT=${VOUCHER_SCAN_PORT:-$((PORT + 7))} "$ROOT/tests/crypto/plaintext_scan.sh" \
+    || die "the plaintext scan failed"
+log "plaintext scan: $(elapsed "$t")"
+
 log "all tests passed in $(elapsed "$total")"

@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 mod audit;
 mod codes;
 mod common;
+mod crypto;
 mod customers;
 mod redeem;
 mod tenancy;
@@ -47,9 +48,14 @@ extension_sql_file!(
     requires = ["codes"]
 );
 extension_sql_file!(
+    "../sql/crypto.sql",
+    name = "crypto",
+    requires = ["customers", crypto::customers::decrypt_sql]
+);
+extension_sql_file!(
     "../sql/redeem.sql",
     name = "redeem",
-    requires = ["customers", common::error::reason_sql]
+    requires = ["crypto", common::error::reason_sql]
 );
 extension_sql_file!(
     "../sql/audit.sql",
@@ -70,6 +76,7 @@ pub extern "C-unwind" fn _PG_init() {
     common::gucs::init();
     audit::install();
     tenancy::revocation::init();
+    crypto::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
@@ -82,11 +89,13 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
         XACT_EVENT_COMMIT | XACT_EVENT_PARALLEL_COMMIT | XACT_EVENT_PREPARE => {
             tenancy::revocation::end_of_transaction(true);
             audit::end_of_transaction(true);
+            crypto::end_of_transaction(true);
             tenancy::context::end_of_transaction();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             tenancy::revocation::end_of_transaction(false);
             audit::end_of_transaction(false);
+            crypto::end_of_transaction(false);
             tenancy::context::end_of_transaction();
         }
         _ => {}

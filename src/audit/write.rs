@@ -149,6 +149,8 @@ fn static_str(s: &str) -> &'static str {
         "credential",
         "code",
         "customer_usage",
+        "tenant_key",
+        "customer_key",
         "audit",
     ];
     NAMES.iter().find(|n| **n == s).copied().unwrap_or_else(|| {
