@@ -230,11 +230,21 @@ pub fn append_key() -> Result<()> {
     let Source::File(path) = source() else {
         return Ok(());
     };
+    // Two rotations at once (in this database or another one sharing the file) must not lose
+    // each other's key: read, append and replace under an exclusive lock on a lock file.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(format!("{path}.lock"))
+        .and_then(|f| f.lock().map(|_| f))
+        .map_err(|e| not_ready(format!("master key file \"{path}\" cannot be locked: {e}")))?;
     let existing = read_file(&path)?
         .ok_or_else(|| not_ready(format!("master key file \"{path}\" is missing")))?;
     let mut lines: Vec<_> = existing.iter().map(|k| keyring::master_key_line(k)).collect();
     lines.push(keyring::master_key_line(&keyring::random_key()));
     write_file(&path, &lines, false)?;
+    drop(lock);
     RING.with(|r| *r.borrow_mut() = None);
     Ok(())
 }

@@ -297,23 +297,24 @@ mod unit {
     fn evaluation_variants_differ_only_in_customer_joins() {
         let plain = super::evaluate_sql(false);
         let with = super::evaluate_sql(true);
-        assert!(with.contains("cu.source_id = $3"));
+        // the customer is found by the blind index of its source_id (crypto)
+        assert!(with.contains("cu.source_index = $3"));
         assert!(!plain.contains("$3"));
     }
 
     #[test]
     fn the_fast_claim_uses_every_parameter() {
         let sql = super::fast_claim_sql();
-        for n in 1..=12 {
+        for n in 1..=13 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$13"));
+        assert!(!sql.contains("$14"));
         assert!(sql.contains("per_customer_limit IS NULL"));
         assert!(sql.contains("'redemption.created'"));
         let sql = super::claim_sql();
-        for n in 1..=15 {
+        for n in 1..=16 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$16"));
+        assert!(!sql.contains("$17"));
     }
 }

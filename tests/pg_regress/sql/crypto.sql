@@ -33,7 +33,7 @@ SELECT count(*) AS unknown_email FROM voucher.find_customer('nobody@example.com'
 SELECT discount FROM voucher.redeem('crypto-1', customer => 'cust-anna',
                                     metadata => '{"phone": "+49 30 1234567"}');
 SELECT discount FROM voucher.redeem('crypto-1', customer => 'cust-new');
-SELECT * FROM voucher.validate('once-1', customer => 'cust-anna');
+SELECT valid, reason, sqlstate, discount FROM voucher.validate('once-1', customer => 'cust-anna');
 SELECT discount FROM voucher.redeem('once-1', customer => 'cust-anna');
 SELECT valid, sqlstate FROM voucher.validate('once-1', customer => 'cust-anna');
 SELECT code, customer, metadata, customer_id = :'anna' AS anna FROM voucher.redemptions
