@@ -256,10 +256,7 @@ mod unit {
             Err(EnvelopeError::UnknownVersion(2))
         );
         assert_eq!(header(&ct[..OVERHEAD - 1]), Err(EnvelopeError::Truncated));
-        assert_eq!(
-            open(&K1, &aad("r1"), &[]),
-            Err(EnvelopeError::Truncated)
-        );
+        assert_eq!(open(&K1, &aad("r1"), &[]), Err(EnvelopeError::Truncated));
     }
 
     #[test]

@@ -128,7 +128,12 @@ fn wrap_aad(tenant: &[u8; 16], row: &str) -> ([u8; 16], String) {
 }
 
 /// Wraps tenant key material under a master key, bound to the tenant and the key's id.
-pub fn wrap_tenant_key(master: &[u8; 32], tenant: &[u8; 16], key_id: i32, material: &[u8; 32]) -> Vec<u8> {
+pub fn wrap_tenant_key(
+    master: &[u8; 32],
+    tenant: &[u8; 16],
+    key_id: i32,
+    material: &[u8; 32],
+) -> Vec<u8> {
     let (t, row) = wrap_aad(tenant, &key_id.to_string());
     let aad = Aad {
         tenant: t,
@@ -136,7 +141,12 @@ pub fn wrap_tenant_key(master: &[u8; 32], tenant: &[u8; 16], key_id: i32, materi
         column: "wrapped",
         row: &row,
     };
-    envelope::seal(master, master_key_id(&master_fingerprint(master)), &aad, material)
+    envelope::seal(
+        master,
+        master_key_id(&master_fingerprint(master)),
+        &aad,
+        material,
+    )
 }
 
 /// Unwraps what [`wrap_tenant_key`] made.
@@ -231,7 +241,11 @@ mod unit {
     #[test]
     fn master_key_file_parsing() {
         let k = [0xabu8; 32];
-        let text = format!("# voucher_ext master keys\n\n{}\n{}\n", hex(&[1u8; 32]), hex(&k));
+        let text = format!(
+            "# voucher_ext master keys\n\n{}\n{}\n",
+            hex(&[1u8; 32]),
+            hex(&k)
+        );
         let keys = parse_master_keys(&text).unwrap();
         assert_eq!(keys.len(), 2);
         assert_eq!(*keys[1], k);

@@ -66,7 +66,11 @@ impl Source {
 
 fn data_dir() -> String {
     // SAFETY: DataDir is set for the life of a backend.
-    unsafe { CStr::from_ptr(pg_sys::DataDir).to_string_lossy().into_owned() }
+    unsafe {
+        CStr::from_ptr(pg_sys::DataDir)
+            .to_string_lossy()
+            .into_owned()
+    }
 }
 
 fn source() -> Source {
@@ -98,7 +102,11 @@ fn read_file(path: &str) -> Result<Option<Vec<Key>>> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(not_ready(format!("master key file \"{path}\" cannot be read: {e}"))),
+        Err(e) => {
+            return Err(not_ready(format!(
+                "master key file \"{path}\" cannot be read: {e}"
+            )))
+        }
     };
     let mode = meta.permissions().mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -210,9 +218,8 @@ pub fn ring(reload: bool, may_create: impl FnOnce() -> Option<String>) -> Result
                 let key = keyring::random_key();
                 if !write_file(path, &[keyring::master_key_line(&key)], true)? {
                     // another backend created it first: use theirs
-                    read_file(path)?.ok_or_else(|| {
-                        not_ready(format!("master key file \"{path}\" vanished"))
-                    })?
+                    read_file(path)?
+                        .ok_or_else(|| not_ready(format!("master key file \"{path}\" vanished")))?
                 } else {
                     vec![key]
                 }
@@ -241,7 +248,10 @@ pub fn append_key() -> Result<()> {
         .map_err(|e| not_ready(format!("master key file \"{path}\" cannot be locked: {e}")))?;
     let existing = read_file(&path)?
         .ok_or_else(|| not_ready(format!("master key file \"{path}\" is missing")))?;
-    let mut lines: Vec<_> = existing.iter().map(|k| keyring::master_key_line(k)).collect();
+    let mut lines: Vec<_> = existing
+        .iter()
+        .map(|k| keyring::master_key_line(k))
+        .collect();
     lines.push(keyring::master_key_line(&keyring::random_key()));
     write_file(&path, &lines, false)?;
     drop(lock);

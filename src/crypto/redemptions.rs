@@ -22,7 +22,11 @@ pub fn seal_metadata(
         key_id,
         &key,
         tenant,
-        Place { table: "redemption", column: "metadata", row: &row },
+        Place {
+            table: "redemption",
+            column: "metadata",
+            row: &row,
+        },
         metadata.0.to_string().as_bytes(),
     );
     Ok((key_id, ct))
@@ -40,7 +44,11 @@ pub fn move_metadata(
             "SELECT redemption_id, metadata FROM voucher.redemption \
               WHERE tenant_id = $1 AND key_id = ANY($2) LIMIT $3 FOR NO KEY UPDATE",
             None,
-            &[store::uuid(tenant).into(), old.to_vec().into(), limit.into()],
+            &[
+                store::uuid(tenant).into(),
+                old.to_vec().into(),
+                limit.into(),
+            ],
         )
         .expect("redemptions to move")
         .filter_map(|r| Some((r.get::<pgrx::Uuid>(1).ok()??, r.get::<Vec<u8>>(2).ok()??)))
@@ -53,7 +61,11 @@ pub fn move_metadata(
     let mut new_key = 0;
     for (id, ct) in &rows {
         let row = id.to_string();
-        let place = Place { table: "redemption", column: "metadata", row: &row };
+        let place = Place {
+            table: "redemption",
+            column: "metadata",
+            row: &row,
+        };
         let plain = store::open(client, tenant, place, ct)?;
         let (key_id, key) = store::reserve(client, tenant)?;
         new_key = key_id;
@@ -66,7 +78,12 @@ pub fn move_metadata(
                FROM unnest($3::uuid[], $4::bytea[]) AS u(id, m) \
               WHERE r.tenant_id = $1 AND r.redemption_id = u.id",
             None,
-            &[store::uuid(tenant).into(), new_key.into(), ids.into(), cts.into()],
+            &[
+                store::uuid(tenant).into(),
+                new_key.into(),
+                ids.into(),
+                cts.into(),
+            ],
         )
         .expect("redemptions moved");
     Ok(rows.len() as i64)

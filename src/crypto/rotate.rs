@@ -13,11 +13,11 @@ use pgrx::spi::SpiClient;
 use super::envelope;
 use super::keyring;
 use super::store::{self, Place};
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::events::{self, Event};
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
-use crate::common::error::{api, Result, VoucherError};
 use crate::tenancy::roles::Action;
-use crate::common::events::{self, Event};
 
 type Tenant = [u8; 16];
 
@@ -116,7 +116,11 @@ fn move_customers(
             "SELECT customer_id, source_id, email, name, metadata FROM voucher.customer \
               WHERE tenant_id = $1 AND key_id = ANY($2) LIMIT $3 FOR NO KEY UPDATE",
             None,
-            &[store::uuid(tenant).into(), old.to_vec().into(), limit.into()],
+            &[
+                store::uuid(tenant).into(),
+                old.to_vec().into(),
+                limit.into(),
+            ],
         )
         .expect("customers to move")
         .map(|r| {
@@ -144,7 +148,11 @@ fn move_customers(
             let moved = match ct {
                 None => None,
                 Some(ct) => {
-                    let place = Place { table: "customer", column: COLUMNS[i], row: &row };
+                    let place = Place {
+                        table: "customer",
+                        column: COLUMNS[i],
+                        row: &row,
+                    };
                     let plain = store::open(client, tenant, place, ct)?;
                     let (key_id, key) = store::reserve(client, tenant)?;
                     new_key = key_id;
@@ -194,18 +202,26 @@ fn move_customer_keys(
               WHERE tenant_id = $1 AND key_id = ANY($2) AND wrapped IS NOT NULL \
               LIMIT $3 FOR UPDATE",
             None,
-            &[store::uuid(tenant).into(), old.to_vec().into(), limit.into()],
+            &[
+                store::uuid(tenant).into(),
+                old.to_vec().into(),
+                limit.into(),
+            ],
         )
         .expect("customer keys to move")
         .filter_map(|r| Some((r.get::<pgrx::Uuid>(1).ok()??, r.get::<Vec<u8>>(2).ok()??)))
         .collect();
     for (id, wrapped) in &rows {
         let cust = id.to_string();
-        let place = Place { table: "customer_key", column: "wrapped", row: &cust };
+        let place = Place {
+            table: "customer_key",
+            column: "wrapped",
+            row: &cust,
+        };
         let old_id = envelope::key_id(wrapped).map_err(|e| place.failed(&e))? as i32;
         let old_key = store::data_key(client, tenant, old_id)?;
-        let material =
-            keyring::unwrap_customer_key(&old_key, tenant, &cust, wrapped).map_err(|e| place.failed(&e))?;
+        let material = keyring::unwrap_customer_key(&old_key, tenant, &cust, wrapped)
+            .map_err(|e| place.failed(&e))?;
         let (key_id, key) = store::reserve(client, tenant)?;
         let rewrapped = keyring::wrap_customer_key(&key, key_id, tenant, &cust, &material);
         client
@@ -213,7 +229,12 @@ fn move_customer_keys(
                 "UPDATE voucher.customer_key SET key_id = $3, wrapped = $4 \
                   WHERE tenant_id = $1 AND customer_id = $2",
                 None,
-                &[store::uuid(tenant).into(), (*id).into(), key_id.into(), rewrapped.into()],
+                &[
+                    store::uuid(tenant).into(),
+                    (*id).into(),
+                    key_id.into(),
+                    rewrapped.into(),
+                ],
             )
             .expect("customer key moved");
     }
@@ -263,7 +284,11 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                         "UPDATE voucher.tenant_key SET superseded_by = $2 \
                           WHERE tenant_id = $1 AND key_id = ANY($3)",
                         None,
-                        &[store::uuid(&tenant).into(), fresh.into(), current.clone().into()],
+                        &[
+                            store::uuid(&tenant).into(),
+                            fresh.into(),
+                            current.clone().into(),
+                        ],
                     )
                     .expect("supersede");
                 store::insert_key(client, &tenant, fresh, "data", false)?;
@@ -306,7 +331,10 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                     &tenant,
                 );
                 if !retired.is_empty() {
-                    events.push(("data_key.retired", serde_json::json!({ "key_ids": retired })));
+                    events.push((
+                        "data_key.retired",
+                        serde_json::json!({ "key_ids": retired }),
+                    ));
                 }
             } else {
                 events.push(("data_key.rows_moved", serde_json::json!({ "rows": moved })));

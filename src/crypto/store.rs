@@ -16,8 +16,8 @@ use pgrx::spi::SpiClient;
 use super::envelope::{self, Aad, EnvelopeError, Key};
 use super::keyring::{self, Purpose, ENCRYPTION_LIMIT};
 use super::master;
-use crate::tenancy::context;
 use crate::common::error::{Result, VoucherError};
+use crate::tenancy::context;
 
 /// Encryptions reserved per backend at a time.
 const BLOCK: i64 = 1000;
@@ -68,6 +68,38 @@ pub fn forget_cached_keys() {
     ACTIVE.with(|a| a.borrow_mut().clear());
 }
 
+thread_local! {
+    /// The hot statements of this capability, prepared once per backend (keyed by their text).
+    static KEPT: RefCell<HashMap<&'static str, pgrx::spi::OwnedPreparedStatement>> =
+        RefCell::new(HashMap::new());
+}
+
+/// Runs a statement prepared once per backend and kept (a fresh snapshot each time).
+pub fn kept<'c>(
+    client: &SpiClient<'c>,
+    sql: &'static str,
+    types: &[pgrx::pg_sys::Oid],
+    args: &[pgrx::datum::DatumWithOid],
+) -> pgrx::spi::SpiTupleTable<'c> {
+    KEPT.with(|k| {
+        let mut k = k.borrow_mut();
+        let mut slot = k.remove(sql);
+        let table = crate::common::spi::run_kept(
+            client,
+            &mut slot,
+            || sql.to_string(),
+            types,
+            true,
+            None,
+            args,
+        );
+        if let Some(st) = slot {
+            k.insert(sql, st);
+        }
+        table
+    })
+}
+
 pub fn uuid(t: &Tenant) -> pgrx::Uuid {
     pgrx::Uuid::from_bytes(*t)
 }
@@ -101,21 +133,24 @@ pub fn ring(reload: bool) -> Result<Rc<master::Ring>> {
 fn wrap(tenant: &Tenant, key_id: i32, material: &[u8; 32]) -> Result<(String, Vec<u8>)> {
     let r = ring(false)?;
     let (fp, mk) = r.newest();
-    Ok((fp.to_string(), keyring::wrap_tenant_key(mk, tenant, key_id, material)))
+    Ok((
+        fp.to_string(),
+        keyring::wrap_tenant_key(mk, tenant, key_id, material),
+    ))
 }
 
 /// Re-wraps a tenant key under the newest master key: (its fingerprint, the new wrapping).
-pub fn rewrap(tenant: &Tenant, key_id: i32, master_fp: &str, wrapped: &[u8]) -> Result<(String, Vec<u8>)> {
-    let material = unwrap(tenant, key_id, master_fp, wrapped)?;
-    wrap(tenant, key_id, &material)
-}
-
-fn unwrap(
+pub fn rewrap(
     tenant: &Tenant,
     key_id: i32,
     master_fp: &str,
     wrapped: &[u8],
-) -> Result<Key> {
+) -> Result<(String, Vec<u8>)> {
+    let material = unwrap(tenant, key_id, master_fp, wrapped)?;
+    wrap(tenant, key_id, &material)
+}
+
+fn unwrap(tenant: &Tenant, key_id: i32, master_fp: &str, wrapped: &[u8]) -> Result<Key> {
     let mut r = ring(false)?;
     if r.get(master_fp).is_none() {
         r = ring(true)?;
@@ -177,7 +212,11 @@ pub fn new_key(
 /// A fresh tenant key id.
 pub fn next_key_id(client: &mut SpiClient<'_>) -> i32 {
     client
-        .update("SELECT nextval('voucher.tenant_key_id_seq')::integer", None, &[])
+        .update(
+            "SELECT nextval('voucher.tenant_key_id_seq')::integer",
+            None,
+            &[],
+        )
         .expect("key id")
         .first()
         .get_one::<i32>()
@@ -264,8 +303,15 @@ pub fn index_keys(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<Rc<Inde
         .ok_or_else(|| VoucherError::NotReady("voucher_ext: the tenant has no index key".into()))
 }
 
-pub fn source_index(client: &mut SpiClient<'_>, tenant: &Tenant, source_id: &str) -> Result<Vec<u8>> {
-    Ok(keyring::blind_index(&index_keys(client, tenant)?.source, source_id))
+pub fn source_index(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    source_id: &str,
+) -> Result<Vec<u8>> {
+    Ok(keyring::blind_index(
+        &index_keys(client, tenant)?.source,
+        source_id,
+    ))
 }
 
 pub fn email_index(client: &mut SpiClient<'_>, tenant: &Tenant, email: &str) -> Result<Vec<u8>> {
@@ -308,7 +354,9 @@ pub fn data_key(client: &mut SpiClient<'_>, tenant: &Tenant, key_id: i32) -> Res
 
 fn unknown_key(key_id: i32) -> VoucherError {
     VoucherError::Corrupted {
-        message: format!("voucher_ext: ciphertext names data key {key_id}, which this tenant does not have"),
+        message: format!(
+            "voucher_ext: ciphertext names data key {key_id}, which this tenant does not have"
+        ),
         detail: "it was copied from another tenant or changed".into(),
     }
 }
@@ -348,7 +396,9 @@ pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<K
             .ok();
     }
     let Some((Some(key_id), Some(count))) = row else {
-        return Err(VoucherError::NotReady("voucher_ext: the tenant has no data key".into()));
+        return Err(VoucherError::NotReady(
+            "voucher_ext: the tenant has no data key".into(),
+        ));
     };
     if count > ENCRYPTION_LIMIT {
         return Err(VoucherError::NotReady(format!(
@@ -404,7 +454,13 @@ impl Place<'_> {
 }
 
 /// Encrypts under an already reserved key.
-pub fn seal_with(key_id: i32, key: &Key, tenant: &Tenant, place: Place, plaintext: &[u8]) -> Vec<u8> {
+pub fn seal_with(
+    key_id: i32,
+    key: &Key,
+    tenant: &Tenant,
+    place: Place,
+    plaintext: &[u8],
+) -> Vec<u8> {
     envelope::seal(key, key_id as u32, &place.aad(tenant), plaintext)
 }
 

@@ -121,10 +121,9 @@ impl Action {
             ),
             KeyRole::Redeemer => matches!(self, Validate | Redeem | WriteCustomers),
             // not ReadCustomers: the customers view shows personal data in clear (crypto)
-            KeyRole::Auditor => matches!(
-                self,
-                ReadAudit | ReadKeys | ReadCatalog | ReadRedemptions
-            ),
+            KeyRole::Auditor => {
+                matches!(self, ReadAudit | ReadKeys | ReadCatalog | ReadRedemptions)
+            }
         }
     }
 

@@ -233,3 +233,16 @@ SELECT pg_reload_conf();
 SELECT pg_sleep(0.3);
 \c - regress_client
 SELECT try(format('SELECT voucher.authenticate(%L); SELECT * FROM voucher.customers', :'admin')) AS restored;
+
+------------------------------------------------------------------------------------------------
+-- a setting that would log bound values: one warning per session at the first key use, naming
+-- the setting, never a value
+------------------------------------------------------------------------------------------------
+\c - postgres
+SET log_min_duration_statement = 0;
+BEGIN;
+SELECT voucher.act_as(:'shop');
+SELECT count(email) AS emails FROM voucher.customers;
+SELECT count(name) AS again_without_warning FROM voucher.customers;
+COMMIT;
+RESET log_min_duration_statement;
