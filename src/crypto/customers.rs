@@ -79,17 +79,7 @@ pub fn seal_for_audit(
         return Ok(serde_json::json!({ "customer_id": customer.to_string() }));
     };
     let cust = customer.to_string();
-    let ct = super::envelope::seal(
-        &key,
-        0,
-        &super::envelope::Aad {
-            tenant: *tenant,
-            table: "audit_event",
-            column: "personal",
-            row: &cust,
-        },
-        personal.to_string().as_bytes(),
-    );
+    let ct = keyring::seal_audit_personal(&key, tenant, &cust, personal.to_string().as_bytes());
     Ok(serde_json::json!({ "customer_id": cust, "personal": keyring::hex(&ct) }))
 }
 

@@ -123,10 +123,6 @@ pub fn master_key_line(key: &[u8; 32]) -> Zeroizing<String> {
     Zeroizing::new(hex(key))
 }
 
-fn wrap_aad(tenant: &[u8; 16], row: &str) -> ([u8; 16], String) {
-    (*tenant, row.to_string())
-}
-
 /// Wraps tenant key material under a master key, bound to the tenant and the key's id.
 pub fn wrap_tenant_key(
     master: &[u8; 32],
@@ -134,9 +130,9 @@ pub fn wrap_tenant_key(
     key_id: i32,
     material: &[u8; 32],
 ) -> Vec<u8> {
-    let (t, row) = wrap_aad(tenant, &key_id.to_string());
+    let row = key_id.to_string();
     let aad = Aad {
-        tenant: t,
+        tenant: *tenant,
         table: "tenant_key",
         column: "wrapped",
         row: &row,
@@ -196,6 +192,37 @@ pub fn unwrap_customer_key(
         row: customer,
     };
     to_key(envelope::open(data_key, &aad, wrapped)?)
+}
+
+/// Personal data of one customer inside an audit row, sealed under that customer's key and bound
+/// to the tenant and customer (issue 15 forgets a customer by destroying the key).
+pub fn seal_audit_personal(
+    customer_key: &[u8; 32],
+    tenant: &[u8; 16],
+    customer: &str,
+    plaintext: &[u8],
+) -> Vec<u8> {
+    envelope::seal(customer_key, 0, &audit_aad(tenant, customer), plaintext)
+}
+
+/// Opens what [`seal_audit_personal`] made. For `export_customer` (issue 15, not written yet).
+#[allow(dead_code)]
+pub fn open_audit_personal(
+    customer_key: &[u8; 32],
+    tenant: &[u8; 16],
+    customer: &str,
+    ct: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, EnvelopeError> {
+    envelope::open(customer_key, &audit_aad(tenant, customer), ct)
+}
+
+fn audit_aad<'a>(tenant: &[u8; 16], customer: &'a str) -> Aad<'a> {
+    Aad {
+        tenant: *tenant,
+        table: "audit_event",
+        column: "personal",
+        row: customer,
+    }
 }
 
 fn to_key(v: Zeroizing<Vec<u8>>) -> Result<Key, EnvelopeError> {
@@ -273,6 +300,20 @@ mod unit {
         assert!(unwrap_tenant_key(&master, &T2, 17, &w).is_err());
         assert!(unwrap_tenant_key(&master, &T1, 18, &w).is_err());
         assert!(unwrap_tenant_key(&[8u8; 32], &T1, 17, &w).is_err());
+    }
+
+    #[test]
+    fn audit_personal_data_opens_only_with_its_customer_key() {
+        let ck = [4u8; 32];
+        let ct = seal_audit_personal(&ck, &T1, "c1", b"{\"customer\": \"anna\"}");
+        assert_eq!(
+            &open_audit_personal(&ck, &T1, "c1", &ct).unwrap()[..],
+            b"{\"customer\": \"anna\"}"
+        );
+        assert!(open_audit_personal(&ck, &T1, "c2", &ct).is_err());
+        assert!(open_audit_personal(&ck, &T2, "c1", &ct).is_err());
+        // a destroyed (lost) key: another key opens nothing
+        assert!(open_audit_personal(&[5u8; 32], &T1, "c1", &ct).is_err());
     }
 
     #[test]
