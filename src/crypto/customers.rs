@@ -160,6 +160,48 @@ INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
 SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
 RETURNING customer_id";
 
+/// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
+/// row `audit::write` makes: the row hash over the stored values); $12 the actor (jsonb text).
+const INSERT_CUSTOMER_AUDITED: &str = "\
+WITH c AS (
+    INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
+                                  source_id, email, name, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (tenant_id, source_index) DO NOTHING
+    RETURNING tenant_id, customer_id),
+k AS (
+    INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
+    SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
+    RETURNING customer_id),
+e AS (
+    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $12::jsonb AS actor,
+           '{}'::jsonb AS details
+      FROM k),
+a AS (
+    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
+                                     object_id, details, row_hash)
+    SELECT $1, e.id, e.at, e.actor, 'customer.created', 'customer', $2::text, e.details,
+           voucher._audit_hash($1, e.id, e.at, e.actor::text, 'customer.created', 'customer',
+                               $2::text, e.details::text)
+      FROM e
+    RETURNING event_id)
+SELECT event_id FROM a";
+
+const AUDITED_TYPES: [pg_sys::Oid; 12] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::TEXTOID,
+];
+
 const INSERT_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
@@ -206,6 +248,7 @@ fn upsert_impl(
     let source_id = source_id.expect("checked");
     let tenant = ctx.tenant;
     let metadata_text = metadata.as_ref().map(|m| m.0.to_string());
+    let actor = context::actor_json(Some(&ctx)).to_string();
     let (id, action, changed) = as_definer(|| {
         Spi::connect_mut(
             |client| -> Result<(pgrx::Uuid, &'static str, Vec<&'static str>)> {
@@ -233,46 +276,48 @@ fn upsert_impl(
                         metadata: r.get(5).ok().flatten(),
                     })
                 };
-                let old = match existing(client) {
-                    Some(old) => old,
-                    None => {
-                        let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
-                        let row = id.to_string();
-                        let (key_id, key) = store::reserve(client, &tenant)?;
-                        let seal = |column: &str, v: &[u8]| {
-                            store::seal_with(
-                                key_id,
-                                &key,
-                                &tenant,
-                                Place {
-                                    table: "customer",
-                                    column,
-                                    row: &row,
-                                },
-                                v,
-                            )
-                        };
-                        let meta = metadata_text.as_deref().unwrap_or("{}");
-                        let wrapped = new_customer_key(client, &tenant, &row)?;
-                        let args = [
-                            store::uuid(&tenant).into(),
-                            id.into(),
-                            index.clone().into(),
-                            email_index.clone().into(),
-                            key_id.into(),
-                            seal("source_id", source_id.as_bytes()).into(),
-                            email.map(|e| seal("email", e.as_bytes())).into(),
-                            name.map(|n| seal("name", n.as_bytes())).into(),
-                            seal("metadata", meta.as_bytes()).into(),
-                            wrapped.0.into(),
-                            wrapped.1.into(),
-                        ];
-                        let made = store::kept(client, INSERT_CUSTOMER, &INSERT_TYPES, &args);
-                        if !made.is_empty() {
-                            return Ok((id, "customer.created", vec![]));
-                        }
-                        existing(client).expect("a concurrent upsert created it")
+                // INSERT first (one statement writes a new customer, its audit key and its
+                // audit row); on a conflict, the existing row, locked
+                let old = {
+                    // the sealing horizon of the audit log: the transaction id before the event id
+                    unsafe { pg_sys::GetTopTransactionId() };
+                    let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
+                    let row = id.to_string();
+                    let (key_id, key) = store::reserve(client, &tenant)?;
+                    let seal = |column: &str, v: &[u8]| {
+                        store::seal_with(
+                            key_id,
+                            &key,
+                            &tenant,
+                            Place {
+                                table: "customer",
+                                column,
+                                row: &row,
+                            },
+                            v,
+                        )
+                    };
+                    let meta = metadata_text.as_deref().unwrap_or("{}");
+                    let wrapped = new_customer_key(client, &tenant, &row)?;
+                    let args = [
+                        store::uuid(&tenant).into(),
+                        id.into(),
+                        index.clone().into(),
+                        email_index.clone().into(),
+                        key_id.into(),
+                        seal("source_id", source_id.as_bytes()).into(),
+                        email.map(|e| seal("email", e.as_bytes())).into(),
+                        name.map(|n| seal("name", n.as_bytes())).into(),
+                        seal("metadata", meta.as_bytes()).into(),
+                        wrapped.0.into(),
+                        wrapped.1.into(),
+                        actor.as_str().into(),
+                    ];
+                    let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
+                    if !made.is_empty() {
+                        return Ok((id, "", vec![]));
                     }
+                    existing(client).expect("a concurrent upsert created it")
                 };
                 // An update: compare with the stored values (decrypted) to name what changed, and
                 // write every field under the active key (a fresh nonce for each).
@@ -361,7 +406,8 @@ fn upsert_impl(
         )
     })?;
     // the audit row names the fields that changed, never their values
-    if action == "customer.created" || !changed.is_empty() {
+    // a creation was audited by its own statement; an update names the changed fields
+    if !changed.is_empty() {
         let details = if action == "customer.created" {
             serde_json::json!({})
         } else {

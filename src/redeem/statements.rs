@@ -197,7 +197,7 @@ pub fn evaluate(
         ),
         (Some(customer), m) => {
             // the customer's blind index (crypto): the look-up never decrypts
-            let index = crate::crypto::customers::source_index_read(client, &*tenant, customer)
+            let index = crate::crypto::customers::source_index_read(client, &tenant, customer)
                 .unwrap_or_else(|e| e.raise());
             args.push(index.into());
             let types = [uuid, text, pg_sys::BYTEAOID];

@@ -197,6 +197,18 @@ SELECT voucher.rotate_data_key() AS done;
 SELECT voucher.upsert_customer('cust-eve', 'eve@example.com') IS NOT NULL AS created_after_rotation;
 COMMIT;
 
+-- every audit row written above (customer.created in the customer's own statement, the refused
+-- redemption with its encrypted customer, the rotations) verifies
+\c - regress_op
+SELECT voucher.seal_audit() >= 0 AS sealed;
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT ok, first_bad_id, problem FROM voucher.verify_audit();
+SELECT action, count(*) FROM voucher.audit_log
+ WHERE action IN ('customer.created', 'customer.updated', 'redemption.failed') GROUP BY action ORDER BY action;
+COMMIT;
+
 ------------------------------------------------------------------------------------------------
 -- the master key: a file others may read, a command printing another key, a missing file are
 -- said plainly (and a missing file is not replaced by a new key while keys are wrapped under it)
