@@ -1109,6 +1109,95 @@ def library_hash():
         return "unknown"
 
 
+# ---------------------------------------------------------------------------------------------
+# Encryption at rest (issue 14): upsert_customer vs a plaintext insert; rotate_data_key
+# ---------------------------------------------------------------------------------------------
+
+CRYPTO_DB = "voucher_crypto"
+ROTATE_CUSTOMERS = env_int("BENCH_ROTATE_CUSTOMERS", 20_000 if QUICK else 200_000)
+
+
+def setup_crypto():
+    """voucher_crypto: tenant 'crypto' with an admin key, the plain table bare_customer (the
+    customer table's shape before encryption), sequences for the upsert runs."""
+    fresh_db(CRYPTO_DB)
+    create_app_role()
+    sql(CRYPTO_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE crypto_key (tenant uuid NOT NULL, key text NOT NULL);
+DO $$
+DECLARE t uuid := voucher.create_tenant('crypto');
+BEGIN
+    INSERT INTO crypto_key VALUES (t, voucher.create_api_key('admin', tenant => t));
+END $$;
+CREATE TABLE bare_customer (tenant_id uuid NOT NULL, customer_id uuid NOT NULL, source_id text NOT NULL,
+    email text, name text, metadata jsonb NOT NULL DEFAULT '{{}}', created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (tenant_id, customer_id),
+    UNIQUE (tenant_id, source_id));
+CREATE SEQUENCE crypto_seq_ours;
+CREATE SEQUENCE crypto_seq_bare;
+GRANT voucher_client TO {APP_ROLE};
+GRANT SELECT, INSERT ON bare_customer TO {APP_ROLE};
+GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public TO {APP_ROLE};
+""")
+    tenant, key = scalar(CRYPTO_DB, "SELECT tenant, key FROM crypto_key").split("|")
+    STATE["crypto"] = {"tenant": tenant, "key": key}
+
+
+FIXTURES["crypto"] = setup_crypto
+
+
+def reset_crypto(_side=None):
+    sql(CRYPTO_DB, """
+SET client_min_messages = warning;
+SET session_replication_role = replica;
+TRUNCATE voucher.customer, voucher.customer_key, bare_customer, voucher.audit_event, voucher.audit_chain CASCADE;
+RESET session_replication_role;
+VACUUM ANALYZE voucher.customer, voucher.customer_key, bare_customer;
+CHECKPOINT;
+""")
+
+
+@case("crypto", "8. encryption at rest: upsert_customer vs plaintext INSERT; rotate_data_key", needs=("crypto",))
+def case_crypto():
+    c = STATE["crypto"]
+    ours = render_script("upsert_ours", KEY=c["key"], SEQ="crypto_seq_ours")
+    bare = render_script("upsert_bare", TENANT=c["tenant"], SEQ="crypto_seq_bare")
+    r = alternate({"upsert": lambda: pgbench(CRYPTO_DB, ours), "insert": lambda: pgbench(CRYPTO_DB, bare)},
+                  before=reset_crypto)
+    rows = [row("8a", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
+                "vs plaintext INSERT of the same fields", "TPS", series("upsert (AES-GCM)", r["upsert"]),
+                series("plaintext INSERT", r["insert"]), goal=(">=", 0.7))]
+    # rotate_data_key over ROTATE_CUSTOMERS customers: each has 4 ciphertexts and a customer key
+    reset_crypto()
+    n = ROTATE_CUSTOMERS
+    log(f"  creating {n:,} customers for the rotation")
+    sql(CRYPTO_DB, f"""
+SELECT voucher.act_as((SELECT tenant FROM crypto_key), session => true);
+SELECT count(voucher.upsert_customer('r' || g, 'r' || g || '@example.com', 'Rotated ' || g, '{{"n": 1}}'))
+  FROM generate_series(1, {n}) g;
+""")
+    calls = -(-(2 * n) // 10_000) + 1   # every batch, then the call that returns 0 (one more would start anew)
+    timed = ["SELECT voucher.rotate_data_key(10000);"] * calls
+    samples = []
+    for i in range(max(1, RUNS // 2)):
+        s = oneshot(CRYPTO_DB, "SELECT voucher.act_as((SELECT tenant FROM crypto_key), session => true);",
+                    timed, monitor=True)
+        moved = sum(int(x) for x in s["out"].split() if x.isdigit())
+        if moved != 2 * n:
+            raise Failure(f"rotate_data_key moved {moved} rows, expected {2 * n}")
+        s["rows_per_s"] = moved / (s["v"] / 1000.0)
+        log(f"    rotation run {i + 1}: {s['v']:,.0f} ms, {s['rows_per_s']:,.0f} rows/s, "
+            f"RssAnon peak {s['rss']:.1f} MB")
+        s.pop("out", None)
+        samples.append(s)
+    rows.append(row("8b", f"`rotate_data_key(10000)` until 0 over {n:,} customers ({2 * n:,} rows: the customer "
+                    "rows and their customer keys), rows/s", "TPS", series("rows/s", samples, "rows_per_s"),
+                    series("rows/s", samples, "rows_per_s"),
+                    note=f"peak backend RssAnon {max(s['rss'] for s in samples):.1f} MB"))
+    return rows
+
+
 def main():
     global PGI
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

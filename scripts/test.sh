@@ -83,5 +83,10 @@ log "throttle: a code guesser and an honest client side by side, then a flood of
 GUESS_SECONDS=${GUESS_SECONDS:-5} "$ROOT/tests/throttle/guess.sh" "$sock" "$PORT" \
     || die "the guessing test failed"
 log "guessing: $(elapsed "$t")"
+t=$(now)
+log "crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own throwaway cluster)"
+VOUCHER_SCAN_PORT=${VOUCHER_SCAN_PORT:-$((PORT + 7))} "$ROOT/tests/crypto/plaintext_scan.sh" \
+    || die "the plaintext scan failed"
+log "plaintext scan: $(elapsed "$t")"
 
 log "all tests passed in $(elapsed "$total")"

@@ -12,7 +12,14 @@ GRANT SELECT, INSERT ON voucher.tenant TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active) ON voucher.campaign TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active, redeemed_count, balance) ON voucher.code TO voucher_definer;
-GRANT SELECT, INSERT, UPDATE (email, name, metadata, updated_at) ON voucher.customer TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at)
+    ON voucher.customer TO voucher_definer;
+-- crypto: tenant keys (wrapped) and per-customer keys; the rotations re-wrap and re-encrypt
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+    ON voucher.tenant_key TO voucher_definer;
+GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (key_id, wrapped) ON voucher.customer_key TO voucher_definer;
+GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (used) ON voucher.customer_usage TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (rolled_back_at, rollback_reason, rolled_back_by)
     ON voucher.redemption TO voucher_definer;
@@ -66,14 +73,18 @@ GRANT EXECUTE ON FUNCTION
     voucher.configure(text, text),
     voucher.unlock(text, text),
     voucher.lockout_fingerprint(text, text),
+    voucher.find_customer(text),
+    voucher.rotate_data_key(integer),
     voucher.rollback_redemption(uuid, text),
     voucher.verify_audit(),
     voucher.purge_audit(interval),
     voucher.set_audit_retention(interval)
 TO voucher_client;
 GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers, voucher.customers,
-                voucher.redemptions, voucher.audit_log, voucher.settings, voucher.lockouts
+                voucher.redemptions, voucher.audit_log, voucher.settings, voucher.lockouts,
+                voucher.tenant_keys
 TO voucher_client;
+-- rotate_master_key checks for a superuser itself; PUBLIC has nothing, so only superusers run it
 
 -- Operators only.
 GRANT EXECUTE ON FUNCTION
@@ -102,7 +113,8 @@ GRANT EXECUTE ON FUNCTION
     voucher.normalize_code(text)
 TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe(), voucher._tenant_scan(),
-                          voucher._audit_purging(), voucher._setting_registry(), voucher._lockouts()
+                          voucher._audit_purging(), voucher._setting_registry(), voucher._lockouts(),
+                          voucher._decrypt(text, text, uuid, bytea)
     TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher.current_tenant() TO voucher_definer;
 

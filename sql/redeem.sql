@@ -26,7 +26,8 @@ CREATE TABLE voucher.redemption (
     balance_after    numeric,
     idempotency_key  text,
     request_hash     bytea,
-    metadata         jsonb,
+    metadata         bytea,
+    key_id           integer,
     redeemed_at      timestamptz NOT NULL DEFAULT now(),
     redeemed_by      text        NOT NULL,
     rolled_back_at   timestamptz,
@@ -43,6 +44,9 @@ COMMENT ON COLUMN voucher.redemption.request_hash IS
     'With an idempotency key: SHA-256 of the arguments, which a replay must match.';
 CREATE INDEX redemption_voucher_idx ON voucher.redemption (tenant_id, voucher_id);
 CREATE INDEX redemption_time_idx ON voucher.redemption (tenant_id, redeemed_at);
+COMMENT ON COLUMN voucher.redemption.metadata IS
+    'Encrypted (AES-256-GCM) under the tenant data key key_id: metadata often holds personal data.';
+CREATE INDEX redemption_key_idx ON voucher.redemption (tenant_id, key_id) WHERE key_id IS NOT NULL;
 
 SELECT voucher._isolate_tenant('voucher.customer_usage');
 
@@ -120,10 +124,13 @@ COMMENT ON FUNCTION voucher.set_campaign_active(uuid, boolean) IS
 
 CREATE VIEW voucher.redemptions WITH (security_barrier) AS
 SELECT r.redemption_id AS id, r.voucher_id, coalesce(v.display, v.code) AS code, r.campaign_id,
-       cu.source_id AS customer, r.order_id, r.order_amount, r.amount, r.discount,
+       voucher._decrypt('customer', 'source_id', cu.customer_id, cu.source_id) AS customer,
+       r.order_id, r.order_amount, r.amount, r.discount,
        r.balance_after, CASE WHEN r.rolled_back_at IS NULL THEN 'redeemed' ELSE 'rolled back' END
        AS status, r.redeemed_at, r.redeemed_by, r.rolled_back_at, r.rollback_reason,
-       r.rolled_back_by, r.idempotency_key, r.metadata
+       r.rolled_back_by, r.idempotency_key,
+       voucher._decrypt('redemption', 'metadata', r.redemption_id, r.metadata)::jsonb AS metadata,
+       r.customer_id
   FROM voucher.redemption r
   JOIN voucher.code v ON v.tenant_id = r.tenant_id AND v.voucher_id = r.voucher_id
   LEFT JOIN voucher.customer cu ON cu.tenant_id = r.tenant_id AND cu.customer_id = r.customer_id

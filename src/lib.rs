@@ -12,6 +12,7 @@ use pgrx::prelude::*;
 mod audit;
 mod codes;
 mod common;
+mod crypto;
 mod customers;
 mod redeem;
 mod settings;
@@ -49,9 +50,14 @@ extension_sql_file!(
     requires = ["codes"]
 );
 extension_sql_file!(
+    "../sql/crypto.sql",
+    name = "crypto",
+    requires = ["customers", crypto::customers::decrypt_sql]
+);
+extension_sql_file!(
     "../sql/redeem.sql",
     name = "redeem",
-    requires = ["customers", common::error::reason_sql]
+    requires = ["crypto", common::error::reason_sql]
 );
 extension_sql_file!(
     "../sql/audit.sql",
@@ -88,6 +94,7 @@ pub extern "C-unwind" fn _PG_init() {
     tenancy::revocation::init();
     settings::init();
     throttle::init();
+    crypto::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
@@ -101,12 +108,14 @@ unsafe extern "C-unwind" fn xact_callback(event: pg_sys::XactEvent::Type, _arg: 
             tenancy::revocation::end_of_transaction(true);
             settings::end_of_transaction(true);
             audit::end_of_transaction(true);
+            crypto::end_of_transaction(true);
             tenancy::context::end_of_transaction();
         }
         XACT_EVENT_ABORT | XACT_EVENT_PARALLEL_ABORT => {
             tenancy::revocation::end_of_transaction(false);
             settings::end_of_transaction(false);
             audit::end_of_transaction(false);
+            crypto::end_of_transaction(false);
             tenancy::context::end_of_transaction();
         }
         _ => {}

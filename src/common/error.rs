@@ -131,6 +131,10 @@ pub enum VoucherError {
     /// `55000`: the server is not set up for this (missing key file and the like).
     #[error("{0}")]
     NotReady(String),
+    /// `XX001`: stored data failed an integrity check (a ciphertext that does not authenticate).
+    /// The message names the table, column and row; never a key or a plaintext.
+    #[error("{message}")]
+    Corrupted { message: String, detail: String },
 }
 
 pub type Result<T> = std::result::Result<T, VoucherError>;
@@ -190,6 +194,7 @@ impl VoucherError {
             VoucherError::NullArgument(_) => "22004",
             VoucherError::Duplicate(_) => "23505",
             VoucherError::NotReady(_) => "55000",
+            VoucherError::Corrupted { .. } => "XX001",
         }
     }
 
@@ -202,6 +207,7 @@ impl VoucherError {
             VoucherError::NullArgument(_) => PgSqlErrorCode::ERRCODE_NULL_VALUE_NOT_ALLOWED,
             VoucherError::Duplicate(_) => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             VoucherError::NotReady(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
+            VoucherError::Corrupted { .. } => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
         })
     }
 
@@ -220,6 +226,9 @@ impl VoucherError {
             VoucherError::Forbidden { message, hint }
             | VoucherError::InvalidArgument { message, hint } => {
                 (message.clone(), None, hint.clone())
+            }
+            VoucherError::Corrupted { message, detail } => {
+                (message.clone(), Some(detail.clone()), None)
             }
             other => (other.to_string(), None, None),
         }
@@ -382,7 +391,7 @@ mod unit {
             );
         }
         for code in [
-            "28000", "42501", "22023", "22004", "22P02", "23505", "55000",
+            "28000", "42501", "22023", "22004", "22P02", "23505", "55000", "XX001",
         ] {
             assert!(
                 readme.contains(&format!("| `{code}` |")),

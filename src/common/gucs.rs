@@ -16,6 +16,12 @@ pub static MAX_CODE_SPACE_FILL: GucSetting<f64> = GucSetting::<f64>::new(0.1);
 /// Where the audit HMAC key lives (default: voucher_audit.key in the data directory).
 pub static AUDIT_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
+/// Where the master key of the encryption at rest lives (default: voucher_master.key in the data
+/// directory), and a command that prints it instead (crypto).
+pub static MASTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+pub static MASTER_KEY_COMMAND: GucSetting<Option<CString>> =
+    GucSetting::<Option<CString>>::new(None);
+
 /// How stale `last_used_at` of an API key may get before authentication refreshes it.
 pub static KEY_LAST_USED_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(60);
 
@@ -111,6 +117,22 @@ pub fn init() {
         86_400,
         GucContext::Suset,
         GucFlags::UNIT_S,
+    );
+    GucRegistry::define_string_guc(
+        c"voucher.master_key_file",
+        c"File holding the master key(s) of the encryption at rest, one per line, newest last.",
+        c"Empty: voucher_master.key in the data directory, created (mode 0600) on first use when no tenant key exists yet. Back it up apart from the database: without it no personal data can be decrypted.",
+        &MASTER_KEY_FILE,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
+    );
+    GucRegistry::define_string_guc(
+        c"voucher.master_key_command",
+        c"Command that prints the master key(s) (64 hex digits a line, newest last) instead of the file.",
+        c"Run with /bin/sh by the backend that needs the key, like ssl_passphrase_command. Empty: use voucher.master_key_file.",
+        &MASTER_KEY_COMMAND,
+        GucContext::Sighup,
+        GucFlags::SUPERUSER_ONLY,
     );
     // SAFETY: called once from _PG_init; the prefix is a static C string.
     unsafe { pg_sys::MarkGUCPrefixReserved(c"voucher".as_ptr()) };

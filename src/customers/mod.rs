@@ -37,7 +37,7 @@ pub fn check_metadata(metadata: Option<&JsonB>) -> Result<()> {
     Ok(())
 }
 
-/// Internal, for upsert_customer: checks a customer's fields, raising 22023 / 22004.
+/// Internal: checks a customer's fields, raising 22023 / 22004.
 #[pg_extern(immutable, parallel_safe, name = "_check_customer")]
 fn check_customer_sql(
     source_id: Option<&str>,
@@ -45,7 +45,18 @@ fn check_customer_sql(
     name: Option<&str>,
     metadata: Option<JsonB>,
 ) {
-    api(|| {
+    api(|| check_customer(source_id, email, name, metadata.as_ref()))
+}
+
+/// A customer's fields as upsert_customer takes them (src/crypto/customers.rs): 22023 / 22004
+/// when not acceptable.
+pub fn check_customer(
+    source_id: Option<&str>,
+    email: Option<&str>,
+    name: Option<&str>,
+    metadata: Option<&JsonB>,
+) -> Result<()> {
+    {
         check_customer_id(source_id)?;
         if let Some(e) = email {
             if e.chars().count() > 320 {
@@ -65,6 +76,6 @@ fn check_customer_sql(
                 "name is longer than {MAX_TEXT} characters"
             )));
         }
-        check_metadata(metadata.as_ref())
-    })
+        check_metadata(metadata)
+    }
 }

@@ -14,7 +14,6 @@
 //! Everything runs as voucher_definer, so row-level security applies to every statement.
 
 use pgrx::prelude::*;
-use pgrx::spi::SpiClient;
 use pgrx::{AnyNumeric, JsonB};
 use sha2::{Digest, Sha256};
 
@@ -53,44 +52,6 @@ fn fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) 
     h.finalize().to_vec()
 }
 
-fn customer_id(client: &mut SpiClient<'_>, tenant: pgrx::Uuid, source_id: &str) -> pgrx::Uuid {
-    let find = |client: &mut SpiClient<'_>| {
-        client
-            .update(
-                "SELECT customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_id = $2",
-                None,
-                &[tenant.into(), source_id.into()],
-            )
-            .expect("customer lookup")
-            .first()
-            .get_one::<pgrx::Uuid>()
-            .ok()
-            .flatten()
-    };
-    if let Some(id) = find(client) {
-        return id;
-    }
-    let created = client
-        .update(
-            "INSERT INTO voucher.customer (tenant_id, customer_id, source_id) VALUES ($1, $2, $3) \
-             ON CONFLICT (tenant_id, source_id) DO NOTHING RETURNING customer_id",
-            None,
-            &[
-                tenant.into(),
-                pgrx::Uuid::from_bytes(rng::uuid_v7()).into(),
-                source_id.into(),
-            ],
-        )
-        .expect("customer insert")
-        .first()
-        .get_one::<pgrx::Uuid>()
-        .ok()
-        .flatten();
-    created
-        .or_else(|| find(client))
-        .expect("the customer exists now")
-}
-
 #[allow(clippy::too_many_arguments)]
 fn redeem_impl(
     code: Option<&str>,
@@ -124,6 +85,7 @@ fn redeem_impl(
     let actor = context::actor_label(&ctx);
     let actor_json = context::actor_json(Some(&ctx)).to_string();
 
+    let mut known_customer: Option<pgrx::Uuid> = None;
     let outcome = as_definer(|| {
         Spi::connect_mut(|client| {
             // A retry with the same key returns the first result. The lock makes a racing twin
@@ -160,11 +122,33 @@ fn redeem_impl(
                 }
             }
 
-            let cust = req.customer.map(|c| customer_id(client, tenant, c));
+            // the customer by the blind index of its source_id, created encrypted if new (crypto)
+            let cust = match req.customer {
+                Some(c) => {
+                    let (id, created) =
+                        crate::crypto::customers::find_or_create(client, &ctx.tenant, c)?;
+                    known_customer = (!created).then_some(id);
+                    Some(id)
+                }
+                None => None,
+            };
             let uuid = pgrx::Uuid::type_oid();
             let numeric = pg_sys::NUMERICOID;
             let text = pg_sys::TEXTOID;
             let redemption_id = pgrx::Uuid::from_bytes(rng::uuid_v7());
+            // metadata is stored encrypted, bound to its redemption row (crypto)
+            let (meta_key, meta_ct) = match &metadata {
+                Some(m) => {
+                    let (k, ct) = crate::crypto::redemptions::seal_metadata(
+                        client,
+                        &ctx.tenant,
+                        redemption_id,
+                        m,
+                    )?;
+                    (Some(k), Some(ct))
+                }
+                None => (None, None),
+            };
             audit::take_xid();
 
             let fast = run(
@@ -181,9 +165,10 @@ fn redeem_impl(
                     text,
                     text,
                     pg_sys::BYTEAOID,
-                    pg_sys::JSONBOID,
+                    pg_sys::BYTEAOID,
                     text,
                     text,
+                    pg_sys::INT4OID,
                 ],
                 true,
                 &[
@@ -196,9 +181,10 @@ fn redeem_impl(
                     order_id.into(),
                     idempotency_key.into(),
                     hash.clone().into(),
-                    metadata.as_ref().map(|m| JsonB(m.0.clone())).into(),
+                    meta_ct.clone().into(),
                     actor.as_str().into(),
                     actor_json.as_str().into(),
+                    meta_key.into(),
                 ],
             );
             if !fast.is_empty() {
@@ -266,9 +252,10 @@ fn redeem_impl(
                     numeric,
                     text,
                     pg_sys::BYTEAOID,
-                    pg_sys::JSONBOID,
+                    pg_sys::BYTEAOID,
                     text,
                     text,
+                    pg_sys::INT4OID,
                 ],
                 true,
                 &[
@@ -284,9 +271,10 @@ fn redeem_impl(
                     discount.clone().into(),
                     idempotency_key.into(),
                     hash.into(),
-                    metadata.into(),
+                    meta_ct.into(),
                     actor.as_str().into(),
                     actor_json.as_str().into(),
+                    meta_key.into(),
                 ],
             );
             if claimed.is_empty() {
@@ -310,6 +298,23 @@ fn redeem_impl(
     }
     // A refused redemption is recorded although the error will roll this transaction back.
     if let Err(VoucherError::Rule { sqlstate, .. }) = &outcome {
+        // the customer's source_id is personal data: encrypted under the customer's own key
+        // (crypto) before the row is hashed; a customer this failed call created is not named
+        let customer = match (req.customer, known_customer) {
+            (Some(c), Some(id)) => as_definer(|| {
+                Spi::connect_mut(|client| {
+                    crate::crypto::customers::seal_for_audit(
+                        client,
+                        &ctx.tenant,
+                        id,
+                        &serde_json::json!({ "customer": c }),
+                    )
+                })
+            })
+            .unwrap_or(serde_json::Value::Null),
+            (Some(_), None) => serde_json::json!({ "new_customer": true }),
+            (None, _) => serde_json::Value::Null,
+        };
         audit::write_durably(Event {
             tenant: ctx.tenant,
             actor: context::actor_json(Some(&ctx)),
@@ -319,7 +324,7 @@ fn redeem_impl(
             details: serde_json::json!({
                 "code": req.code, "sqlstate": sqlstate,
                 "reason": crate::common::error::entry(sqlstate).map(|e| e.message),
-                "customer": req.customer, "order_id": order_id,
+                "customer": customer, "order_id": order_id,
             }),
             at: Some(unsafe { pg_sys::GetCurrentTimestamp() }),
         });

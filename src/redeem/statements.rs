@@ -21,7 +21,7 @@ pub fn evaluate_sql(with_customer: bool) -> String {
     let (used, joins) = if with_customer {
         (
             "u.used",
-            "LEFT JOIN voucher.customer cu ON cu.tenant_id = v.tenant_id AND cu.source_id = $3
+            "LEFT JOIN voucher.customer cu ON cu.tenant_id = v.tenant_id AND cu.source_index = $3
   LEFT JOIN voucher.customer_usage u ON u.tenant_id = v.tenant_id
         AND u.campaign_id = v.campaign_id AND u.customer_id = cu.customer_id",
         )
@@ -71,7 +71,8 @@ SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
 /// campaign has no per-customer limit, record the redemption and its audit row. When it matches
 /// no row the caller evaluates the code to say why (or takes the per-customer path).
 /// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
-/// $8 idempotency key, $9 request hash, $10 metadata, $11 actor label, $12 actor (jsonb text).
+/// $8 idempotency key, $9 request hash, $10 metadata (encrypted), $11 actor label, $12 actor
+/// (jsonb text), $13 the data key of the metadata.
 pub fn fast_claim_sql() -> String {
     let ctes = format!(
         "claim AS (
@@ -98,9 +99,9 @@ pub fn fast_claim_sql() -> String {
 rec AS (
     INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
         customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
-        request_hash, metadata, redeemed_by)
+        request_hash, metadata, redeemed_by, key_id)
     SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, claim.spend, claim.discount,
-           claim.balance, $8, $9, $10, $11
+           claim.balance, $8, $9, $10, $11, $13
       FROM claim
     RETURNING *)",
         discount = discount_call("$3")
@@ -112,7 +113,8 @@ rec AS (
 /// and its audit row, in one statement.
 /// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
 /// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
-/// $12 request hash, $13 metadata, $14 actor label, $15 actor (jsonb text).
+/// $12 request hash, $13 metadata (encrypted), $14 actor label, $15 actor (jsonb text), $16 the
+/// data key of the metadata.
 pub fn claim_sql() -> String {
     let ctes = "claim AS (
     UPDATE voucher.code v
@@ -124,8 +126,8 @@ pub fn claim_sql() -> String {
 rec AS (
     INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
         customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
-        request_hash, metadata, redeemed_by)
-    SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14 FROM claim
+        request_hash, metadata, redeemed_by, key_id)
+    SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14, $16 FROM claim
     RETURNING *)";
     with_audit(ctes, "$15", "$8", "$11")
 }
@@ -194,8 +196,11 @@ pub fn evaluate(
             &args,
         ),
         (Some(customer), m) => {
-            args.push(customer.into());
-            let types = [uuid, text, text];
+            // the customer's blind index (crypto): the look-up never decrypts
+            let index = crate::crypto::customers::source_index_read(client, &tenant, customer)
+                .unwrap_or_else(|e| e.raise());
+            args.push(index.into());
+            let types = [uuid, text, pg_sys::BYTEAOID];
             if m {
                 run(
                     client,
@@ -292,23 +297,24 @@ mod unit {
     fn evaluation_variants_differ_only_in_customer_joins() {
         let plain = super::evaluate_sql(false);
         let with = super::evaluate_sql(true);
-        assert!(with.contains("cu.source_id = $3"));
+        // the customer is found by the blind index of its source_id (crypto)
+        assert!(with.contains("cu.source_index = $3"));
         assert!(!plain.contains("$3"));
     }
 
     #[test]
     fn the_fast_claim_uses_every_parameter() {
         let sql = super::fast_claim_sql();
-        for n in 1..=12 {
+        for n in 1..=13 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$13"));
+        assert!(!sql.contains("$14"));
         assert!(sql.contains("per_customer_limit IS NULL"));
         assert!(sql.contains("'redemption.created'"));
         let sql = super::claim_sql();
-        for n in 1..=15 {
+        for n in 1..=16 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$16"));
+        assert!(!sql.contains("$17"));
     }
 }

@@ -120,10 +120,10 @@ impl Action {
                 ManageCampaigns | ReadCatalog | WriteCustomers | ReadCustomers | ReadRedemptions
             ),
             KeyRole::Redeemer => matches!(self, Validate | Redeem | WriteCustomers),
-            KeyRole::Auditor => matches!(
-                self,
-                ReadAudit | ReadKeys | ReadCatalog | ReadCustomers | ReadRedemptions
-            ),
+            // not ReadCustomers: the customers view shows personal data in clear (crypto)
+            KeyRole::Auditor => {
+                matches!(self, ReadAudit | ReadKeys | ReadCatalog | ReadRedemptions)
+            }
         }
     }
 

@@ -1,0 +1,528 @@
+//! Customers with their personal fields encrypted: `upsert_customer`, `find_customer`, the
+//! look-up by source_id that redemptions use (a blind index, no decryption), the decryption
+//! behind the `customers` and `redemptions` views, and the per-customer key under which a
+//! customer's personal data in audit rows is encrypted (destroying it forgets them).
+
+use pgrx::prelude::*;
+use pgrx::spi::SpiClient;
+use pgrx::JsonB;
+
+use super::envelope::Key;
+use super::keyring;
+use super::store::{self, Place};
+use crate::common::error::{api, Result, VoucherError};
+use crate::common::events::{self, Event};
+use crate::common::rng;
+use crate::tenancy::context;
+use crate::tenancy::definer::as_definer;
+use crate::tenancy::roles::{Action, KeyRole};
+
+type Tenant = [u8; 16];
+
+/// A fresh key for this customer's personal data in audit rows, wrapped under the tenant's
+/// active data key: (that key's id, the wrapped key). Stored with the customer, in the same
+/// statement ([`INSERT_CUSTOMER`]).
+fn new_customer_key(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    customer: &str,
+) -> Result<(i32, Vec<u8>)> {
+    let (key_id, dk) = store::reserve(client, tenant)?;
+    let material = keyring::random_key();
+    Ok((
+        key_id,
+        keyring::wrap_customer_key(&dk, key_id, tenant, customer, &material),
+    ))
+}
+
+/// The customer's audit key, or None when it was destroyed (the customer was forgotten).
+fn customer_key(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    customer: pgrx::Uuid,
+) -> Result<Option<Key>> {
+    let row = client
+        .select(
+            "SELECT wrapped FROM voucher.customer_key WHERE tenant_id = $1 AND customer_id = $2",
+            None,
+            &[store::uuid(tenant).into(), customer.into()],
+        )
+        .expect("customer key")
+        .first()
+        .get_one::<Vec<u8>>()
+        .ok()
+        .flatten();
+    let Some(wrapped) = row else { return Ok(None) };
+    let cust = customer.to_string();
+    let place = Place {
+        table: "customer_key",
+        column: "wrapped",
+        row: &cust,
+    };
+    let key_id = super::envelope::key_id(&wrapped).map_err(|e| place.failed(&e))? as i32;
+    let dk = store::data_key(client, tenant, key_id)?;
+    keyring::unwrap_customer_key(&dk, tenant, &cust, &wrapped)
+        .map(Some)
+        .map_err(|e| place.failed(&e))
+}
+
+/// Personal data for an audit row of `customer`: `{"customer_id": ..., "personal": "<hex>"}`,
+/// the JSON `personal` encrypted under the customer's key, bound to the tenant and customer.
+/// Written before the row is hashed, so the row keeps verifying once the key is destroyed.
+pub fn seal_for_audit(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    customer: pgrx::Uuid,
+    personal: &serde_json::Value,
+) -> Result<serde_json::Value> {
+    let Some(key) = customer_key(client, tenant, customer)? else {
+        return Ok(serde_json::json!({ "customer_id": customer.to_string() }));
+    };
+    let cust = customer.to_string();
+    let ct = keyring::seal_audit_personal(&key, tenant, &cust, personal.to_string().as_bytes());
+    Ok(serde_json::json!({ "customer_id": cust, "personal": keyring::hex(&ct) }))
+}
+
+/// The customer with this source_id: its id, and whether this call created it. Redemptions call
+/// it: one index probe on the blind index, no decryption; creation encrypts the source_id.
+pub fn find_or_create(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    source_id: &str,
+) -> Result<(pgrx::Uuid, bool)> {
+    let index = store::source_index(client, tenant, source_id)?;
+    let find = |client: &SpiClient<'_>, index: &Vec<u8>| {
+        store::kept(
+            client,
+            "SELECT customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2",
+            &[pgrx::Uuid::type_oid(), pg_sys::BYTEAOID],
+            &[store::uuid(tenant).into(), index.clone().into()],
+        )
+        .first()
+        .get_one::<pgrx::Uuid>()
+        .ok()
+        .flatten()
+    };
+    if let Some(id) = find(client, &index) {
+        return Ok((id, false));
+    }
+    let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
+    let row = id.to_string();
+    let (key_id, key) = store::reserve(client, tenant)?;
+    let ct = store::seal_with(
+        key_id,
+        &key,
+        tenant,
+        Place {
+            table: "customer",
+            column: "source_id",
+            row: &row,
+        },
+        source_id.as_bytes(),
+    );
+    let wrapped = new_customer_key(client, tenant, &row)?;
+    let created = store::kept(
+        client,
+        INSERT_CUSTOMER,
+        &INSERT_TYPES,
+        &[
+            store::uuid(tenant).into(),
+            id.into(),
+            index.clone().into(),
+            None::<Vec<u8>>.into(),
+            key_id.into(),
+            ct.into(),
+            None::<Vec<u8>>.into(),
+            None::<Vec<u8>>.into(),
+            None::<Vec<u8>>.into(),
+            wrapped.0.into(),
+            wrapped.1.into(),
+        ],
+    );
+    if created.is_empty() {
+        let id = find(client, &index).expect("the customer exists now");
+        return Ok((id, false));
+    }
+    Ok((id, true))
+}
+
+/// A customer and its audit key in one statement: $1 tenant, $2 customer, $3 source_index,
+/// $4 email_index, $5 key_id, $6 source_id, $7 email, $8 name, $9 metadata (ciphertexts),
+/// $10 the data key wrapping the customer key, $11 the wrapped customer key.
+const INSERT_CUSTOMER: &str = "\
+WITH c AS (
+    INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
+                                  source_id, email, name, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (tenant_id, source_index) DO NOTHING
+    RETURNING tenant_id, customer_id)
+INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
+SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
+RETURNING customer_id";
+
+/// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
+/// row `audit::write` makes: the row hash over the stored values); $12 the actor (jsonb text).
+const INSERT_CUSTOMER_AUDITED: &str = "\
+WITH c AS (
+    INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
+                                  source_id, email, name, metadata)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+    ON CONFLICT (tenant_id, source_index) DO NOTHING
+    RETURNING tenant_id, customer_id),
+k AS (
+    INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
+    SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
+    RETURNING customer_id),
+e AS (
+    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $12::jsonb AS actor,
+           '{}'::jsonb AS details
+      FROM k),
+a AS (
+    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
+                                     object_id, details, row_hash)
+    SELECT $1, e.id, e.at, e.actor, 'customer.created', 'customer', $2::text, e.details,
+           voucher._audit_hash($1, e.id, e.at, e.actor::text, 'customer.created', 'customer',
+                               $2::text, e.details::text)
+      FROM e
+    RETURNING event_id)
+SELECT event_id FROM a";
+
+const AUDITED_TYPES: [pg_sys::Oid; 12] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::TEXTOID,
+];
+
+const INSERT_TYPES: [pg_sys::Oid; 11] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+];
+
+/// The blind index the evaluation statement joins on; without index keys (a tenant that never
+/// stored a customer) a value that matches no row.
+pub fn source_index_read(
+    client: &SpiClient<'_>,
+    tenant: &Tenant,
+    source_id: &str,
+) -> Result<Vec<u8>> {
+    Ok(store::index_keys_read(client, tenant)?
+        .map(|k| keyring::blind_index(&k.source, source_id))
+        .unwrap_or_default())
+}
+
+/// The fields of one customer row as stored.
+struct Stored {
+    id: pgrx::Uuid,
+    key_id: i32,
+    email: Option<Vec<u8>>,
+    name: Option<Vec<u8>>,
+    metadata: Option<Vec<u8>>,
+}
+
+fn upsert_impl(
+    source_id: Option<&str>,
+    email: Option<&str>,
+    name: Option<&str>,
+    metadata: Option<JsonB>,
+) -> Result<pgrx::Uuid> {
+    let ctx = context::authorize(Action::WriteCustomers)?;
+    crate::customers::check_customer(source_id, email, name, metadata.as_ref())?;
+    let source_id = source_id.expect("checked");
+    let tenant = ctx.tenant;
+    let metadata_text = metadata.as_ref().map(|m| m.0.to_string());
+    let actor = context::actor_json(Some(&ctx)).to_string();
+    let (id, action, changed) = as_definer(|| {
+        Spi::connect_mut(
+            |client| -> Result<(pgrx::Uuid, &'static str, Vec<&'static str>)> {
+                let index = store::source_index(client, &tenant, source_id)?;
+                let email_index = email
+                    .map(|e| store::email_index(client, &tenant, e))
+                    .transpose()?;
+                let existing = |client: &mut SpiClient<'_>| -> Option<Stored> {
+                    let t = store::kept(
+                        client,
+                        "SELECT customer_id, key_id, email, name, metadata FROM voucher.customer \
+                      WHERE tenant_id = $1 AND source_index = $2 FOR NO KEY UPDATE",
+                        &[pg_sys::UUIDOID, pg_sys::BYTEAOID],
+                        &[store::uuid(&tenant).into(), index.clone().into()],
+                    );
+                    if t.is_empty() {
+                        return None;
+                    }
+                    let r = t.first();
+                    Some(Stored {
+                        id: r.get(1).ok().flatten().expect("customer_id"),
+                        key_id: r.get(2).ok().flatten().expect("key_id"),
+                        email: r.get(3).ok().flatten(),
+                        name: r.get(4).ok().flatten(),
+                        metadata: r.get(5).ok().flatten(),
+                    })
+                };
+                // INSERT first (one statement writes a new customer, its audit key and its
+                // audit row); on a conflict, the existing row, locked
+                let old = {
+                    // the sealing horizon of the audit log: the transaction id before the event id
+                    unsafe { pg_sys::GetTopTransactionId() };
+                    let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
+                    let row = id.to_string();
+                    let (key_id, key) = store::reserve(client, &tenant)?;
+                    let seal = |column: &str, v: &[u8]| {
+                        store::seal_with(
+                            key_id,
+                            &key,
+                            &tenant,
+                            Place {
+                                table: "customer",
+                                column,
+                                row: &row,
+                            },
+                            v,
+                        )
+                    };
+                    let meta = metadata_text.as_deref().unwrap_or("{}");
+                    let wrapped = new_customer_key(client, &tenant, &row)?;
+                    let args = [
+                        store::uuid(&tenant).into(),
+                        id.into(),
+                        index.clone().into(),
+                        email_index.clone().into(),
+                        key_id.into(),
+                        seal("source_id", source_id.as_bytes()).into(),
+                        email.map(|e| seal("email", e.as_bytes())).into(),
+                        name.map(|n| seal("name", n.as_bytes())).into(),
+                        seal("metadata", meta.as_bytes()).into(),
+                        wrapped.0.into(),
+                        wrapped.1.into(),
+                        actor.as_str().into(),
+                    ];
+                    let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
+                    if !made.is_empty() {
+                        return Ok((id, "", vec![]));
+                    }
+                    existing(client).expect("a concurrent upsert created it")
+                };
+                // An update: compare with the stored values (decrypted) to name what changed, and
+                // write every field under the active key (a fresh nonce for each).
+                let row = old.id.to_string();
+                let place = |column: &'static str| Place {
+                    table: "customer",
+                    column,
+                    row: &row,
+                };
+                let open = |client: &mut SpiClient<'_>,
+                            column: &'static str,
+                            ct: &Option<Vec<u8>>|
+                 -> Result<Option<String>> {
+                    ct.as_ref()
+                        .map(|c| store::open_text(client, &tenant, place(column), c))
+                        .transpose()
+                };
+                let old_email = open(client, "email", &old.email)?;
+                let old_name = open(client, "name", &old.name)?;
+                let old_meta = open(client, "metadata", &old.metadata)?;
+                let new_email = email.map(str::to_string).or(old_email.clone());
+                let new_name = name.map(str::to_string).or(old_name.clone());
+                let new_meta = metadata_text.clone().or(old_meta.clone());
+                let mut changed = vec![];
+                if new_email != old_email {
+                    changed.push("email");
+                }
+                if new_name != old_name {
+                    changed.push("name");
+                }
+                let meta_changed = match (&metadata, &old_meta) {
+                    (Some(m), Some(o)) => {
+                        serde_json::from_str::<serde_json::Value>(o).ok().as_ref() != Some(&m.0)
+                    }
+                    (Some(_), None) => true,
+                    _ => false,
+                };
+                if meta_changed {
+                    changed.push("metadata");
+                }
+                if changed.is_empty() {
+                    return Ok((old.id, "customer.updated", changed));
+                }
+                let (key_id, key) = store::reserve(client, &tenant)?;
+                let seal = |column: &'static str, v: &Option<String>| {
+                    v.as_ref().map(|v| {
+                        store::seal_with(key_id, &key, &tenant, place(column), v.as_bytes())
+                    })
+                };
+                let source_ct = if key_id == old.key_id {
+                    None
+                } else {
+                    Some(store::seal_with(
+                        key_id,
+                        &key,
+                        &tenant,
+                        place("source_id"),
+                        source_id.as_bytes(),
+                    ))
+                };
+                let email_index = match (&email_index, &new_email) {
+                    (Some(i), _) => Some(i.clone()),
+                    (None, Some(e)) => Some(store::email_index(client, &tenant, e)?),
+                    (None, None) => None,
+                };
+                client
+                .update(
+                    "UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), \
+                            email = $5, email_index = $6, name = $7, metadata = $8, updated_at = now() \
+                      WHERE tenant_id = $1 AND customer_id = $2",
+                    None,
+                    &[
+                        store::uuid(&tenant).into(),
+                        old.id.into(),
+                        key_id.into(),
+                        source_ct.into(),
+                        seal("email", &new_email).into(),
+                        email_index.into(),
+                        seal("name", &new_name).into(),
+                        seal("metadata", &new_meta).into(),
+                    ],
+                )
+                .expect("customer update");
+                Ok((old.id, "customer.updated", changed))
+            },
+        )
+    })?;
+    // the audit row names the fields that changed, never their values
+    // a creation was audited by its own statement; an update names the changed fields
+    if !changed.is_empty() {
+        let details = if action == "customer.created" {
+            serde_json::json!({})
+        } else {
+            serde_json::json!({ "changed": changed })
+        };
+        events::record(&Event {
+            tenant,
+            actor: context::actor_json(Some(&ctx)),
+            action,
+            object_type: Some("customer"),
+            object_id: Some(id.to_string()),
+            details,
+            at: None,
+        });
+    }
+    Ok(id)
+}
+
+/// Creates or updates a customer by source_id; NULL arguments leave a field unchanged. Every
+/// personal field is stored encrypted (AES-256-GCM); source_id and email are found through
+/// blind indexes.
+#[pg_extern(volatile, parallel_unsafe)]
+fn upsert_customer(
+    source_id: Option<&str>,
+    email: default!(Option<&str>, "NULL"),
+    name: default!(Option<&str>, "NULL"),
+    metadata: default!(Option<JsonB>, "NULL"),
+) -> pgrx::Uuid {
+    api(|| upsert_impl(source_id, email, name, metadata))
+}
+
+/// The customers whose normalized (trimmed, lower-case) email is `email`, through its blind
+/// index: nothing is decrypted.
+#[pg_extern(stable, parallel_restricted)]
+fn find_customer(email: Option<&str>) -> SetOfIterator<'static, pgrx::Uuid> {
+    let ids = api(|| {
+        let ctx = context::authorize(Action::ReadCustomers)?;
+        let Some(email) = email else {
+            return Ok(vec![]);
+        };
+        as_definer(|| {
+            Spi::connect(|client| {
+                // read-only: a tenant without index keys has no customers to find
+                let Some(keys) = store::index_keys_read(client, &ctx.tenant)? else {
+                    return Ok(vec![]);
+                };
+                let index = keyring::blind_index(&keys.email, &keyring::normalize_email(email));
+                Ok(client
+                    .select(
+                        "SELECT customer_id FROM voucher.customer \
+                          WHERE tenant_id = $1 AND email_index = $2 ORDER BY customer_id",
+                        None,
+                        &[store::uuid(&ctx.tenant).into(), index.into()],
+                    )
+                    .expect("find customer")
+                    .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten())
+                    .collect::<Vec<_>>())
+            })
+        })
+    });
+    SetOfIterator::new(ids)
+}
+
+/// May the current context read personal data in clear? admin and manager keys.
+fn may_read_personal() -> Option<context::Context> {
+    context::current().filter(|c| matches!(c.role, KeyRole::Admin | KeyRole::Manager))
+}
+
+const DECRYPTABLE: &[(&str, &str)] = &[
+    ("customer", "source_id"),
+    ("customer", "email"),
+    ("customer", "name"),
+    ("customer", "metadata"),
+    ("redemption", "metadata"),
+];
+
+/// Internal, for the views: the plaintext of a stored ciphertext, for admin and manager keys
+/// (NULL for other roles and without a context). A ciphertext that fails to authenticate raises
+/// XX001 naming the table, column and row.
+#[pg_extern(stable, parallel_restricted, name = "_decrypt")]
+fn decrypt_sql(
+    table: &str,
+    column: &str,
+    row: Option<pgrx::Uuid>,
+    ct: Option<&[u8]>,
+) -> Option<String> {
+    api(|| {
+        let (Some(row), Some(ct)) = (row, ct) else {
+            return Ok(None);
+        };
+        let Some((table, column)) = DECRYPTABLE
+            .iter()
+            .find(|(t, c)| *t == table && *c == column)
+            .copied()
+        else {
+            return Err(VoucherError::invalid("not an encrypted column"));
+        };
+        let Some(ctx) = may_read_personal() else {
+            return Ok(None);
+        };
+        let row = row.to_string();
+        as_definer(|| {
+            Spi::connect_mut(|client| {
+                store::open_text(
+                    client,
+                    &ctx.tenant,
+                    Place {
+                        table,
+                        column,
+                        row: &row,
+                    },
+                    ct,
+                )
+                .map(Some)
+            })
+        })
+    })
+}
