@@ -80,7 +80,8 @@ GRANT EXECUTE ON FUNCTION
     voucher.create_tenant(text),
     voucher.act_as(uuid, text, boolean),
     voucher.seal_audit(),
-    voucher._throttle_capacity()
+    voucher._throttle_capacity(),
+    voucher.key_fingerprints()
 TO voucher_operator;
 
 -- Internal helpers. Views and policies call some of them with the caller's privileges; they

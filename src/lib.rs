@@ -13,6 +13,7 @@ mod audit;
 mod codes;
 mod common;
 mod customers;
+mod ops;
 mod redeem;
 mod settings;
 mod tenancy;
@@ -78,6 +79,7 @@ extension_sql_file!(
     name = "throttle",
     requires = ["settings", throttle::lockouts_sql]
 );
+extension_sql_file!("../sql/ops.sql", name = "ops", requires = ["audit"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
@@ -88,6 +90,7 @@ pub extern "C-unwind" fn _PG_init() {
     tenancy::revocation::init();
     settings::init();
     throttle::init();
+    ops::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }
