@@ -11,6 +11,9 @@ $$;
 WITH ns AS (SELECT 'voucher'::regnamespace AS oid),
 ext AS (SELECT oid, extconfig FROM pg_extension WHERE extname = 'voucher_ext'),
 lines AS (
+    SELECT format('schema %s owner=%s acl=%s', n.nspname, n.nspowner::regrole, pg_temp.acl(n.nspacl)) AS line
+      FROM pg_namespace n, ns WHERE n.oid = ns.oid
+    UNION ALL
     SELECT format('function %s returns %s lang=%s vol=%s par=%s secdef=%s strict=%s set=%s owner=%s acl=%s body=%s',
                   p.oid::regprocedure, pg_get_function_result(p.oid), l.lanname, p.provolatile,
                   p.proparallel, p.prosecdef, p.proisstrict, p.proconfig, p.proowner::regrole,
@@ -65,8 +68,8 @@ lines AS (
     UNION ALL
     SELECT format('comment %s %s', pg_describe_object(d.classoid, d.objoid, d.objsubid), md5(d.description))
       FROM pg_description d
-     WHERE (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT oid FROM pg_proc, ns n WHERE pronamespace = n.oid))
-        OR (d.classoid = 'pg_class'::regclass AND d.objoid IN (SELECT oid FROM pg_class, ns n WHERE relnamespace = n.oid))
+     WHERE (d.classoid = 'pg_proc'::regclass AND d.objoid IN (SELECT p.oid FROM pg_proc p, ns n WHERE p.pronamespace = n.oid))
+        OR (d.classoid = 'pg_class'::regclass AND d.objoid IN (SELECT c.oid FROM pg_class c, ns n WHERE c.relnamespace = n.oid))
         OR (d.classoid = 'pg_namespace'::regclass AND d.objoid = (SELECT oid FROM ns))
     UNION ALL
     SELECT format('not a member of the extension: %s', pg_describe_object(x.classid, x.objid, 0))
