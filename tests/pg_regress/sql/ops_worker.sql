@@ -3,6 +3,7 @@
 -- sealed row. make test runs the cluster with seal_interval = 0 so other tests see no seals;
 -- this file turns it on (1 second) and off again.
 SELECT voucher._preloaded() AS preloaded;
+SELECT count(*) AS sealer_running FROM pg_stat_activity WHERE backend_type = 'voucher_ext sealer';
 \c - regress_op
 SELECT voucher.create_tenant('worker sealed') AS t \gset
 SELECT voucher.create_api_key('admin', tenant => :'t') AS admin \gset
