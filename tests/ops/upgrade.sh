@@ -40,6 +40,8 @@ touch "$old/src/lib.rs"
 (cd "$old" && CARGO_TARGET_DIR="$ROOT/target" cargo pgrx install "${args[@]}") >"$work/install-old.log" 2>&1 \
     || { tail -50 "$work/install-old.log"; die "building $old_version failed"; }
 log "   old version installed in $(elapsed "$t0")"
+so="$("$PG_CONFIG" --pkglibdir)/voucher_ext.so"
+old_so=$(sha256sum <"$so")
 
 "$ROOT/scripts/cluster.sh" start ops-upgrade "$port" fsync=off
 trap '"$ROOT/scripts/cluster.sh" stop ops-upgrade' EXIT
@@ -62,6 +64,7 @@ t=$(now)
 touch "$ROOT/src/lib.rs"
 "$ROOT/scripts/install.sh"
 log "   current version installed in $(elapsed "$t")"
+[ "$(sha256sum <"$so")" != "$old_so" ] || die "the install left the old version's library in place"
 [ -f "$("$PG_CONFIG" --sharedir)/extension/voucher_ext--$old_version--$new_version.sql" ] \
     || die "no upgrade script voucher_ext--$old_version--$new_version.sql was installed"
 as_pg "$bin/pg_ctl" -D "$host/data" -l "$host/server.log" -w restart -m fast \

@@ -3,7 +3,11 @@
 -- sealed row. make test runs the cluster with seal_interval = 0 so other tests see no seals;
 -- this file turns it on (1 second) and off again.
 SELECT voucher._preloaded() AS preloaded;
-SELECT count(*) AS sealer_running FROM pg_stat_activity WHERE backend_type = 'voucher_ext sealer';
+-- the launcher: connected to no database
+SELECT count(*) AS sealer_running FROM pg_stat_activity
+ WHERE backend_type = 'voucher_ext sealer' AND datid IS NULL;
+SELECT pid AS launcher FROM pg_stat_activity
+ WHERE backend_type = 'voucher_ext sealer' AND datid IS NULL \gset
 \c - regress_op
 SELECT voucher.create_tenant('worker sealed') AS t \gset
 SELECT voucher.create_api_key('admin', tenant => :'t') AS admin \gset
@@ -19,8 +23,18 @@ SELECT voucher.authenticate(:'auditor') IS NOT NULL AS ok;
 SELECT count(*) AS events, count(*) FILTER (WHERE sealed) AS sealed FROM voucher.audit_log;
 COMMIT;
 
+-- sealing that fails (an audit key file that cannot be created) is logged and retried: nothing
+-- is sealed meanwhile, the launcher keeps running, and sealing resumes once the file is fixed
 \c - postgres
+ALTER SYSTEM SET voucher.audit_key_file = '/nonexistent/voucher_audit.key';
 ALTER SYSTEM SET voucher.seal_interval = 1;
+SELECT pg_reload_conf();
+SELECT pg_sleep(3.5);
+SELECT count(*) AS sealed_meanwhile FROM voucher.audit_state s JOIN voucher.tenant t USING (tenant_id)
+ WHERE t.name = 'worker sealed' AND s.sealed_through > 0;
+SELECT pid = :launcher AS same_launcher FROM pg_stat_activity
+ WHERE backend_type = 'voucher_ext sealer' AND datid IS NULL;
+ALTER SYSTEM RESET voucher.audit_key_file;
 SELECT pg_reload_conf();
 -- wait (at most 60 s) until the worker has sealed every event of the tenant
 DO $$
