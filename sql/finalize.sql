@@ -1,5 +1,9 @@
 -- Privileges, applied after every other object exists.
 
+-- pg_dump: every table and sequence of the extension is marked as configuration data, so dumps
+-- carry their rows (sql/ops.sql).
+SELECT voucher._ops_mark_for_dump() > 0 AS marked;
+
 -- PUBLIC gets nothing.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA voucher FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA voucher FROM PUBLIC;
