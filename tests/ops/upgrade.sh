@@ -78,9 +78,9 @@ q -d voucher_upgraded -At \
     -c "SELECT voucher.validate('SPRING-2', customer => 'cust-2', order_amount => 20) IS NOT NULL" \
     -c "COMMIT" >/dev/null || die "the $old_version schema does not work with the new library"
 
-t=$(now)
+t=$(date +%s%N)
 q -d voucher_upgraded -c "ALTER EXTENSION voucher_ext UPDATE"
-log "   ALTER EXTENSION voucher_ext UPDATE: $(( $(now) - t ))s"
+log "   ALTER EXTENSION voucher_ext UPDATE: $(( ($(date +%s%N) - t) / 1000000 )) ms"
 v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
 [ "$v" = "$new_version" ] || die "ALTER EXTENSION UPDATE left version $v, expected $new_version"
 
