@@ -27,7 +27,7 @@ COMMIT;
 \c - postgres
 ALTER SYSTEM SET voucher.audit_key_file = 'regress_other_audit.key';
 SELECT pg_reload_conf();
-SELECT pg_sleep(0.2);
+SELECT pg_sleep(1);
 \c - regress_op
 SELECT file ~ 'regress_other_audit\.key$' AS other_file, matching, other > 0 AS other
   FROM voucher.key_fingerprints();
@@ -45,7 +45,7 @@ COMMIT;
 \c - postgres
 ALTER SYSTEM RESET voucher.audit_key_file;
 SELECT pg_reload_conf();
-SELECT pg_sleep(0.2);
+SELECT pg_sleep(1);
 \c - regress_client
 BEGIN;
 SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
