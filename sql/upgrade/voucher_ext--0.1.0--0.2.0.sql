@@ -54,6 +54,148 @@ COMMENT ON FUNCTION voucher._ops_mark_for_dump() IS
     'Internal, for install and upgrade scripts: marks every table and sequence of the extension for pg_dump.';
 -- end ops -------------------------------------------------------------------------------
 
+-- begin settings and throttle (issue 16; ported by ops from sql/settings.sql, sql/throttle.sql
+-- and the generated definitions) ------------------------------------------------------------
+CREATE FUNCTION voucher."_setting_registry"() RETURNS TABLE (
+	"setting" TEXT,
+	"default_value" TEXT,
+	"description" TEXT
+)
+IMMUTABLE STRICT PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'setting_registry_wrapper';
+CREATE FUNCTION voucher."_settings_changed"() RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'settings_changed_wrapper';
+CREATE FUNCTION voucher."configure"(
+	"setting" TEXT,
+	"value" TEXT
+) RETURNS void
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'configure_wrapper';
+CREATE FUNCTION voucher."_lockouts"() RETURNS TABLE (
+	"kind" TEXT,
+	"fingerprint" TEXT,
+	"failures" bigint,
+	"refused" bigint,
+	"lockouts" bigint,
+	"locked_at" timestamp with time zone,
+	"locked_until" timestamp with time zone
+)
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'lockouts_sql_wrapper';
+CREATE FUNCTION voucher."_throttle_capacity"() RETURNS TABLE (
+	"entries" bigint,
+	"shared" bool,
+	"lookups_until" timestamp with time zone
+)
+STRICT VOLATILE PARALLEL SAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'capacity_sql_wrapper';
+CREATE FUNCTION voucher."lockout_fingerprint"(
+	"kind" TEXT,
+	"identity" TEXT
+) RETURNS TEXT
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'lockout_fingerprint_wrapper';
+CREATE FUNCTION voucher."unlock"(
+	"kind" TEXT,
+	"identity" TEXT
+) RETURNS bool
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'unlock_wrapper';
+
+-- validate and redeem gained a client argument: the 0.1.0 definitions call the same C symbols
+-- with one argument less, which the 0.2.0 library refuses, so they are replaced here.
+DROP FUNCTION voucher.validate(text, text, numeric);
+CREATE FUNCTION voucher."validate"(
+	"code" TEXT,
+	"customer" TEXT DEFAULT NULL,
+	"order_amount" NUMERIC DEFAULT NULL,
+	"client" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"valid" bool,
+	"reason" TEXT,
+	"sqlstate" TEXT,
+	"voucher_id" uuid,
+	"discount" NUMERIC,
+	"balance" NUMERIC
+)
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'validate_wrapper';
+DROP FUNCTION voucher.redeem(text, text, numeric, numeric, text, text, jsonb);
+CREATE FUNCTION voucher."redeem"(
+	"code" TEXT,
+	"customer" TEXT DEFAULT NULL,
+	"order_amount" NUMERIC DEFAULT NULL,
+	"amount" NUMERIC DEFAULT NULL,
+	"order_id" TEXT DEFAULT NULL,
+	"idempotency_key" TEXT DEFAULT NULL,
+	"metadata" jsonb DEFAULT NULL,
+	"client" TEXT DEFAULT NULL
+) RETURNS TABLE (
+	"redemption_id" uuid,
+	"voucher_id" uuid,
+	"discount" NUMERIC,
+	"balance_after" NUMERIC,
+	"replayed" bool
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'redeem_wrapper';
+
+CREATE TABLE voucher.tenant_setting (
+    tenant_id   uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    setting     text        NOT NULL,
+    value       text        NOT NULL,
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    updated_by  text        NOT NULL,
+    PRIMARY KEY (tenant_id, setting)
+);
+COMMENT ON TABLE voucher.tenant_setting IS
+    'A tenant''s settings that differ from the defaults; written by voucher.configure.';
+ALTER TABLE voucher.tenant_setting ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.tenant_setting FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.tenant_setting
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+
+CREATE FUNCTION voucher._setting_trigger() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM voucher._settings_changed();
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER setting_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+    ON voucher.tenant_setting FOR EACH STATEMENT EXECUTE FUNCTION voucher._setting_trigger();
+CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.tenant_setting FOR EACH ROW
+    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.tenant_setting
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
+
+CREATE VIEW voucher.settings WITH (security_barrier) AS
+SELECT r.setting, coalesce(s.value, r.default_value) AS value, r.default_value,
+       s.updated_at, s.updated_by, r.description
+  FROM voucher._setting_registry() r
+  LEFT JOIN voucher.tenant_setting s ON s.setting = r.setting
+ WHERE voucher._can_read('administer');
+COMMENT ON VIEW voucher.settings IS
+    'The tenant''s settings, configured or default (admin keys); change them with voucher.configure.';
+
+CREATE VIEW voucher.lockouts AS
+SELECT kind, fingerprint, failures, refused, lockouts, locked_at, locked_until
+  FROM voucher._lockouts();
+COMMENT ON VIEW voucher.lockouts IS
+    'Current lock-outs (admin keys: the tenant''s customers, clients and keys; operators: source '
+    'addresses of authenticate). Identities appear as keyed fingerprints, never in plaintext.';
+-- end settings and throttle ------------------------------------------------------------------
+
 -- (other capabilities of 0.2.0: add your sections here)
 
 -- pg_dump: every table and sequence of the extension, including the ones added above ---------
@@ -82,4 +224,17 @@ END
 $own$;
 REVOKE CREATE ON SCHEMA voucher FROM voucher_definer;
 
-GRANT EXECUTE ON FUNCTION voucher.key_fingerprints() TO voucher_operator;
+GRANT SELECT, INSERT, DELETE, UPDATE (value, updated_at, updated_by) ON voucher.tenant_setting
+    TO voucher_definer;
+GRANT EXECUTE ON FUNCTION
+    voucher.validate(text, text, numeric, text),
+    voucher.redeem(text, text, numeric, numeric, text, text, jsonb, text),
+    voucher.configure(text, text),
+    voucher.unlock(text, text),
+    voucher.lockout_fingerprint(text, text)
+TO voucher_client;
+GRANT SELECT ON voucher.settings, voucher.lockouts TO voucher_client;
+GRANT EXECUTE ON FUNCTION voucher._throttle_capacity(), voucher.key_fingerprints() TO voucher_operator;
+GRANT EXECUTE ON FUNCTION voucher._settings_changed() TO voucher_definer;
+GRANT EXECUTE ON FUNCTION voucher._setting_registry(), voucher._lockouts()
+    TO voucher_client, voucher_operator, voucher_definer;

@@ -71,11 +71,12 @@ as_pg "$bin/pg_ctl" -D "$host/data" -l "$host/server.log" -w restart -m fast \
     -o "-p $port -k $host -c listen_addresses='' -c fsync=off -c shared_preload_libraries=voucher_ext -c voucher.seal_interval=0" \
     >/dev/null || { tail -20 "$host/server.log"; die "restart with the new library failed"; }
 
-# before the update: the old SQL definitions run on the new library
+# before the update: the old SQL definitions of functions whose C signature did not change run
+# on the new library (validate and redeem gained an argument in 0.2.0: their 0.1.0 definitions
+# fail until the update replaces them; the README says to update right after the install)
 q -d voucher_upgraded -At \
     -c "BEGIN" -c "SELECT voucher.authenticate('$key_a') IS NOT NULL" \
     -c "SELECT ok OR (problem IS NULL) FROM voucher.verify_audit()" \
-    -c "SELECT voucher.validate('SPRING-2', customer => 'cust-2', order_amount => 20) IS NOT NULL" \
     -c "COMMIT" >/dev/null || die "the $old_version schema does not work with the new library"
 
 t=$(date +%s%N)
@@ -84,11 +85,13 @@ log "   ALTER EXTENSION voucher_ext UPDATE: $(( ($(date +%s%N) - t) / 1000000 ))
 v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
 [ "$v" = "$new_version" ] || die "ALTER EXTENSION UPDATE left version $v, expected $new_version"
 
+# every table and sequence keeps its count and value; tables the upgrade adds start empty
 after=$(q -d voucher_upgraded -At -f "$here/counts.sql")
-if [ "$after" != "$before" ]; then
-    diff <(echo "$before") <(echo "$after") || true
-    die "the upgrade changed row counts or sequence values (diff above: < before, > after)"
-fi
+changed=$(awk 'NR == FNR { b[$1] = $2; next }
+               ($1 in b) { if (b[$1] != $2) print "changed: " $0 " (was " b[$1] ")"; delete b[$1]; next }
+               $2 != 0 { print "new, not empty: " $0 }
+               END { for (k in b) print "missing: " k }' <(echo "$before") <(echo "$after"))
+[ -z "$changed" ] || { echo "$changed"; die "the upgrade changed row counts or sequence values (above)"; }
 q -d voucher_upgraded -v key_a="$key_a" -v key_b="$key_b" -f "$here/check.sql" >/dev/null \
     || die "the upgraded data failed tests/ops/check.sql (above)"
 
