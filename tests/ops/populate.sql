@@ -39,6 +39,16 @@ SELECT voucher.add_code(:'bcamp', 'B-1') IS NOT NULL AS ok \gset
 SELECT replayed FROM voucher.redeem('B-1', order_amount => 50, idempotency_key => 'idem-b') \gset
 COMMIT;
 
+-- a tenant setting (0.2.0 on; the upgrade test runs this file on 0.1.0 too)
+SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'configure'
+                AND pronamespace = 'voucher'::regnamespace) AS has_configure \gset
+\if :has_configure
+BEGIN;
+SELECT voucher.authenticate(:'key_a') IS NOT NULL AS ok \gset
+SELECT voucher.configure('customer_lockout_threshold', '12') AS ok \gset
+COMMIT;
+\endif
+
 -- a failed attempt: recorded durably by the next transaction of this backend
 BEGIN;
 SELECT voucher.authenticate(:'key_b') IS NOT NULL AS ok \gset
