@@ -2,7 +2,9 @@
 # The test command (`make test`). In order: Rust unit tests, `cargo pgrx test`, then the
 # extension installed into the system PostgreSQL and tested from outside against a throwaway
 # cluster with pg_regress (tests/pg_regress), pg_isolation_regress (tests/isolation), a
-# pgbench stress test (tests/stress) and a pooled Python client (tests/client).
+# pgbench stress test (tests/stress) and a pooled Python client (tests/client); around them the
+# operations tests (tests/ops): the upgrade from the previous release, before the current build
+# is installed, and pg_dump/pg_restore round trips against the throwaway cluster.
 # Stops at the first failing layer, prints the diff, exits non-zero.
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -14,12 +16,12 @@ t=$(now)
 log "setup: $(elapsed "$t")"
 
 t=$(now)
-log "1/7 Rust unit tests"
+log "1/9 Rust unit tests"
 cargo test --lib --quiet -- --skip tests::pg_ || die "Rust unit tests failed"
 log "unit tests: $(elapsed "$t")"
 
 t=$(now)
-log "2/7 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
+log "2/9 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
 if is_root; then
     pgdata="$(cluster_base)/pgrx-test-data"
     mkdir -p "$pgdata" && chown postgres: "$pgdata"
@@ -30,17 +32,26 @@ fi
 log "pgrx tests: $(elapsed "$t")"
 
 t=$(now)
-log "3/7 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
+log "3/9 upgrade: the previous release installed, filled, upgraded and compared (tests/ops/upgrade.sh)"
+"$ROOT/tests/ops/upgrade.sh" || die "the upgrade test failed"
+log "upgrade: $(elapsed "$t")"
+
+t=$(now)
+log "4/9 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
 "$ROOT/scripts/install.sh"
 "$ROOT/scripts/cluster.sh" start test "$PORT" fsync=off max_connections=100 \
     shared_preload_libraries=voucher_ext
 trap '"$ROOT/scripts/cluster.sh" stop test' EXIT
 sock="$(cluster_base)/test"
+# the seal worker stays off, so tests see only the seals they make (tests/pg_regress/ops_worker
+# turns it on for itself)
+"$(pg_bindir)/psql" -X -q -h "$sock" -p "$PORT" -U postgres -d postgres \
+    -c "ALTER SYSTEM SET voucher.seal_interval = 0" -c "SELECT pg_reload_conf()" >/dev/null
 log "install: $(elapsed "$t")"
 
 failed=0
 t=$(now)
-log "4/7 pg_regress (tests/pg_regress)"
+log "5/9 pg_regress (tests/pg_regress)"
 out="$ROOT/target/pg_regress"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/regress/pg_regress" --bindir="$(pg_bindir)" \
@@ -54,7 +65,7 @@ fi
 log "pg_regress: $(elapsed "$t")"
 
 t=$(now)
-log "5/7 pg_isolation_regress (tests/isolation)"
+log "6/9 pg_isolation_regress (tests/isolation)"
 out="$ROOT/target/isolation"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/isolation/pg_isolation_regress" --bindir="$(pg_bindir)" \
@@ -68,13 +79,18 @@ fi
 log "isolation: $(elapsed "$t")"
 
 t=$(now)
-log "6/7 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
+log "7/9 backups: pg_dump in three formats, restored on this cluster and on a new one (tests/ops/dump_restore.sh)"
+"$ROOT/tests/ops/dump_restore.sh" "$sock" "$PORT" || die "the dump/restore test failed"
+log "dump/restore: $(elapsed "$t")"
+
+t=$(now)
+log "8/9 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
 STRESS_SECONDS=${STRESS_SECONDS:-20} "$ROOT/tests/stress/run.sh" "$sock" "$PORT" \
     || die "the stress test failed"
 log "stress: $(elapsed "$t")"
 
 t=$(now)
-log "7/7 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
+log "9/9 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
 "$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
 log "client: $(elapsed "$t")"
 

@@ -1,5 +1,9 @@
 -- Privileges, applied after every other object exists.
 
+-- pg_dump: every table and sequence of the extension is marked as configuration data, so dumps
+-- carry their rows (sql/ops.sql).
+SELECT voucher._ops_mark_for_dump() > 0 AS marked;
+
 -- PUBLIC gets nothing.
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA voucher FROM PUBLIC;
 REVOKE ALL ON ALL TABLES IN SCHEMA voucher FROM PUBLIC;
@@ -91,7 +95,8 @@ GRANT EXECUTE ON FUNCTION
     voucher.create_tenant(text),
     voucher.act_as(uuid, text, boolean),
     voucher.seal_audit(),
-    voucher._throttle_capacity()
+    voucher._throttle_capacity(),
+    voucher.key_fingerprints()
 TO voucher_operator;
 
 -- Internal helpers. Views and policies call some of them with the caller's privileges; they

@@ -14,6 +14,7 @@ mod codes;
 mod common;
 mod crypto;
 mod customers;
+mod ops;
 mod redeem;
 mod settings;
 mod tenancy;
@@ -84,6 +85,7 @@ extension_sql_file!(
     name = "throttle",
     requires = ["settings", throttle::lockouts_sql]
 );
+extension_sql_file!("../sql/ops.sql", name = "ops", requires = ["audit"]);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]
@@ -95,6 +97,7 @@ pub extern "C-unwind" fn _PG_init() {
     settings::init();
     throttle::init();
     crypto::init();
+    ops::init();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pg_sys::RegisterXactCallback(Some(xact_callback), std::ptr::null_mut()) };
 }

@@ -109,6 +109,12 @@ pub fn keyed_digest(domain: &str, parts: &[&[u8]]) -> Result<[u8; 32]> {
     })
 }
 
+/// The audit key file's path and the key's fingerprint (loading or creating the key), for
+/// `voucher.key_fingerprints()`.
+pub fn key_identity() -> Result<(String, String)> {
+    with_key(|key, _| (key_path(), fingerprint(key)))
+}
+
 /// Identifies the key without revealing it.
 pub fn fingerprint(key: &[u8; KEY_BYTES]) -> String {
     let d = Sha256::digest([b"voucher_ext audit key id\0".as_slice(), key].concat());

@@ -45,6 +45,13 @@ fn seal_tenant(client: &mut SpiClient<'_>, key: &[u8; KEY_BYTES], tenant: pgrx::
     let mut sealed_rows = s.get::<i64>(6).ok().flatten().unwrap_or(0);
     let purge_head = s.get::<Vec<u8>>(8).ok().flatten();
 
+    // A horizon past the next transaction id was taken on another cluster (the state came
+    // back from a dump): every transaction of that cluster has ended, so what it covers is
+    // sealable now.
+    let xmin = match pending_xmax {
+        Some(xmax) if xmax > xid8_now_next() as i64 => xmax,
+        _ => xmin,
+    };
     let mut sealed_now = 0i64;
     if let (Some(through), Some(xmax)) = (pending_through, pending_xmax) {
         if xmin >= xmax && through > sealed_through {

@@ -33,8 +33,20 @@ pub static AUTH_FAILURE_THRESHOLD: GucSetting<i32> = GucSetting::<i32>::new(20);
 pub static AUTH_FAILURE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// The first lock-out's length (each repeated one doubles, up to an hour).
 pub static AUTH_LOCKOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
+/// Seconds between the background worker's seals of every database's audit chain (0: off).
+pub static SEAL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
 
 pub fn init() {
+    GucRegistry::define_int_guc(
+        c"voucher.seal_interval",
+        c"Seconds between the background worker's seals of every database's audit chain.",
+        c"Only when voucher_ext is in shared_preload_libraries; 0 turns the worker's sealing off (seal with voucher.seal_audit() from a scheduler instead).",
+        &SEAL_INTERVAL,
+        0,
+        86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
     GucRegistry::define_string_guc(
         c"voucher.context_token",
         c"Internal: ties the session to the tenant context set by voucher.authenticate.",

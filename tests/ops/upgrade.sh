@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# The upgrade test: builds and installs the previous release from git history (0.1.0 = commit
+# 6573bf5; VOUCHER_UPGRADE_FROM overrides), creates a database with data in every table on it
+# (tests/ops/populate.sql), installs the current build, checks that the old SQL definitions still
+# work against the new library, runs ALTER EXTENSION voucher_ext UPDATE, then checks that
+#   (a) the data is intact (tests/ops/counts.sql before = after) and usable (tests/ops/check.sql:
+#       verify_audit, redemptions, limits, replays, sealing), and
+#   (b) the upgraded schema equals a fresh install of the current version, object by object
+#       (tests/ops/schema.sql), printing the difference otherwise.
+# Leaves the current build installed. Uses its own cluster (port VOUCHER_PORT_BASE + 8).
+# The old version is built in debug into the same target directory as the current one, so only
+# the extension crate itself is compiled again (the dependencies are shared).
+#   tests/ops/upgrade.sh
+source "$(dirname "$0")/../../scripts/common.sh"
+here="$ROOT/tests/ops"
+from=${VOUCHER_UPGRADE_FROM:-6573bf5}
+port=$(( ${VOUCHER_PORT_BASE:-54360} + 8 ))
+bin=$(pg_bindir)
+work="$ROOT/target/ops-upgrade"
+q() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -h "$host" -p "$port" "$@"; }
+t0=$(now)
+
+git -C "$ROOT" cat-file -e "$from^{commit}" 2>/dev/null \
+    || die "commit $from (the previous release) is not in this clone: fetch the full history (git fetch --unshallow)"
+old="$work/src-$from"
+if [ ! -f "$old/.complete" ]; then
+    rm -rf "$old" && mkdir -p "$old"
+    git -C "$ROOT" archive "$from" | tar -x -C "$old"
+    touch "$old/.complete"
+fi
+old_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$old/Cargo.toml" | head -1)
+new_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
+log "   building and installing voucher_ext $old_version ($from)"
+args=(--pg-config "$PG_CONFIG")
+if ! is_root && [ ! -w "$("$PG_CONFIG" --pkglibdir)" ]; then args+=(--sudo); fi
+# Both versions share the target directory (so the dependencies are compiled once) and the
+# library's file name in it, where cargo leaves the one it built last; a build it finds fresh
+# would leave the other version's file there. Touching the crate root makes each build its own.
+touch "$old/src/lib.rs"
+(cd "$old" && CARGO_TARGET_DIR="$ROOT/target" cargo pgrx install "${args[@]}") >"$work/install-old.log" 2>&1 \
+    || { tail -50 "$work/install-old.log"; die "building $old_version failed"; }
+log "   old version installed in $(elapsed "$t0")"
+so="$("$PG_CONFIG" --pkglibdir)/voucher_ext.so"
+old_so=$(sha256sum <"$so")
+
+"$ROOT/scripts/cluster.sh" start ops-upgrade "$port" fsync=off
+trap '"$ROOT/scripts/cluster.sh" stop ops-upgrade' EXIT
+host="$(cluster_base)/ops-upgrade"
+q -d postgres -c "CREATE DATABASE voucher_upgraded" -c "CREATE DATABASE voucher_fresh"
+q -d voucher_upgraded -c "CREATE EXTENSION voucher_ext"
+v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
+[ "$v" = "$old_version" ] || die "CREATE EXTENSION made version $v, expected $old_version"
+out=$(q -d voucher_upgraded -At -f "$here/populate.sql")
+key_a=$(sed -n 's/^key_a=//p' <<<"$out")
+key_b=$(sed -n 's/^key_b=//p' <<<"$out")
+before=$(q -d voucher_upgraded -At -f "$here/counts.sql")
+if grep -E ' 0$' <<<"$before"; then die "populate.sql left the tables above empty on $old_version"; fi
+
+# No backend holds the old library now (it is not preloaded and the sessions above ended), so the
+# cluster keeps running while the new one is installed; then it restarts with the new one
+# preloaded, as a DBA would.
+log "   installing the current build ($new_version)"
+t=$(now)
+touch "$ROOT/src/lib.rs"
+"$ROOT/scripts/install.sh"
+log "   current version installed in $(elapsed "$t")"
+[ "$(sha256sum <"$so")" != "$old_so" ] || die "the install left the old version's library in place"
+[ -f "$("$PG_CONFIG" --sharedir)/extension/voucher_ext--$old_version--$new_version.sql" ] \
+    || die "no upgrade script voucher_ext--$old_version--$new_version.sql was installed"
+as_pg "$bin/pg_ctl" -D "$host/data" -l "$host/server.log" -w restart -m fast \
+    -o "-p $port -k $host -c listen_addresses='' -c fsync=off -c shared_preload_libraries=voucher_ext -c voucher.seal_interval=0" \
+    >/dev/null || { tail -20 "$host/server.log"; die "restart with the new library failed"; }
+
+# before the update: the old SQL definitions of functions whose C signature did not change run
+# on the new library (validate and redeem gained an argument in 0.2.0: their 0.1.0 definitions
+# fail until the update replaces them; the README says to update right after the install)
+q -d voucher_upgraded -At \
+    -c "BEGIN" -c "SELECT voucher.authenticate('$key_a') IS NOT NULL" \
+    -c "SELECT ok OR (problem IS NULL) FROM voucher.verify_audit()" \
+    -c "COMMIT" >/dev/null || die "the $old_version schema does not work with the new library"
+
+t=$(date +%s%N)
+q -d voucher_upgraded -c "ALTER EXTENSION voucher_ext UPDATE"
+log "   ALTER EXTENSION voucher_ext UPDATE: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
+[ "$v" = "$new_version" ] || die "ALTER EXTENSION UPDATE left version $v, expected $new_version"
+
+# every table and sequence keeps its count and value; tables the upgrade adds start empty
+after=$(q -d voucher_upgraded -At -f "$here/counts.sql")
+changed=$(awk 'NR == FNR { b[$1] = $2; next }
+               ($1 in b) { if (b[$1] != $2) print "changed: " $0 " (was " b[$1] ")"; delete b[$1]; next }
+               $2 != 0 { print "new, not empty: " $0 }
+               END { for (k in b) print "missing: " k }' <(echo "$before") <(echo "$after"))
+[ -z "$changed" ] || { echo "$changed"; die "the upgrade changed row counts or sequence values (above)"; }
+q -d voucher_upgraded -v key_a="$key_a" -v key_b="$key_b" -f "$here/check.sql" >/dev/null \
+    || die "the upgraded data failed tests/ops/check.sql (above)"
+
+q -d voucher_fresh -c "CREATE EXTENSION voucher_ext"
+q -d voucher_upgraded -At -f "$here/schema.sql" >"$work/schema-upgraded.txt"
+q -d voucher_fresh -At -f "$here/schema.sql" >"$work/schema-fresh.txt"
+if ! diff -u "$work/schema-fresh.txt" "$work/schema-upgraded.txt" >"$work/schema.diff"; then
+    cat "$work/schema.diff"
+    die "the upgraded schema differs from a fresh install of $new_version (diff above: - fresh, + upgraded; sql/upgrade/voucher_ext--$old_version--$new_version.sql lacks it)"
+fi
+log "   $old_version -> $new_version: data intact, schema equal to a fresh install ($(wc -l <"$work/schema-fresh.txt") catalog lines), $(elapsed "$t0") in all"
