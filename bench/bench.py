@@ -59,6 +59,9 @@ SCALE_STRIDE = 7919                           # prime: (n - 1) * 7919 % N + 1 pe
 TENANTS, PER_TENANT = 1000, 100
 MAIN_DB, GEN_DB, AUDIT_DB = "voucher_bench", "voucher_gen", "voucher_audit"
 AUDIT_ROWS = 100_000 if QUICK else 1_000_000  # audit events verified in case 7
+PRIVACY_DB = "voucher_privacy"
+FORGET_REDEMPTIONS = 1000                     # redemptions of the customer forgotten in case 9
+RETENTION_CUSTOMERS = 10_000                  # inactive customers forgotten in case 9
 APP_ROLE = "bench_app"                        # the login role pgbench connects as
 
 OUT = os.path.join(HERE, "results", "quick.tmp") if QUICK else os.path.join(HERE, "results")
@@ -1198,6 +1201,111 @@ SELECT count(voucher.upsert_customer('r' || g, 'r' || g || '@example.com', 'Rota
     return rows
 
 
+# Case 9 (GDPR, issue 15): forget_customer of one customer with FORGET_REDEMPTIONS redemptions,
+# and RETENTION_CUSTOMERS inactive customers forgotten by forget_inactive_customers in batches
+# of 1,000. The baselines do the same erasure on bare tables in plain SQL (the UPDATEs a DBA
+# would write, without pseudonymous ids, keys, counts or audit rows). Run it alone with:
+#   BENCH_SKIP_INSTALL=1 BENCH_ONLY=privacy make bench
+def setup_privacy():
+    """voucher_privacy: one tenant with an admin key, customer retention set to 30 days, an
+    unlimited voucher P-HOT; schema bare with customer and redemption tables."""
+    fresh_db(PRIVACY_DB)
+    sql(PRIVACY_DB, """
+SET client_min_messages = warning;
+CREATE TABLE bench_key (tenant uuid NOT NULL, key text NOT NULL);
+DO $$
+DECLARE t uuid := voucher.create_tenant('bench privacy');
+        k text := voucher.create_api_key('admin', tenant => t);
+BEGIN
+    INSERT INTO bench_key VALUES (t, k);
+    PERFORM voucher.authenticate(k);
+    PERFORM voucher.configure('customer_retention_days', '30');
+    PERFORM voucher.add_code(voucher.create_campaign('bench open', redemption_limit => NULL), 'P-HOT');
+END $$;
+CREATE SCHEMA bare;
+CREATE TABLE bare.customer (customer_id uuid PRIMARY KEY, source_id text UNIQUE, email text,
+                            name text, metadata jsonb, updated_at timestamptz, forgotten_at timestamptz);
+CREATE TABLE bare.redemption (redemption_id uuid PRIMARY KEY, customer_id uuid, metadata jsonb);
+CREATE INDEX ON bare.redemption (customer_id);
+""")
+    STATE["privacy"] = {"key": scalar(PRIVACY_DB, "SELECT key FROM bench_key")}
+
+
+FIXTURES["privacy"] = setup_privacy
+
+
+@case("privacy", "9. GDPR: forget_customer with 1,000 redemptions; retention over 10,000 customers",
+      needs=("privacy",))
+def case_privacy():
+    key = STATE["privacy"]["key"]
+    auth = f"BEGIN;\nSELECT voucher.authenticate('{key}') IS NOT NULL;"
+    n_red, n_cust = FORGET_REDEMPTIONS, RETENTION_CUSTOMERS
+
+    def forget():
+        who = "bench-" + uuid.uuid4().hex[:12]
+        sql(PRIVACY_DB, f"""{auth}
+SELECT voucher.upsert_customer('{who}', '{who}@example.com', 'Bench Person', '{{"tier": "gold"}}');
+SELECT count(r.discount) FROM generate_series(1, {n_red}) g,
+       LATERAL voucher.redeem('P-HOT', customer => '{who}',
+                              metadata => jsonb_build_object('ship_to', g || ' Main Street')) r;
+COMMIT;
+VACUUM ANALYZE voucher.redemption, voucher.customer;""")
+        s = oneshot(PRIVACY_DB, auth, [f"SELECT voucher.forget_customer('{who}');"], "COMMIT;")
+        if f'"redemptions": {n_red}' not in s["out"]:
+            raise Failure(f"forget_customer did not report {n_red} redemptions:\n{s['out'][-500:]}")
+        return s
+
+    def forget_bare():
+        who = uuid.uuid4()
+        sql(PRIVACY_DB, f"""
+INSERT INTO bare.customer VALUES ('{who}', 'bench-{who}', 'x@example.com', 'Bench Person', '{{}}', now());
+INSERT INTO bare.redemption SELECT gen_random_uuid(), '{who}', jsonb_build_object('ship_to', g || ' Main Street')
+  FROM generate_series(1, {n_red}) g;
+VACUUM ANALYZE bare.redemption, bare.customer;""")
+        return oneshot(PRIVACY_DB, "BEGIN;", [
+            f"UPDATE bare.customer SET source_id = 'forgotten:' || gen_random_uuid(), email = NULL, "
+            f"name = NULL, metadata = NULL, forgotten_at = now() WHERE customer_id = '{who}';",
+            f"UPDATE bare.redemption SET metadata = NULL WHERE customer_id = '{who}';"], "COMMIT;")
+
+    def retention():
+        tag = uuid.uuid4().hex[:8]
+        sql(PRIVACY_DB, f"""{auth}
+SELECT count(voucher.upsert_customer('old-{tag}-' || g, 'old' || g || '@example.com', 'Old ' || g))
+  FROM generate_series(1, {n_cust}) g;
+COMMIT;
+SET session_replication_role = replica;
+UPDATE voucher.customer SET updated_at = now() - interval '400 days' WHERE forgotten_at IS NULL;
+RESET session_replication_role;
+VACUUM ANALYZE voucher.customer;""")
+        batches = -(-n_cust // 1000)
+        s = oneshot(PRIVACY_DB, auth, ["SELECT voucher.forget_inactive_customers(1000);"] * batches, "COMMIT;")
+        left = scalar(PRIVACY_DB, "SELECT count(*) FROM voucher.customer WHERE forgotten_at IS NULL")
+        if left != "0":
+            raise Failure(f"{left} inactive customers were not forgotten")
+        return s
+
+    def retention_bare():
+        sql(PRIVACY_DB, f"""
+INSERT INTO bare.customer SELECT gen_random_uuid(), 'old-' || gen_random_uuid(), 'x@example.com', 'Old',
+       '{{}}', now() - interval '400 days' FROM generate_series(1, {n_cust});
+VACUUM ANALYZE bare.customer;""")
+        return oneshot(PRIVACY_DB, "BEGIN;", [
+            "UPDATE bare.customer SET source_id = 'forgotten:' || gen_random_uuid(), email = NULL, name = NULL, "
+            "metadata = NULL, forgotten_at = now() "
+            "WHERE forgotten_at IS NULL AND updated_at < now() - interval '30 days';"], "COMMIT;")
+
+    f = alternate({"forget": forget, "bare": forget_bare})
+    r = alternate({"retention": retention, "bare": retention_bare})
+    per_s = n_cust / (med([x["v"] for x in r["retention"]]) / 1000)
+    return [row("9a", f"`forget_customer` of one customer with {n_red:,} redemptions vs the same erasure in "
+                      "plain UPDATEs of bare tables", "ms",
+                series("forget_customer", f["forget"]), series("bare UPDATEs", f["bare"])),
+            row("9b", f"{n_cust:,} inactive customers forgotten by `forget_inactive_customers(1000)` vs one "
+                      "UPDATE of bare rows", "ms",
+                series("retention", r["retention"]), series("bare UPDATE", r["bare"]),
+                note=f"{per_s:,.0f} customers/s through the retention function (median)")]
+
+
 def main():
     global PGI
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -1244,7 +1352,7 @@ def main():
     selected = [c for c in CASES if not ONLY or c["name"] in ONLY]
     needs = {n for c in selected for n in c["needs"]}
     for db in ([GEN_DB] if "gen" in needs else []) + ([MAIN_DB] if needs & {"main", "tenants"} else []) \
-            + ([AUDIT_DB] if "audit" in needs else []):
+            + ([AUDIT_DB] if "audit" in needs else []) + ([PRIVACY_DB] if "privacy" in needs else []):
         fresh_db(db)
     for c in selected:
         log(f"case {c['name']}: {c['title']}")

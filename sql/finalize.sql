@@ -28,6 +28,10 @@ GRANT SELECT, INSERT, UPDATE (used) ON voucher.customer_usage TO voucher_definer
 GRANT SELECT, INSERT, UPDATE (rolled_back_at, rollback_reason, rolled_back_by)
     ON voucher.redemption TO voucher_definer;
 GRANT UPDATE (audit_retention) ON voucher.tenant TO voucher_definer;
+-- privacy: consent history; forgetting replaces the customer's blind index, destroys its key
+GRANT SELECT, INSERT, DELETE ON voucher.consent TO voucher_definer;
+GRANT UPDATE (source_index, forgotten_at) ON voucher.customer TO voucher_definer;
+GRANT UPDATE (destroyed_at) ON voucher.customer_key TO voucher_definer;
 -- the audit log: insert-only for our functions (DELETE only through purge_audit, which the
 -- append-only trigger recognizes); the state row is updated by seal_audit and purge_audit
 GRANT SELECT, INSERT, DELETE ON voucher.audit_event, voucher.audit_chain TO voucher_definer;
@@ -82,11 +86,15 @@ GRANT EXECUTE ON FUNCTION
     voucher.rollback_redemption(uuid, text),
     voucher.verify_audit(),
     voucher.purge_audit(interval),
-    voucher.set_audit_retention(interval)
+    voucher.set_audit_retention(interval),
+    voucher.set_consent(text, text, boolean, text),
+    voucher.export_customer(text),
+    voucher.forget_customer(text),
+    voucher.forget_inactive_customers(integer)
 TO voucher_client;
 GRANT SELECT ON voucher.api_keys, voucher.campaigns, voucher.vouchers, voucher.customers,
                 voucher.redemptions, voucher.audit_log, voucher.settings, voucher.lockouts,
-                voucher.tenant_keys
+                voucher.tenant_keys, voucher.consents
 TO voucher_client;
 -- rotate_master_key checks for a superuser itself; PUBLIC has nothing, so only superusers run it
 
@@ -115,7 +123,12 @@ GRANT EXECUTE ON FUNCTION
     voucher._reason(text),
     voucher._settings_changed(),
     voucher._uuid_v7(),
-    voucher.normalize_code(text)
+    voucher.normalize_code(text),
+    voucher._customer_by_source(uuid, text),
+    voucher._open_personal(uuid, uuid, text),
+    voucher._pseudonymize(uuid, uuid),
+    voucher._audit_customer(jsonb),                    -- an index key of audit_event
+    voucher.upsert_customer(text, text, text, jsonb)   -- set_consent finds or creates with it
 TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._can_read(text), voucher._key_probe(), voucher._tenant_scan(),
                           voucher._audit_purging(), voucher._setting_registry(), voucher._lockouts(),

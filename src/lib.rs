@@ -15,6 +15,7 @@ mod common;
 mod crypto;
 mod customers;
 mod ops;
+mod privacy;
 mod redeem;
 mod settings;
 mod tenancy;
@@ -86,6 +87,17 @@ extension_sql_file!(
     requires = ["settings", throttle::lockouts_sql]
 );
 extension_sql_file!("../sql/ops.sql", name = "ops", requires = ["audit"]);
+extension_sql_file!(
+    "../sql/privacy.sql",
+    name = "privacy",
+    requires = [
+        "audit",
+        "settings",
+        privacy::keys::customer_by_source,
+        privacy::keys::open_personal,
+        privacy::keys::pseudonymize
+    ]
+);
 extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 
 #[allow(non_snake_case)]

@@ -137,6 +137,12 @@ fn static_str(s: &str) -> &'static str {
         "redemption.failed",
         "redemption.rolled_back",
         "audit.purged",
+        // privacy (sql/privacy.sql)
+        "consent.granted",
+        "consent.withdrawn",
+        "customer.exported",
+        "customer.forgotten",
+        "consent",
         "direct.update",
         "direct.delete",
         "direct.truncate",

@@ -89,6 +89,11 @@ pub const CATALOGUE: &[Entry] = &[
         message: "no such redemption",
         hint: None,
     },
+    Entry {
+        sqlstate: "VC014",
+        message: "no consent for this processing",
+        hint: Some("record the customer's consent with voucher.set_consent first"),
+    },
 ];
 
 /// Looks up a catalogue entry by SQLSTATE.

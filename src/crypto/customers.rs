@@ -94,7 +94,10 @@ pub fn find_or_create(
     let find = |client: &SpiClient<'_>, index: &Vec<u8>| {
         store::kept(
             client,
-            "SELECT customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2",
+            // FOR KEY SHARE (privacy): a forget_customer in progress makes this wait, and the
+            // forgotten row, its blind index replaced, then no longer matches
+            "SELECT customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2 \
+             FOR KEY SHARE",
             &[pgrx::Uuid::type_oid(), pg_sys::BYTEAOID],
             &[store::uuid(tenant).into(), index.clone().into()],
         )
@@ -253,6 +256,25 @@ fn upsert_impl(
         Spi::connect_mut(
             |client| -> Result<(pgrx::Uuid, &'static str, Vec<&'static str>)> {
                 let index = store::source_index(client, &tenant, source_id)?;
+                // privacy (sql/privacy.sql): personal fields only with the 'profile' consent
+                // where the tenant requires it
+                if (email.is_some() || name.is_some() || metadata.is_some())
+                    && client
+                        .select(
+                            "SELECT voucher._profile_allowed($1, (SELECT customer_id \
+                               FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2))",
+                            None,
+                            &[store::uuid(&tenant).into(), index.clone().into()],
+                        )
+                        .expect("profile consent")
+                        .first()
+                        .get_one::<bool>()
+                        .ok()
+                        .flatten()
+                        == Some(false)
+                {
+                    return Err(VoucherError::rule("VC014"));
+                }
                 let email_index = email
                     .map(|e| store::email_index(client, &tenant, e))
                     .transpose()?;

@@ -12,7 +12,8 @@
 //!   `rotate_data_key`. `logcheck`: the warning about log settings that would log values.
 //!
 //! Exports to the rest of the crate: `customers::{find_or_create, source_index, seal_for_audit}`,
-//! `redemptions::seal_metadata`, `end_of_transaction`.
+//! `redemptions::seal_metadata`, `end_of_transaction`; `store` to `privacy` (forgetting
+//! re-encrypts a pseudonym and opens a customer's audit data for its export).
 
 pub mod customers;
 pub mod envelope;
@@ -21,7 +22,7 @@ mod logcheck;
 mod master;
 pub mod redemptions;
 mod rotate;
-mod store;
+pub(crate) mod store;
 
 /// Called at the end of every transaction (see lib.rs).
 pub fn end_of_transaction(committed: bool) {

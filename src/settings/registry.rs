@@ -25,6 +25,19 @@ const WEEK: i64 = 7 * 86_400;
 
 /// Every tenant setting. Keep the README's "Settings" table in step (a unit test checks it).
 pub const REGISTRY: &[Setting] = &[
+    // privacy (sql/privacy.sql reads them from voucher.tenant_setting)
+    Setting {
+        name: "require_profile_consent",
+        ty: Type::Bool,
+        default: "false",
+        description: "store email, name and metadata only for customers who granted the 'profile' consent (VC014 otherwise)",
+    },
+    Setting {
+        name: "customer_retention_days",
+        ty: Type::Count { min: 0, max: 36_500 },
+        default: "0",
+        description: "forget customers without activity for this many days (voucher.forget_inactive_customers); 0: keep them",
+    },
     Setting {
         name: "brute_force_protection",
         ty: Type::Bool,
