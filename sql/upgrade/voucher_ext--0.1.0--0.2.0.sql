@@ -196,6 +196,445 @@ COMMENT ON VIEW voucher.lockouts IS
     'addresses of authenticate). Identities appear as keyed fingerprints, never in plaintext.';
 -- end settings and throttle ------------------------------------------------------------------
 
+-- begin privacy (issue 15; sql/privacy.sql; needs the crypto section's customer columns,
+-- customer_key and _decrypt before it) ---------------------------------------------------
+-- the internal Rust functions (src/privacy/keys.rs), as pgrx declares them
+CREATE FUNCTION voucher."_customer_by_source"(
+	"t" uuid, /* pgrx :: Uuid */
+	"source_id" TEXT /* & str */
+) RETURNS uuid /* Option < pgrx :: Uuid > */
+STRICT STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'customer_by_source_wrapper';
+CREATE FUNCTION voucher."_open_personal"(
+	"t" uuid, /* pgrx :: Uuid */
+	"customer" uuid, /* pgrx :: Uuid */
+	"sealed" TEXT /* & str */
+) RETURNS jsonb /* Option < pgrx :: JsonB > */
+STRICT STABLE PARALLEL RESTRICTED
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'open_personal_wrapper';
+CREATE FUNCTION voucher."_pseudonymize"(
+	"t" uuid, /* pgrx :: Uuid */
+	"customer" uuid /* pgrx :: Uuid */
+) RETURNS void
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'pseudonymize_wrapper';
+
+-- GDPR rights inside the database (src/privacy/, README "GDPR"): consent with its history, the
+-- export of everything held about a customer, forgetting a customer, and retention of inactive
+-- customers' profiles.
+
+-- A forgotten customer keeps its row in voucher.customer (customer_id is the pseudonymous id its
+-- redemptions, limits and statistics still count under), with forgotten_at set, its personal
+-- fields NULL, its source_id a pseudonym and its own key (voucher.customer_key) destroyed.
+
+-- Every consent change, never updated: the current state is the latest row per customer and
+-- purpose. Removed only when the customer is forgotten.
+CREATE TABLE voucher.consent (
+    tenant_id    uuid        NOT NULL,
+    customer_id  uuid        NOT NULL,
+    consent_id   uuid        NOT NULL,   -- uuid v7: time order
+    purpose      text        NOT NULL CHECK (purpose ~ '^[a-z][a-z0-9_.:-]{0,62}$'),
+    granted      boolean     NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    source       text        CHECK (length(source) <= 200),
+    recorded_by  text        NOT NULL,
+    PRIMARY KEY (tenant_id, customer_id, consent_id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE
+);
+COMMENT ON TABLE voucher.consent IS
+    'Consent grants and withdrawals per customer and purpose, with time, key and source; history kept.';
+ALTER TABLE voucher.consent ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.consent FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.consent
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.consent FOR EACH ROW
+    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.consent
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
+
+-- A customer's redemptions, for export, forget and retention (which would otherwise scan the
+-- tenant's redemptions once per customer).
+CREATE INDEX redemption_customer_idx ON voucher.redemption (tenant_id, customer_id, redeemed_at)
+    WHERE customer_id IS NOT NULL;
+-- Failed redemptions that name a customer (the only audit rows that do without its id as their
+-- object): export and forget find them without scanning the log. Only failures pay for it.
+-- The key is a LEAKPROOF function (it cannot raise: -> and ->> on jsonb return NULL for what is
+-- absent), so the index serves our functions, which run under row-level security, where a
+-- non-leakproof jsonb operator would have to wait behind the policy as a filter.
+CREATE FUNCTION voucher._audit_customer(details jsonb) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT LEAKPROOF PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN details -> 'customer' ->> 'customer_id';
+END
+$$;
+CREATE INDEX audit_event_failed_customer_idx
+    ON voucher.audit_event (tenant_id, voucher._audit_customer(details))
+    WHERE action = 'redemption.failed';
+
+------------------------------------------------------------------------------------------------
+-- Tenant settings this capability reads (registered in src/settings/registry.rs, set with
+-- voucher.configure): require_profile_consent (false) and customer_retention_days (0 = off).
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION voucher._privacy_setting(t uuid, setting text) RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v text;
+BEGIN
+    SELECT s.value INTO v FROM voucher.tenant_setting s
+     WHERE s.tenant_id = t AND s.setting = _privacy_setting.setting;
+    RETURN coalesce(v, CASE _privacy_setting.setting WHEN 'require_profile_consent' THEN 'false'
+                                                     WHEN 'customer_retention_days' THEN '0' END);
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Storage-specific steps (the only functions that know how a customer's fields are stored)
+------------------------------------------------------------------------------------------------
+
+-- voucher._customer_by_source(t, source_id) (src/privacy/keys.rs): the live (not forgotten)
+-- customer with this source_id, found through its blind index, or NULL.
+
+-- The customer's profile as the person would read it.
+CREATE FUNCTION voucher._customer_profile(t uuid, id uuid) RETURNS jsonb
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+    SELECT jsonb_build_object(
+               'customer_id', c.customer_id,
+               'source_id', voucher._decrypt('customer', 'source_id', c.customer_id, c.source_id),
+               'email', voucher._decrypt('customer', 'email', c.customer_id, c.email),
+               'name', voucher._decrypt('customer', 'name', c.customer_id, c.name),
+               'metadata', coalesce(voucher._decrypt('customer', 'metadata', c.customer_id,
+                                                     c.metadata)::jsonb, '{}'),
+               'created_at', c.created_at, 'updated_at', c.updated_at)
+      FROM voucher.customer c WHERE c.tenant_id = $1 AND c.customer_id = $2
+$$;
+
+-- Erases email, name and metadata (ciphertexts and the email's blind index); returns the names
+-- of the fields that were stored.
+CREATE FUNCTION voucher._erase_profile(t uuid, id uuid) RETURNS text[]
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    old record;
+BEGIN
+    SELECT c.email IS NOT NULL AS email, c.name IS NOT NULL AS name,
+           c.metadata IS NOT NULL AS metadata INTO old
+      FROM voucher.customer c WHERE c.tenant_id = t AND c.customer_id = id FOR NO KEY UPDATE;
+    IF NOT (old.email OR old.name OR old.metadata) THEN
+        RETURN '{}';
+    END IF;
+    UPDATE voucher.customer c
+       SET email = NULL, email_index = NULL, name = NULL, metadata = NULL, updated_at = now()
+     WHERE c.tenant_id = t AND c.customer_id = id;
+    RETURN array_remove(ARRAY[CASE WHEN old.email THEN 'email' END,
+                              CASE WHEN old.name THEN 'name' END,
+                              CASE WHEN old.metadata THEN 'metadata' END], NULL);
+END
+$$;
+
+-- voucher._pseudonymize(t, id) (src/privacy/keys.rs): the source_id replaced by an encrypted
+-- pseudonym and its blind index by random bytes, the profile fields NULL, forgotten_at set, and
+-- the customer's own key destroyed.
+
+-- The audit events that concern the customer: its own (created, changed, consents, exported),
+-- its redemptions and their rollbacks, and failed redemptions that named it. Each kind is found
+-- through an index (object, or the failed-customer index), never by scanning the log: a
+-- customer's redemption events in one pass over the events of each of its vouchers (OFFSET 0
+-- keeps the planner from flattening the LATERAL probes into a scan of every voucher's events).
+-- PL/pgSQL, so its plan is kept (a SQL function with SET would be planned on every call).
+CREATE FUNCTION voucher._customer_events(t uuid, id uuid)
+RETURNS SETOF voucher.audit_event
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    idt text := id::text;
+BEGIN
+    RETURN QUERY
+    -- the ids as text up front: a uuid::text cast inside a qual is not leakproof, so under
+    -- row-level security it could not be an index condition
+    WITH r AS MATERIALIZED (SELECT x.redemption_id::text AS rid, x.voucher_id::text AS vid
+                              FROM voucher.redemption x
+                             WHERE x.tenant_id = t AND x.customer_id = id)
+    SELECT e.* FROM voucher.audit_event e
+     WHERE e.tenant_id = t AND e.object_type = 'customer' AND e.object_id = idt
+    UNION ALL
+    SELECT e.* FROM (SELECT DISTINCT r.vid FROM r) v
+     CROSS JOIN LATERAL (SELECT e.* FROM voucher.audit_event e
+                          WHERE e.tenant_id = t AND e.object_type = 'voucher'
+                            AND e.object_id = v.vid
+                            AND e.action = 'redemption.created' OFFSET 0) e
+     WHERE e.details ->> 'redemption_id' IN (SELECT r.rid FROM r)
+    UNION ALL
+    SELECT e.* FROM r
+     CROSS JOIN LATERAL (SELECT e.* FROM voucher.audit_event e
+                          WHERE e.tenant_id = t AND e.object_type = 'redemption'
+                            AND e.object_id = r.rid OFFSET 0) e
+    UNION ALL
+    SELECT e.* FROM voucher.audit_event e
+     WHERE e.tenant_id = t AND e.action = 'redemption.failed'
+       AND voucher._audit_customer(e.details) = idt;
+END
+$$;
+
+------------------------------------------------------------------------------------------------
+-- Consent
+------------------------------------------------------------------------------------------------
+
+-- May this customer's profile hold personal fields? Always, unless the tenant requires the
+-- 'profile' consent; then only when it is granted. id NULL: a customer not created yet.
+CREATE FUNCTION voucher._profile_allowed(t uuid, id uuid) RETURNS boolean
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    RETURN voucher._privacy_setting(t, 'require_profile_consent') <> 'true'
+        OR coalesce((SELECT c.granted FROM voucher.consent c
+                      WHERE c.tenant_id = t AND c.customer_id = id AND c.purpose = 'profile'
+                      ORDER BY c.consent_id DESC LIMIT 1), false);
+END
+$$;
+
+CREATE FUNCTION voucher.set_consent(
+    customer  text,
+    purpose   text,
+    granted   boolean,
+    source    text DEFAULT NULL
+) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    t       uuid := voucher._authorize('write_customers');
+    id      uuid;
+    before  boolean;
+    erased  text[] := '{}';
+BEGIN
+    IF customer IS NULL OR purpose IS NULL OR granted IS NULL THEN
+        RAISE EXCEPTION 'customer, purpose and granted must not be NULL' USING ERRCODE = '22004';
+    ELSIF purpose !~ '^[a-z][a-z0-9_.:-]{0,62}$' THEN
+        RAISE EXCEPTION 'purpose must be a lower-case word of at most 63 characters'
+            USING ERRCODE = '22023', HINT = 'for example ''profile'' or ''newsletter''';
+    ELSIF length(source) > 200 THEN
+        RAISE EXCEPTION 'source is longer than 200 characters' USING ERRCODE = '22023';
+    END IF;
+    -- finds or creates the customer (and checks the id); then one change at a time per customer
+    id := voucher.upsert_customer(customer);
+    PERFORM 1 FROM voucher.customer c WHERE c.tenant_id = t AND c.customer_id = id FOR NO KEY UPDATE;
+    SELECT c.granted INTO before FROM voucher.consent c
+     WHERE c.tenant_id = t AND c.customer_id = id AND c.purpose = set_consent.purpose
+     ORDER BY c.consent_id DESC LIMIT 1;
+    INSERT INTO voucher.consent (tenant_id, customer_id, consent_id, purpose, granted, source,
+                                 recorded_by)
+    VALUES (t, id, voucher._uuid_v7(), purpose, granted, source, voucher._actor_label());
+    -- withdrawing the profile consent erases the profile (the id and redemptions stay)
+    IF purpose = 'profile' AND NOT granted THEN
+        erased := voucher._erase_profile(t, id);
+    END IF;
+    PERFORM voucher._audit(CASE WHEN granted THEN 'consent.granted' ELSE 'consent.withdrawn' END,
+                           'customer', id::text,
+                           jsonb_build_object('purpose', purpose, 'source', source,
+                                              'before', before, 'erased', to_jsonb(erased)));
+END
+$$;
+COMMENT ON FUNCTION voucher.set_consent(text, text, boolean, text) IS
+    'Records a consent grant or withdrawal; withdrawing ''profile'' erases email, name and metadata.';
+
+CREATE VIEW voucher.consents WITH (security_barrier) AS
+SELECT DISTINCT ON (c.customer_id, c.purpose) c.customer_id, c.purpose, c.granted, c.at, c.source
+  FROM voucher.consent c
+ WHERE voucher._can_read('read_customers')
+ ORDER BY c.customer_id, c.purpose, c.consent_id DESC;
+COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpose.';
+
+------------------------------------------------------------------------------------------------
+-- Know: export
+------------------------------------------------------------------------------------------------
+CREATE FUNCTION voucher.export_customer(source_id text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    t         uuid := voucher._authorize('administer');
+    id        uuid;
+    consents  jsonb;
+    reds      jsonb;
+    events    jsonb;
+BEGIN
+    IF source_id IS NULL THEN
+        RAISE EXCEPTION 'source_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    id := voucher._customer_by_source(t, source_id);
+    IF id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    SELECT coalesce(jsonb_agg(x.doc ORDER BY x.purpose), '[]') INTO consents
+      FROM (SELECT c.purpose,
+                   jsonb_build_object(
+                       'purpose', c.purpose,
+                       'granted', (array_agg(c.granted ORDER BY c.consent_id DESC))[1],
+                       'history', jsonb_agg(jsonb_build_object('granted', c.granted, 'at', c.at,
+                                                               'source', c.source,
+                                                               'recorded_by', c.recorded_by)
+                                            ORDER BY c.consent_id)) AS doc
+              FROM voucher.consent c WHERE c.tenant_id = t AND c.customer_id = id
+             GROUP BY c.purpose) x;
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'redemption_id', r.redemption_id, 'code', coalesce(v.display, v.code),
+               'campaign_id', r.campaign_id, 'campaign', ca.name, 'order_id', r.order_id,
+               'order_amount', r.order_amount, 'amount', r.amount, 'discount', r.discount,
+               'balance_after', r.balance_after,
+               'metadata', voucher._decrypt('redemption', 'metadata', r.redemption_id,
+                                            r.metadata)::jsonb,
+               'redeemed_at', r.redeemed_at,
+               'status', CASE WHEN r.rolled_back_at IS NULL THEN 'redeemed' ELSE 'rolled back' END,
+               'rolled_back_at', r.rolled_back_at, 'rollback_reason', r.rollback_reason)
+             ORDER BY r.redeemed_at, r.redemption_id), '[]') INTO reds
+      FROM voucher.redemption r
+      JOIN voucher.code v ON v.tenant_id = r.tenant_id AND v.voucher_id = r.voucher_id
+      JOIN voucher.campaign ca ON ca.tenant_id = r.tenant_id AND ca.campaign_id = r.campaign_id
+     WHERE r.tenant_id = t AND r.customer_id = id;
+    -- what an audit row holds about the customer under its own key, decrypted
+    SELECT coalesce(jsonb_agg(jsonb_build_object(
+               'event_id', e.event_id, 'at', e.at, 'action', e.action,
+               'object_type', e.object_type, 'object_id', e.object_id,
+               'details', CASE WHEN e.details -> 'customer' ? 'personal'
+                               THEN jsonb_set(e.details, '{customer,personal}',
+                                    coalesce(voucher._open_personal(t, id,
+                                                 e.details -> 'customer' ->> 'personal'), 'null'))
+                               ELSE e.details END)
+             ORDER BY e.event_id), '[]') INTO events
+      FROM voucher._customer_events(t, id) e;
+    -- the export is audited: which customer (its pseudonymous id) and how much, no contents
+    PERFORM voucher._audit('customer.exported', 'customer', id::text,
+        jsonb_build_object('consents', jsonb_array_length(consents),
+                           'redemptions', jsonb_array_length(reds),
+                           'audit_events', jsonb_array_length(events)));
+    RETURN jsonb_build_object(
+        'format', 'voucher_ext.customer_export/1',
+        'exported_at', now(),
+        'tenant_id', t,
+        'customer', voucher._customer_profile(t, id),
+        'consents', consents,
+        'redemptions', reds,
+        'audit_events', events);
+END
+$$;
+COMMENT ON FUNCTION voucher.export_customer(text) IS
+    'Everything the tenant holds about a customer, as one jsonb document (voucher_ext.customer_export/1).';
+
+------------------------------------------------------------------------------------------------
+-- Forget
+------------------------------------------------------------------------------------------------
+
+-- Forgets one customer of tenant t (locked by the caller): returns the counts per kind.
+CREATE FUNCTION voucher._forget(t uuid, id uuid, reason text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    n_red     bigint;
+    n_cons    bigint;
+    n_events  bigint;
+    result    jsonb;
+BEGIN
+    SELECT count(*) INTO n_events FROM voucher._customer_events(t, id);
+    -- personal data in redemptions: their metadata; the rows stay (counts, limits and
+    -- statistics), under the pseudonymous customer id
+    SELECT count(*) INTO n_red FROM voucher.redemption r WHERE r.tenant_id = t AND r.customer_id = id;
+    UPDATE voucher.redemption r SET metadata = NULL, key_id = NULL
+     WHERE r.tenant_id = t AND r.customer_id = id AND r.metadata IS NOT NULL;
+    DELETE FROM voucher.consent c WHERE c.tenant_id = t AND c.customer_id = id;
+    GET DIAGNOSTICS n_cons = ROW_COUNT;
+    PERFORM voucher._pseudonymize(t, id);
+    result := jsonb_build_object('profile', 1, 'redemptions', n_red, 'consents', n_cons,
+                                 'audit_events', n_events);
+    -- says that a customer was forgotten, and how much, not who
+    PERFORM voucher._audit('customer.forgotten', 'customer', NULL,
+                           result || jsonb_build_object('reason', reason));
+    RETURN result;
+END
+$$;
+
+CREATE FUNCTION voucher.forget_customer(source_id text) RETURNS jsonb
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    t   uuid := voucher._authorize('administer');
+    id  uuid;
+BEGIN
+    IF source_id IS NULL THEN
+        RAISE EXCEPTION 'source_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    id := voucher._customer_by_source(t, source_id);
+    IF id IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- FOR UPDATE: a redemption that looked the customer up waits, and then finds it gone
+    PERFORM 1 FROM voucher.customer c
+     WHERE c.tenant_id = t AND c.customer_id = id AND c.forgotten_at IS NULL FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN NULL;   -- forgotten meanwhile
+    END IF;
+    RETURN voucher._forget(t, id, 'request');
+END
+$$;
+COMMENT ON FUNCTION voucher.forget_customer(text) IS
+    'Erases a customer''s personal data for good; its redemptions stay under a pseudonymous id.';
+
+------------------------------------------------------------------------------------------------
+-- Retention
+------------------------------------------------------------------------------------------------
+
+-- Forgets up to batch_size customers without activity (profile change, redemption, consent)
+-- for longer than the tenant's customer_retention_days; returns how many (0: none left, or
+-- retention is off). Call it until it returns 0, e.g. every few minutes from a scheduler.
+CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t       uuid := voucher._authorize('administer');
+    days    integer;
+    cutoff  timestamptz;
+    c       record;
+    n       bigint := 0;
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    days := voucher._privacy_setting(t, 'customer_retention_days')::integer;
+    IF days = 0 THEN
+        RETURN 0;
+    END IF;
+    cutoff := now() - make_interval(days => days);
+    FOR c IN
+        SELECT cu.customer_id FROM voucher.customer cu
+         WHERE cu.tenant_id = t AND cu.forgotten_at IS NULL AND cu.updated_at < cutoff
+           AND NOT EXISTS (SELECT 1 FROM voucher.redemption r
+                            WHERE r.tenant_id = t AND r.customer_id = cu.customer_id
+                              AND r.redeemed_at >= cutoff)
+           AND NOT EXISTS (SELECT 1 FROM voucher.consent k
+                            WHERE k.tenant_id = t AND k.customer_id = cu.customer_id
+                              AND k.at >= cutoff)
+         ORDER BY cu.updated_at
+         LIMIT batch_size
+           FOR UPDATE OF cu SKIP LOCKED
+    LOOP
+        PERFORM voucher._forget(t, c.customer_id, 'retention');
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+COMMENT ON FUNCTION voucher.forget_inactive_customers(integer) IS
+    'Forgets a batch of customers inactive for longer than the tenant''s customer_retention_days.';
+-- end privacy -------------------------------------------------------------------------------
+
 -- (other capabilities of 0.2.0: add your sections here)
 
 -- pg_dump: every table and sequence of the extension, including the ones added above ---------
@@ -238,3 +677,21 @@ GRANT EXECUTE ON FUNCTION voucher._throttle_capacity(), voucher.key_fingerprints
 GRANT EXECUTE ON FUNCTION voucher._settings_changed() TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._setting_registry(), voucher._lockouts()
     TO voucher_client, voucher_operator, voucher_definer;
+-- privacy
+GRANT SELECT, INSERT, DELETE ON voucher.consent TO voucher_definer;
+GRANT UPDATE (source_index, forgotten_at) ON voucher.customer TO voucher_definer;
+GRANT UPDATE (destroyed_at) ON voucher.customer_key TO voucher_definer;
+GRANT EXECUTE ON FUNCTION
+    voucher._customer_by_source(uuid, text),
+    voucher._open_personal(uuid, uuid, text),
+    voucher._pseudonymize(uuid, uuid),
+    voucher._audit_customer(jsonb),
+    voucher.upsert_customer(text, text, text, jsonb)
+TO voucher_definer;
+GRANT EXECUTE ON FUNCTION
+    voucher.set_consent(text, text, boolean, text),
+    voucher.export_customer(text),
+    voucher.forget_customer(text),
+    voucher.forget_inactive_customers(integer)
+TO voucher_client;
+GRANT SELECT ON voucher.consents TO voucher_client;
