@@ -49,6 +49,17 @@ SELECT voucher.configure('customer_lockout_threshold', '12') AS ok \gset
 COMMIT;
 \endif
 
+-- consents (privacy, 0.2.0 on): a grant and a withdrawal, so voucher.consent has history
+SELECT EXISTS (SELECT 1 FROM pg_proc WHERE proname = 'set_consent'
+                AND pronamespace = 'voucher'::regnamespace) AS has_consent \gset
+\if :has_consent
+BEGIN;
+SELECT voucher.authenticate(:'key_a') IS NOT NULL AS ok \gset
+SELECT voucher.set_consent('cust-1', 'newsletter', true, 'signup form') AS ok \gset
+SELECT voucher.set_consent('cust-1', 'newsletter', false, 'unsubscribe link') AS ok \gset
+COMMIT;
+\endif
+
 -- a failed attempt: recorded durably by the next transaction of this backend
 BEGIN;
 SELECT voucher.authenticate(:'key_b') IS NOT NULL AS ok \gset
