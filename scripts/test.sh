@@ -5,6 +5,7 @@
 # pgbench stress test (tests/stress) and a pooled Python client (tests/client); around them the
 # operations tests (tests/ops): the upgrade from the previous release, before the current build
 # is installed, and pg_dump/pg_restore round trips against the throwaway cluster.
+# Then a hot standby and a Citus cluster of three nodes (tests/scale; Citus built when absent).
 # Stops at the first failing layer, prints the diff, exits non-zero.
 source "$(dirname "$0")/common.sh"
 cd "$ROOT"
@@ -104,5 +105,15 @@ log "crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own throwaw
 VOUCHER_SCAN_PORT=${VOUCHER_SCAN_PORT:-$((PORT + 7))} "$ROOT/tests/crypto/plaintext_scan.sh" \
     || die "the plaintext scan failed"
 log "plaintext scan: $(elapsed "$t")"
+
+t=$(now)
+log "scale: hot standby: a streaming standby serves the reads and refuses the writes (tests/scale)"
+"$ROOT/tests/scale/standby.sh" || die "the hot-standby layer failed"
+log "standby: $(elapsed "$t")"
+
+t=$(now)
+log "scale: Citus, a coordinator and two workers, the extension distributed (tests/scale)"
+"$ROOT/tests/scale/citus.sh" || die "the Citus layer failed"
+log "citus: $(elapsed "$t")"
 
 log "all tests passed in $(elapsed "$total")"

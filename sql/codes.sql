@@ -90,6 +90,7 @@ DECLARE
     t      uuid := voucher._authorize('manage_campaigns');
     id     uuid := voucher._uuid_v7();
     shape  text;
+    settings jsonb;
     vtype  text := lower(discount_type);
 BEGIN
     IF name IS NULL THEN
@@ -163,9 +164,10 @@ BEGIN
         min_order_amount, coalesce(code_pattern, '########'), coalesce(code_charset, 'unambiguous'),
         coalesce(code_prefix, ''), coalesce(code_postfix, ''), coalesce(code_check_char, false),
         shape, coalesce(metadata, '{}'), voucher._actor_label());
-    PERFORM voucher._audit('campaign.created', 'campaign', id::text,
-        (SELECT to_jsonb(c) - 'tenant_id' - 'campaign_id' - 'created_at' - 'created_by'
-           FROM voucher.campaign c WHERE c.tenant_id = t AND c.campaign_id = id));
+    -- read first, then audit: in one statement Citus would run _audit on the shard (src/scale)
+    SELECT to_jsonb(c) - 'tenant_id' - 'campaign_id' - 'created_at' - 'created_by' INTO settings
+      FROM voucher.campaign c WHERE c.tenant_id = t AND c.campaign_id = id;
+    PERFORM voucher._audit('campaign.created', 'campaign', id::text, settings);
     RETURN id;
 END
 $$;

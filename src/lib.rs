@@ -17,6 +17,7 @@ mod customers;
 mod ops;
 mod privacy;
 mod redeem;
+mod scale;
 mod settings;
 mod tenancy;
 mod throttle;
@@ -103,6 +104,8 @@ extension_sql_file!("../sql/finalize.sql", name = "finalize", finalize);
 #[allow(non_snake_case)]
 #[pg_guard]
 pub extern "C-unwind" fn _PG_init() {
+    scale::backtrace::disable_capture();
+    scale::cluster::init_gucs(); // before gucs::init reserves the prefix
     common::gucs::init();
     audit::install();
     tenancy::revocation::init();

@@ -635,6 +635,125 @@ COMMENT ON FUNCTION voucher.forget_inactive_customers(integer) IS
     'Forgets a batch of customers inactive for longer than the tenant''s customer_retention_days.';
 -- end privacy -------------------------------------------------------------------------------
 
+-- begin scale (issue 18) -------------------------------------------------------------------
+CREATE FUNCTION voucher."distribute"() RETURNS bigint /* i64 */
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'distribute_wrapper';
+REVOKE ALL ON FUNCTION voucher."distribute"() FROM PUBLIC;
+
+-- create_campaign reads its audit details before calling _audit (on a Citus cluster, the
+-- one-statement form would run _audit on a shard)
+CREATE OR REPLACE FUNCTION voucher.create_campaign(
+    name                text,
+    kind                text        DEFAULT 'discount',
+    discount_type       text        DEFAULT NULL,
+    discount_value      numeric     DEFAULT NULL,
+    max_discount        numeric     DEFAULT NULL,
+    gift_balance        numeric     DEFAULT NULL,
+    currency            text        DEFAULT NULL,
+    starts_at           timestamptz DEFAULT NULL,
+    expires_at          timestamptz DEFAULT NULL,
+    redemption_limit    integer     DEFAULT 1,
+    per_customer_limit  integer     DEFAULT NULL,
+    min_order_amount    numeric     DEFAULT NULL,
+    code_pattern        text        DEFAULT '########',
+    code_charset        text        DEFAULT 'unambiguous',
+    code_prefix         text        DEFAULT '',
+    code_postfix        text        DEFAULT '',
+    code_check_char     boolean     DEFAULT false,
+    metadata            jsonb       DEFAULT NULL
+) RETURNS uuid
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_variable
+DECLARE
+    t      uuid := voucher._authorize('manage_campaigns');
+    id     uuid := voucher._uuid_v7();
+    shape  text;
+    settings jsonb;
+    vtype  text := lower(discount_type);
+BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'campaign name must not be NULL' USING ERRCODE = '22004';
+    ELSIF btrim(name) = '' THEN
+        RAISE EXCEPTION 'campaign name must not be empty' USING ERRCODE = '22023';
+    ELSIF length(name) > 200 THEN
+        RAISE EXCEPTION 'campaign name is longer than 200 characters' USING ERRCODE = '22023';
+    ELSIF kind IS NULL OR kind NOT IN ('discount', 'gift_card') THEN
+        RAISE EXCEPTION 'unknown campaign kind "%"', kind USING ERRCODE = '22023',
+            HINT = 'kind is discount or gift_card';
+    ELSIF vtype IS NOT NULL AND vtype NOT IN ('percent', 'amount', 'fixed') THEN
+        RAISE EXCEPTION 'unknown discount type "%"', discount_type USING ERRCODE = '22023',
+            HINT = 'discount_type is percent, amount or fixed';
+    END IF;
+    PERFORM voucher._money(discount_value, 'discount_value'),
+            voucher._money(max_discount, 'max_discount'),
+            voucher._money(gift_balance, 'gift_balance'),
+            voucher._money(min_order_amount, 'min_order_amount');
+    IF kind = 'gift_card' THEN
+        IF vtype IS NOT NULL OR discount_value IS NOT NULL OR max_discount IS NOT NULL THEN
+            RAISE EXCEPTION 'a gift card campaign takes gift_balance, not a discount'
+                USING ERRCODE = '22023';
+        ELSIF gift_balance IS NULL OR gift_balance = 0 THEN
+            RAISE EXCEPTION 'a gift card campaign needs a positive gift_balance' USING ERRCODE = '22023';
+        END IF;
+    ELSE
+        IF gift_balance IS NOT NULL THEN
+            RAISE EXCEPTION 'gift_balance applies to gift card campaigns only' USING ERRCODE = '22023',
+                HINT = 'pass kind => ''gift_card''';
+        ELSIF vtype IS NULL AND (discount_value IS NOT NULL OR max_discount IS NOT NULL) THEN
+            RAISE EXCEPTION 'discount_value needs a discount_type' USING ERRCODE = '22023',
+                HINT = 'discount_type is percent, amount or fixed';
+        ELSIF vtype IS NOT NULL AND discount_value IS NULL THEN
+            RAISE EXCEPTION 'discount_type % needs a discount_value', vtype USING ERRCODE = '22023';
+        ELSIF vtype = 'percent' AND (discount_value = 0 OR discount_value > 100) THEN
+            RAISE EXCEPTION 'a percent discount must be above 0 and at most 100' USING ERRCODE = '22023';
+        ELSIF vtype = 'amount' AND discount_value = 0 THEN
+            RAISE EXCEPTION 'an amount discount must be above 0' USING ERRCODE = '22023';
+        ELSIF max_discount IS NOT NULL AND vtype IS DISTINCT FROM 'percent' THEN
+            RAISE EXCEPTION 'max_discount caps percent discounts only' USING ERRCODE = '22023';
+        END IF;
+    END IF;
+    IF currency IS NOT NULL AND upper(currency) !~ '^[A-Z]{3}$' THEN
+        RAISE EXCEPTION 'currency must be a three-letter ISO 4217 code' USING ERRCODE = '22023';
+    ELSIF starts_at >= expires_at THEN
+        RAISE EXCEPTION 'starts_at must be before expires_at' USING ERRCODE = '22023';
+    ELSIF redemption_limit <= 0 THEN
+        RAISE EXCEPTION 'redemption_limit must be positive' USING ERRCODE = '22023',
+            HINT = 'NULL means unlimited';
+    ELSIF per_customer_limit <= 0 THEN
+        RAISE EXCEPTION 'per_customer_limit must be positive' USING ERRCODE = '22023',
+            HINT = 'NULL means unlimited';
+    ELSIF metadata IS NOT NULL AND jsonb_typeof(metadata) <> 'object' THEN
+        RAISE EXCEPTION 'metadata must be a JSON object' USING ERRCODE = '22023';
+    ELSIF pg_column_size(metadata) > 65536 THEN
+        RAISE EXCEPTION 'metadata is larger than 64 kB' USING ERRCODE = '22023';
+    END IF;
+    shape := voucher._code_shape(coalesce(code_pattern, '########'),
+                                 coalesce(code_charset, 'unambiguous'),
+                                 coalesce(code_prefix, ''), coalesce(code_postfix, ''),
+                                 coalesce(code_check_char, false));
+    INSERT INTO voucher.campaign (
+        tenant_id, campaign_id, name, kind, discount_type, discount_value, max_discount,
+        gift_balance, currency, starts_at, expires_at, redemption_limit, per_customer_limit,
+        min_order_amount, code_pattern, code_charset, code_prefix, code_postfix,
+        code_check_char, code_shape, metadata, created_by)
+    VALUES (
+        t, id, btrim(name), kind, vtype, discount_value, max_discount,
+        gift_balance, upper(currency), starts_at, expires_at, redemption_limit, per_customer_limit,
+        min_order_amount, coalesce(code_pattern, '########'), coalesce(code_charset, 'unambiguous'),
+        coalesce(code_prefix, ''), coalesce(code_postfix, ''), coalesce(code_check_char, false),
+        shape, coalesce(metadata, '{}'), voucher._actor_label());
+    -- read first, then audit: in one statement Citus would run _audit on the shard (src/scale)
+    SELECT to_jsonb(c) - 'tenant_id' - 'campaign_id' - 'created_at' - 'created_by' INTO settings
+      FROM voucher.campaign c WHERE c.tenant_id = t AND c.campaign_id = id;
+    PERFORM voucher._audit('campaign.created', 'campaign', id::text, settings);
+    RETURN id;
+END
+$$;
+-- end scale -------------------------------------------------------------------------------
+
 -- (other capabilities of 0.2.0: add your sections here)
 
 -- pg_dump: every table and sequence of the extension, including the ones added above ---------

@@ -82,6 +82,12 @@ pub fn with_key<R>(f: impl FnOnce(&[u8; KEY_BYTES], &Keyed) -> R) -> Result<R> {
     let (key, keyed) = KEY.with(|k| {
         let mut k = k.borrow_mut();
         if !matches!(&*k, Some((p, _, _)) if *p == path) {
+            // scale: a key made on a standby would not be the primary's (the file is not in the WAL)
+            if crate::scale::standby::in_recovery() && !std::path::Path::new(&path).exists() {
+                return Err(VoucherError::NotReady(format!(
+                    "audit key file \"{path}\" is missing on this standby: copy it from the primary"
+                )));
+            }
             let key = load_key(&path).map_err(VoucherError::NotReady)?;
             *k = Some((path, key, Keyed::new(&key)));
         }

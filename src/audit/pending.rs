@@ -18,6 +18,9 @@ thread_local! {
 
 /// Records `e` even if the current transaction rolls back (see the module comment).
 pub fn write_durably(e: Event) {
+    if !crate::scale::standby::can_record() {
+        return; // scale: a standby can never write it (README, "Scaling out")
+    }
     ensure_exit_hook();
     PENDING.with(|p| p.borrow_mut().push(Pending(e)));
 }

@@ -41,7 +41,12 @@ fn seal_tenant(client: &mut SpiClient<'_>, key: &[u8; KEY_BYTES], tenant: pgrx::
     let head = s.get::<Vec<u8>>(2).ok().flatten();
     let pending_through = s.get::<i64>(3).ok().flatten();
     let pending_xmax = s.get::<i64>(4).ok().flatten();
-    let xmin = s.get::<i64>(5).ok().flatten().unwrap_or(0);
+    let mut xmin = s.get::<i64>(5).ok().flatten().unwrap_or(0);
+    if crate::scale::cluster::active() {
+        // scale: that row came from a worker; the horizon is the coordinator's, whose
+        // transactions take the event ids
+        xmin = crate::scale::cluster::local_xmin(client);
+    }
     let mut sealed_rows = s.get::<i64>(6).ok().flatten().unwrap_or(0);
     let purge_head = s.get::<Vec<u8>>(8).ok().flatten();
 
@@ -87,6 +92,11 @@ fn seal_tenant(client: &mut SpiClient<'_>, key: &[u8; KEY_BYTES], tenant: pgrx::
                 let Some(&last) = ids.last() else { break };
                 after = last;
                 sealed_now += ids.len() as i64;
+                if crate::scale::cluster::active() {
+                    // scale: Citus runs INSERT ... SELECT as a COPY, which RLS refuses
+                    crate::scale::cluster::insert_chain(client, tenant, &ids, &hashes);
+                    continue;
+                }
                 client
                     .update(
                         "INSERT INTO voucher.audit_chain (tenant_id, event_id, chain_hash) \
@@ -147,6 +157,7 @@ fn seal_impl() -> Result<i64> {
             "schedule SELECT voucher.seal_audit() as an operator, e.g. with pg_cron",
         ));
     }
+    crate::scale::standby::refuse_writes("seal the audit log")?;
     with_key(|key, _| {
         let tenants = context::all_tenants();
         tenants

@@ -344,6 +344,13 @@ fn insert_drawn(
                     .iter()
                     .map(|_| pgrx::Uuid::from_bytes(rng::uuid_v7()))
                     .collect();
+                if crate::scale::cluster::active() {
+                    // scale: Citus runs INSERT ... SELECT as a COPY, which RLS refuses
+                    crate::scale::cluster::insert_codes(
+                        client, tenant, campaign, &balance, &ids, &codes, &displays,
+                    );
+                    return;
+                }
                 let args: [DatumWithOid; 6] = [
                     tenant.into(),
                     campaign.into(),

@@ -140,6 +140,9 @@ pub enum VoucherError {
     /// The message names the table, column and row; never a key or a plaintext.
     #[error("{message}")]
     Corrupted { message: String, detail: String },
+    /// `25006`: a writing call on a hot standby or in a read-only transaction (src/scale).
+    #[error("{message}")]
+    ReadOnly { message: String, hint: &'static str },
 }
 
 pub type Result<T> = std::result::Result<T, VoucherError>;
@@ -200,6 +203,7 @@ impl VoucherError {
             VoucherError::Duplicate(_) => "23505",
             VoucherError::NotReady(_) => "55000",
             VoucherError::Corrupted { .. } => "XX001",
+            VoucherError::ReadOnly { .. } => "25006",
         }
     }
 
@@ -213,6 +217,7 @@ impl VoucherError {
             VoucherError::Duplicate(_) => PgSqlErrorCode::ERRCODE_UNIQUE_VIOLATION,
             VoucherError::NotReady(_) => PgSqlErrorCode::ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE,
             VoucherError::Corrupted { .. } => PgSqlErrorCode::ERRCODE_DATA_CORRUPTED,
+            VoucherError::ReadOnly { .. } => PgSqlErrorCode::ERRCODE_READ_ONLY_SQL_TRANSACTION,
         })
     }
 
@@ -234,6 +239,9 @@ impl VoucherError {
             }
             VoucherError::Corrupted { message, detail } => {
                 (message.clone(), Some(detail.clone()), None)
+            }
+            VoucherError::ReadOnly { message, hint } => {
+                (message.clone(), None, Some(hint.to_string()))
             }
             other => (other.to_string(), None, None),
         }
@@ -396,7 +404,7 @@ mod unit {
             );
         }
         for code in [
-            "28000", "42501", "22023", "22004", "22P02", "23505", "55000", "XX001",
+            "28000", "42501", "22023", "22004", "22P02", "23505", "55000", "XX001", "25006",
         ] {
             assert!(
                 readme.contains(&format!("| `{code}` |")),

@@ -151,43 +151,50 @@ fn redeem_impl(
             };
             audit::take_xid();
 
-            let fast = run(
-                client,
-                |s| &mut s.fast_claim,
-                fast_claim_sql,
-                &[
-                    uuid,
-                    text,
-                    numeric,
-                    numeric,
-                    uuid,
-                    uuid,
-                    text,
-                    text,
-                    pg_sys::BYTEAOID,
-                    pg_sys::BYTEAOID,
-                    text,
-                    text,
-                    pg_sys::INT4OID,
-                ],
-                true,
-                &[
-                    tenant.into(),
-                    req.code.as_str().into(),
-                    req.order_amount.clone().into(),
-                    req.amount.clone().into(),
-                    redemption_id.into(),
-                    cust.into(),
-                    order_id.into(),
-                    idempotency_key.into(),
-                    hash.clone().into(),
-                    meta_ct.clone().into(),
-                    actor.as_str().into(),
-                    actor_json.as_str().into(),
-                    meta_key.into(),
-                ],
-            );
-            if !fast.is_empty() {
+            // scale: on a Citus cluster the one-statement forms are not router plans; the
+            // claim below runs as single-shard statements instead (src/scale/redeem.rs)
+            let cluster = crate::scale::cluster::active();
+            let fast = if cluster {
+                None
+            } else {
+                Some(run(
+                    client,
+                    |s| &mut s.fast_claim,
+                    fast_claim_sql,
+                    &[
+                        uuid,
+                        text,
+                        numeric,
+                        numeric,
+                        uuid,
+                        uuid,
+                        text,
+                        text,
+                        pg_sys::BYTEAOID,
+                        pg_sys::BYTEAOID,
+                        text,
+                        text,
+                        pg_sys::INT4OID,
+                    ],
+                    true,
+                    &[
+                        tenant.into(),
+                        req.code.as_str().into(),
+                        req.order_amount.clone().into(),
+                        req.amount.clone().into(),
+                        redemption_id.into(),
+                        cust.into(),
+                        order_id.into(),
+                        idempotency_key.into(),
+                        hash.clone().into(),
+                        meta_ct.clone().into(),
+                        actor.as_str().into(),
+                        actor_json.as_str().into(),
+                        meta_key.into(),
+                    ],
+                ))
+            };
+            if let Some(fast) = fast.filter(|f| !f.is_empty()) {
                 let row = fast.first();
                 return Ok((
                     redemption_id,
@@ -235,6 +242,37 @@ fn redeem_impl(
             // that got there first makes it match no row, and a fresh evaluation says why) feeding
             // the INSERT of the redemption.
             let discount = discount.unwrap_or_else(|| AnyNumeric::from(0));
+            if cluster {
+                let claim = crate::scale::redeem::Claim {
+                    tenant,
+                    voucher_id: v.voucher_id,
+                    redemption_limit: v.redemption_limit,
+                    spend: spend.clone(),
+                    redemption_id,
+                    campaign_id: v.campaign_id,
+                    customer: cust,
+                    order_id,
+                    order_amount: req.order_amount.clone(),
+                    discount: discount.clone(),
+                    idempotency_key,
+                    request_hash: hash.clone(),
+                    metadata: meta_ct.clone(),
+                    key_id: meta_key,
+                    actor: actor.as_str(),
+                    actor_json: actor_json.as_str(),
+                };
+                return match crate::scale::redeem::claim(client, &claim) {
+                    Some(balance_after) => {
+                        Ok((redemption_id, v.voucher_id, discount, balance_after, false))
+                    }
+                    None => Err(
+                        match judge(evaluate(client, tenant, &req, true), &req, true)? {
+                            Verdict::Refused { sqlstate, .. } => VoucherError::rule(sqlstate),
+                            Verdict::Valid { .. } => VoucherError::rule("VC004"),
+                        },
+                    ),
+                };
+            }
             let claimed = run(
                 client,
                 |s| &mut s.claim,

@@ -81,18 +81,55 @@ fn with_current<R>(f: impl FnOnce(&Context) -> R) -> Option<R> {
         VoucherError::NotReady("the tenant context is not available in a parallel worker".into())
             .raise();
     }
-    let token = gucs::context_token()?;
-    if token.is_empty() {
-        return None;
+    let token = gucs::context_token().filter(|t| !t.is_empty());
+    let mut f = Some(f);
+    if let Some(token) = token {
+        let local = CONTEXTS.with(|c| {
+            c.borrow()
+                .iter()
+                .rev()
+                .find(|x| x.token.as_c_str() == token)
+                .map(|x| (f.take().expect("called once"))(x))
+        });
+        if local.is_some() {
+            return local;
+        }
     }
-    CONTEXTS.with(|c| {
-        c.borrow()
-            .iter()
-            .rev()
-            .find(|x| x.token.as_c_str() == token)
-            .map(f)
+    remote().map(|ctx| (f.take().expect("called once"))(&ctx))
+}
+
+// --- scale (issue 18): the tenant context on a Citus cluster, see src/scale/cluster.rs ---
+
+/// The context a Citus coordinator shipped to this backend, if its token checks out here.
+/// It has no local token: `revalidated` re-reads its key, and it is never shipped on.
+fn remote() -> Option<Context> {
+    let c = crate::scale::cluster::remote_claims()?;
+    Some(Context {
+        tenant: c.tenant,
+        key_id: c.key_id,
+        role: KeyRole::parse(&c.role).ok()?,
+        operator: c.operator.map(pg_sys::Oid::from),
+        scope: Scope::Transaction,
+        token: CString::default(),
+        verified_generation: None,
+        expires_at: Some(c.expires_us as f64 / 1e6),
     })
 }
+
+/// Ships a context of this backend to the workers of the transaction (cluster mode only).
+fn ship(ctx: &Context) {
+    if ctx.token.is_empty() {
+        return; // a shipped context is not shipped on
+    }
+    crate::scale::cluster::ship(
+        ctx.tenant,
+        ctx.key_id,
+        ctx.role.as_str(),
+        ctx.operator.map(|o| o.to_u32()),
+        ctx.expires_at.map(|e| (e * 1e6) as i64),
+    );
+}
+// --- end scale ---
 
 /// The context selected by the current token, if any.
 pub fn current() -> Option<Context> {
@@ -163,6 +200,9 @@ pub(super) fn install(
         let excess = c.len().saturating_sub(REMEMBERED);
         c.drain(..excess);
     });
+    if let Some(ctx) = current() {
+        ship(&ctx); // scale
+    }
 }
 
 /// Forgets every context of this session.
@@ -177,6 +217,7 @@ pub fn end_of_transaction() {
     OVERRIDE.with(|o| o.set(None));
     PROBE.with(|p| *p.borrow_mut() = None);
     TENANT_SCAN.with(|t| t.set(false));
+    crate::scale::cluster::end_of_transaction();
 }
 
 /// Every tenant's id: the one query that sees across tenants, through its own policy.
@@ -221,6 +262,7 @@ pub fn with_tenant<R>(tenant: [u8; 16], f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(tenant))));
+    crate::scale::cluster::ship_tenant(tenant, definer::caller().to_u32()); // scale
     f()
 }
 
@@ -350,12 +392,19 @@ pub fn authorize(action: Action) -> Result<Context> {
     };
     events::flush_pending();
     action.check(ctx.role)?;
+    if action.writes() {
+        crate::scale::standby::refuse_writes(action.describe())?; // scale: 25006 on a standby
+    }
+    ship(&ctx); // scale
     Ok(ctx)
 }
 
 pub fn require_operator(what: &str) -> Result<pg_sys::Oid> {
     let caller = definer::caller();
     if definer::is_operator(caller) {
+        // scale: every operator call writes (at least its audit row): 25006 on a standby.
+        // "issue keys for a tenant they are not acting as" reads as "issue keys" there.
+        crate::scale::standby::refuse_writes(what.split(" for ").next().unwrap_or(what))?;
         Ok(caller)
     } else {
         Err(VoucherError::forbidden_hint(

@@ -127,6 +127,17 @@ impl Action {
         }
     }
 
+    /// Does this action write? The reading ones work on a hot standby (src/scale/standby.rs).
+    pub fn writes(self) -> bool {
+        use Action::*;
+        match self {
+            ManageKeys | ManageCampaigns | WriteCustomers | Redeem | Administer => true,
+            ReadKeys | ReadCatalog | ReadCustomers | Validate | ReadRedemptions | ReadAudit => {
+                false
+            }
+        }
+    }
+
     pub fn check(self, role: KeyRole) -> Result<()> {
         if self.allowed_for(role) {
             Ok(())
@@ -152,7 +163,7 @@ impl Action {
         }
     }
 
-    fn describe(self) -> &'static str {
+    pub fn describe(self) -> &'static str {
         match self {
             Action::ManageKeys => "manage API keys",
             Action::ReadKeys => "list API keys",
@@ -207,6 +218,18 @@ mod unit {
             .filter(|r| ReadAudit.allowed_for(*r))
             .collect();
         assert_eq!(readers, vec![KeyRole::Admin, KeyRole::Auditor]);
+    }
+
+    #[test]
+    fn what_an_auditor_may_do_works_on_a_standby() {
+        for a in Action::ALL {
+            if a.allowed_for(KeyRole::Auditor) {
+                assert!(!a.writes(), "{a:?}");
+            }
+        }
+        assert!(!Action::Validate.writes());
+        assert!(Action::Redeem.writes());
+        assert!(Action::ManageKeys.writes());
     }
 
     #[test]

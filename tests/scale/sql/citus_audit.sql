@@ -1,0 +1,36 @@
+-- The audit trail on the cluster: each tenant's rows live on its worker, sealed and verified per
+-- tenant; a superuser's change to a row on one worker is found, the other tenant still verifies.
+SELECT tenant AS a FROM citus_tenant WHERE name = 'a' \gset
+SELECT tenant AS b FROM citus_tenant WHERE name = 'b' \gset
+SET ROLE regress_op;
+SELECT voucher.seal_audit() >= 0 AS horizon_set;
+SELECT voucher.seal_audit() > 0 AS sealed;
+RESET ROLE;
+CREATE FUNCTION public.verify_as(who text) RETURNS TABLE (tenant text, ok boolean, checked boolean,
+                                                           first_bad_id bigint, problem text)
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM voucher.authenticate(auditor) FROM citus_tenant WHERE name = who;
+    RETURN QUERY SELECT who, v.ok, v.rows_checked > 0, v.first_bad_id, v.problem FROM voucher.verify_audit() v;
+END
+$$;
+GRANT EXECUTE ON FUNCTION public.verify_as(text) TO PUBLIC;
+SET ROLE regress_client;
+SELECT * FROM verify_as('a');
+SELECT * FROM verify_as('b');
+RESET ROLE;
+-- the only writer of audit rows on the cluster is the node a client calls: rows carry HMACs
+-- made with the one audit key every node shares
+SELECT count(*) > 0 AS sealed_rows_of_a FROM voucher.audit_chain WHERE tenant_id = :'a';
+-- a superuser (past the append-only trigger) changes a sealed row of a, on a's worker
+SELECT min(event_id) AS a_first FROM voucher.audit_event WHERE tenant_id = :'a' \gset
+UPDATE voucher.audit_event SET details = details || '{"tampered": true}'
+ WHERE tenant_id = :'a' AND event_id = :a_first;
+-- ...and deletes a sealed row of b, on b's worker
+SELECT max(event_id) AS b_last FROM voucher.audit_chain WHERE tenant_id = :'b' \gset
+SELECT min(event_id) AS b_first FROM voucher.audit_event WHERE tenant_id = :'b' \gset
+DELETE FROM voucher.audit_event WHERE tenant_id = :'b' AND event_id = :b_first;
+SET ROLE regress_client;
+SELECT tenant, ok, first_bad_id = :a_first AS at_the_changed_row, problem FROM verify_as('a');
+SELECT tenant, ok, problem FROM verify_as('b');
+RESET ROLE;
