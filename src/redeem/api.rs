@@ -284,7 +284,12 @@ fn redeem_impl(
                     },
                     &[uuid, uuid, uuid, pg_sys::INT4OID],
                     true,
-                    &[tenant.into(), v.campaign_id.into(), cust.into(), limit.into()],
+                    &[
+                        tenant.into(),
+                        v.campaign_id.into(),
+                        cust.into(),
+                        limit.into(),
+                    ],
                 );
                 if claimed.is_empty() {
                     return Err(VoucherError::rule("VC005"));
