@@ -36,6 +36,8 @@ CREATE TABLE peer.customer_usage (LIKE voucher.customer_usage INCLUDING ALL);
 ALTER TABLE peer.customer_usage ADD FOREIGN KEY (tenant_id, campaign_id) REFERENCES peer.campaign,
                                 ADD FOREIGN KEY (tenant_id, customer_id) REFERENCES peer.customer;
 CREATE TABLE peer.redemption (LIKE voucher.redemption INCLUDING ALL);
+-- the peer keeps metadata as plain jsonb (ours is encrypted since issue 14: no encryption here)
+ALTER TABLE peer.redemption ALTER COLUMN metadata TYPE jsonb USING NULL;
 ALTER TABLE peer.redemption ADD FOREIGN KEY (tenant_id, voucher_id) REFERENCES peer.code,
                             ADD FOREIGN KEY (tenant_id, customer_id) REFERENCES peer.customer;
 CREATE TABLE peer.audit_event (LIKE voucher.audit_event INCLUDING ALL);
