@@ -34,7 +34,9 @@ clean:
 	cargo clean
 
 # The benchmark suite: one results table, also in bench/results/latest.md (see bench/README.md).
+# `make bench QUICK=1`: every row with fewer and shorter runs (at most 15 minutes), for checking
+# a change; the full mode is the record.
 # PHONY on its own line: the bench/ directory would otherwise make the target look up to date.
 .PHONY: bench
 bench:
-	scripts/bench.sh
+	BENCH_QUICK=$(if $(filter 1,$(QUICK)),1,$${BENCH_QUICK:-0}) scripts/bench.sh

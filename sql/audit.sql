@@ -133,7 +133,7 @@ DO $triggers$
 DECLARE
     t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['tenant', 'credential', 'campaign', 'code', 'customer',
+    FOREACH t IN ARRAY ARRAY['tenant', 'credential', 'campaign', 'code', 'code_use', 'customer',
                              'customer_usage', 'redemption', 'tenant_key', 'customer_key'] LOOP
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.%I FOR EACH ROW '

@@ -59,9 +59,29 @@ COMMENT ON TABLE voucher.code IS 'Vouchers: the canonical code (upper case, no s
 COMMENT ON COLUMN voucher.code.display IS 'The code as issued (with separators), when it differs from the canonical form.';
 CREATE INDEX code_campaign_idx ON voucher.code (tenant_id, campaign_id);
 
+-- A hot voucher's counters (issue 17). A voucher whose campaign has no redemption limit
+-- (discount kind, no per-customer limit) counts its uses here, in up to 16 slot rows, never on
+-- its own row: a redemption takes the first slot nobody holds (SKIP LOCKED), adding one when all
+-- are held (src/redeem/hot.rs). Its uses are redeemed_count (what was counted on the row, e.g.
+-- before this design) + sum(used). The redemption row records the slot it counted in (use_slot),
+-- so a rollback gives the use back to that slot. Vouchers with a limit or a balance never use
+-- slots: their one row stays the exact guard.
+CREATE TABLE voucher.code_use (
+    tenant_id   uuid      NOT NULL,
+    voucher_id  uuid      NOT NULL,
+    slot        smallint  NOT NULL CHECK (slot >= 0 AND slot < 16),
+    used        integer   NOT NULL CHECK (used >= 0),
+    PRIMARY KEY (tenant_id, voucher_id, slot),
+    FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code
+) WITH (fillfactor = 50);
+COMMENT ON TABLE voucher.code_use IS
+    'Uses of a voucher without a limit, counted in 16 slots so that concurrent redemptions do not queue on one row.';
+
 SELECT voucher._isolate_tenant('voucher.campaign');
 
 SELECT voucher._isolate_tenant('voucher.code');
+
+SELECT voucher._isolate_tenant('voucher.code_use');
 
 CREATE FUNCTION voucher.create_campaign(
     name                text,
@@ -215,10 +235,12 @@ COMMENT ON VIEW voucher.campaigns IS 'The tenant''s campaigns and how many vouch
 CREATE VIEW voucher.vouchers WITH (security_barrier) AS
 SELECT v.voucher_id AS id, coalesce(v.display, v.code) AS code, v.code AS canonical_code,
        v.campaign_id, c.name AS campaign, c.kind, v.active AND c.active AS active,
-       v.redeemed_count, c.redemption_limit,
-       c.redemption_limit - v.redeemed_count AS remaining_uses,
+       v.redeemed_count + u.used AS redeemed_count, c.redemption_limit,
+       c.redemption_limit - v.redeemed_count - u.used AS remaining_uses,
        v.balance, c.currency, c.starts_at, c.expires_at, v.created_at
   FROM voucher.code v
   JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
+  CROSS JOIN LATERAL (SELECT coalesce(sum(x.used), 0)::integer AS used FROM voucher.code_use x
+                       WHERE x.tenant_id = v.tenant_id AND x.voucher_id = v.voucher_id) u
  WHERE voucher._can_read('read_catalog');
 COMMENT ON VIEW voucher.vouchers IS 'The tenant''s vouchers with their remaining uses and balances.';

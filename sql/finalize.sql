@@ -16,6 +16,7 @@ GRANT SELECT, INSERT ON voucher.tenant TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active) ON voucher.campaign TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active, redeemed_count, balance) ON voucher.code TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (used) ON voucher.code_use TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at)
     ON voucher.customer TO voucher_definer;
 -- crypto: tenant keys (wrapped) and per-customer keys; the rotations re-wrap and re-encrypt

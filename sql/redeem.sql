@@ -1,5 +1,6 @@
 -- Redemptions and rollbacks. validate() and redeem() are Rust (src/redeem/), which also
--- explains the locking; rollback follows the same lock order: redemption -> customer_usage -> code.
+-- explains the locking; rollback follows the same lock order: redemption -> customer_usage -> code
+-- (or the code_use slot the use was counted in).
 
 CREATE TABLE voucher.customer_usage (
     tenant_id    uuid    NOT NULL,
@@ -33,6 +34,7 @@ CREATE TABLE voucher.redemption (
     rolled_back_at   timestamptz,
     rollback_reason  text,
     rolled_back_by   text,
+    use_slot         smallint,
     PRIMARY KEY (tenant_id, redemption_id),
     UNIQUE (tenant_id, idempotency_key),
     FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code,
@@ -40,6 +42,8 @@ CREATE TABLE voucher.redemption (
 );
 COMMENT ON TABLE voucher.redemption IS 'Every redemption; a rollback marks its row, once.';
 COMMENT ON COLUMN voucher.redemption.amount IS 'What a gift card redemption spent.';
+COMMENT ON COLUMN voucher.redemption.use_slot IS
+    'The voucher.code_use slot this use was counted in; NULL: the voucher''s own redeemed_count.';
 COMMENT ON COLUMN voucher.redemption.request_hash IS
     'With an idempotency key: SHA-256 of the arguments, which a replay must match.';
 CREATE INDEX redemption_voucher_idx ON voucher.redemption (tenant_id, voucher_id);
@@ -72,7 +76,7 @@ BEGIN
     UPDATE voucher.redemption x
        SET rolled_back_at = now(), rollback_reason = $2, rolled_back_by = voucher._actor_label()
      WHERE x.tenant_id = t AND x.redemption_id = $1 AND x.rolled_back_at IS NULL
-    RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount INTO r;
+    RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot INTO r;
     IF NOT FOUND THEN
         IF EXISTS (SELECT 1 FROM voucher.redemption x WHERE x.tenant_id = t AND x.redemption_id = $1) THEN
             PERFORM voucher._raise('VC010');
@@ -85,9 +89,15 @@ BEGIN
          WHERE u.tenant_id = t AND u.campaign_id = r.campaign_id AND u.customer_id = r.customer_id
            AND u.used > 0;
     END IF;
-    UPDATE voucher.code v
-       SET redeemed_count = v.redeemed_count - 1, balance = v.balance + r.amount
-     WHERE v.tenant_id = t AND v.voucher_id = r.voucher_id;
+    IF r.use_slot IS NULL THEN
+        UPDATE voucher.code v
+           SET redeemed_count = v.redeemed_count - 1, balance = v.balance + r.amount
+         WHERE v.tenant_id = t AND v.voucher_id = r.voucher_id;
+    ELSE
+        -- the use was counted in a slot (a hot voucher without a limit): give it back there
+        UPDATE voucher.code_use u SET used = u.used - 1
+         WHERE u.tenant_id = t AND u.voucher_id = r.voucher_id AND u.slot = r.use_slot;
+    END IF;
     voucher_id := r.voucher_id;
     restored := coalesce(r.amount, 0);
     PERFORM voucher._audit('redemption.rolled_back', 'redemption', $1::text,

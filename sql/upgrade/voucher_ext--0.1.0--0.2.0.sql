@@ -754,6 +754,90 @@ END
 $$;
 -- end scale -------------------------------------------------------------------------------
 
+-- begin perf (issue 17: hot vouchers count their uses in slot rows) -------------------------
+CREATE TABLE voucher.code_use (
+    tenant_id   uuid      NOT NULL,
+    voucher_id  uuid      NOT NULL,
+    slot        smallint  NOT NULL CHECK (slot >= 0 AND slot < 16),
+    used        integer   NOT NULL CHECK (used >= 0),
+    PRIMARY KEY (tenant_id, voucher_id, slot),
+    FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code
+) WITH (fillfactor = 50);
+COMMENT ON TABLE voucher.code_use IS
+    'Uses of a voucher without a limit, counted in 16 slots so that concurrent redemptions do not queue on one row.';
+ALTER TABLE voucher.code_use ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.code_use FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.code_use
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.code_use FOR EACH ROW
+    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.code_use
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
+ALTER TABLE voucher.redemption ADD COLUMN use_slot smallint;
+COMMENT ON COLUMN voucher.redemption.use_slot IS
+    'The voucher.code_use slot this use was counted in; NULL: the voucher''s own redeemed_count.';
+CREATE OR REPLACE VIEW voucher.vouchers WITH (security_barrier) AS
+SELECT v.voucher_id AS id, coalesce(v.display, v.code) AS code, v.code AS canonical_code,
+       v.campaign_id, c.name AS campaign, c.kind, v.active AND c.active AS active,
+       v.redeemed_count + u.used AS redeemed_count, c.redemption_limit,
+       c.redemption_limit - v.redeemed_count - u.used AS remaining_uses,
+       v.balance, c.currency, c.starts_at, c.expires_at, v.created_at
+  FROM voucher.code v
+  JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
+  CROSS JOIN LATERAL (SELECT coalesce(sum(x.used), 0)::integer AS used FROM voucher.code_use x
+                       WHERE x.tenant_id = v.tenant_id AND x.voucher_id = v.voucher_id) u
+ WHERE voucher._can_read('read_catalog');
+CREATE OR REPLACE FUNCTION voucher.rollback_redemption(
+    INOUT redemption_id  uuid,
+    reason               text DEFAULT NULL,
+    OUT voucher_id       uuid,
+    OUT restored         numeric)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+#variable_conflict use_column
+DECLARE
+    t  uuid := voucher._authorize('redeem');
+    r  record;
+BEGIN
+    IF $1 IS NULL THEN
+        RAISE EXCEPTION 'redemption_id must not be NULL' USING ERRCODE = '22004';
+    ELSIF length(reason) > 500 THEN
+        RAISE EXCEPTION 'reason is longer than 500 characters' USING ERRCODE = '22023';
+    END IF;
+    UPDATE voucher.redemption x
+       SET rolled_back_at = now(), rollback_reason = $2, rolled_back_by = voucher._actor_label()
+     WHERE x.tenant_id = t AND x.redemption_id = $1 AND x.rolled_back_at IS NULL
+    RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot INTO r;
+    IF NOT FOUND THEN
+        IF EXISTS (SELECT 1 FROM voucher.redemption x WHERE x.tenant_id = t AND x.redemption_id = $1) THEN
+            PERFORM voucher._raise('VC010');
+        ELSE
+            PERFORM voucher._raise('VC013');
+        END IF;
+    END IF;
+    IF r.customer_id IS NOT NULL THEN
+        UPDATE voucher.customer_usage u SET used = u.used - 1
+         WHERE u.tenant_id = t AND u.campaign_id = r.campaign_id AND u.customer_id = r.customer_id
+           AND u.used > 0;
+    END IF;
+    IF r.use_slot IS NULL THEN
+        UPDATE voucher.code v
+           SET redeemed_count = v.redeemed_count - 1, balance = v.balance + r.amount
+         WHERE v.tenant_id = t AND v.voucher_id = r.voucher_id;
+    ELSE
+        -- the use was counted in a slot (a hot voucher without a limit): give it back there
+        UPDATE voucher.code_use u SET used = u.used - 1
+         WHERE u.tenant_id = t AND u.voucher_id = r.voucher_id AND u.slot = r.use_slot;
+    END IF;
+    voucher_id := r.voucher_id;
+    restored := coalesce(r.amount, 0);
+    PERFORM voucher._audit('redemption.rolled_back', 'redemption', $1::text,
+        jsonb_build_object('voucher_id', r.voucher_id, 'restored', restored, 'reason', $2));
+END
+$$;
+-- end perf --------------------------------------------------------------------------------
+
 -- (other capabilities of 0.2.0: add your sections here)
 
 -- pg_dump: every table and sequence of the extension, including the ones added above ---------
@@ -784,6 +868,7 @@ REVOKE CREATE ON SCHEMA voucher FROM voucher_definer;
 
 GRANT SELECT, INSERT, DELETE, UPDATE (value, updated_at, updated_by) ON voucher.tenant_setting
     TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (used) ON voucher.code_use TO voucher_definer;
 GRANT EXECUTE ON FUNCTION
     voucher.validate(text, text, numeric, text),
     voucher.redeem(text, text, numeric, numeric, text, text, jsonb, text),

@@ -52,7 +52,11 @@ fn customer_by_source(t: pgrx::Uuid, source_id: &str) -> Option<pgrx::Uuid> {
 }
 
 /// The customer's own key (for its personal data in audit rows), None once destroyed.
-fn customer_key(client: &mut SpiClient<'_>, tenant: &Tenant, customer: pgrx::Uuid) -> Result<Option<envelope::Key>> {
+fn customer_key(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    customer: pgrx::Uuid,
+) -> Result<Option<envelope::Key>> {
     let wrapped = client
         .select(
             "SELECT wrapped FROM voucher.customer_key WHERE tenant_id = $1 AND customer_id = $2",
@@ -64,9 +68,15 @@ fn customer_key(client: &mut SpiClient<'_>, tenant: &Tenant, customer: pgrx::Uui
         .get_one::<Vec<u8>>()
         .ok()
         .flatten();
-    let Some(wrapped) = wrapped else { return Ok(None) };
+    let Some(wrapped) = wrapped else {
+        return Ok(None);
+    };
     let cust = customer.to_string();
-    let place = Place { table: "customer_key", column: "wrapped", row: &cust };
+    let place = Place {
+        table: "customer_key",
+        column: "wrapped",
+        row: &cust,
+    };
     let key_id = envelope::key_id(&wrapped).map_err(|e| place.failed(&e))? as i32;
     let dk = store::data_key(client, tenant, key_id)?;
     keyring::unwrap_customer_key(&dk, tenant, &cust, &wrapped)
@@ -92,12 +102,23 @@ fn open_personal(t: pgrx::Uuid, customer: pgrx::Uuid, sealed: &str) -> Option<pg
     api(|| {
         let tenant = tenant(t)?;
         let cust = customer.to_string();
-        let place = Place { table: "audit_event", column: "personal", row: &cust };
+        let place = Place {
+            table: "audit_event",
+            column: "personal",
+            row: &cust,
+        };
         let failed = || place.failed(&envelope::EnvelopeError::Authentication);
         let ct = unhex(sealed).ok_or_else(failed)?;
         Spi::connect_mut(|client| {
-            let Some(key) = customer_key(client, &tenant, customer)? else { return Ok(None) };
-            let aad = Aad { tenant, table: "audit_event", column: "personal", row: &cust };
+            let Some(key) = customer_key(client, &tenant, customer)? else {
+                return Ok(None);
+            };
+            let aad = Aad {
+                tenant,
+                table: "audit_event",
+                column: "personal",
+                row: &cust,
+            };
             let plain = envelope::open(&key, &aad, &ct).map_err(|e| place.failed(&e))?;
             let value = serde_json::from_slice(&plain).map_err(|_| failed())?;
             Ok(Some(pgrx::JsonB(value)))
@@ -139,7 +160,11 @@ fn pseudonymize(t: pgrx::Uuid, customer: pgrx::Uuid) {
                 key_id,
                 &key,
                 &tenant,
-                Place { table: "customer", column: "source_id", row: &row },
+                Place {
+                    table: "customer",
+                    column: "source_id",
+                    row: &row,
+                },
                 pseudonym.as_bytes(),
             );
             let uuid = pgrx::Uuid::type_oid();

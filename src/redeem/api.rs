@@ -9,14 +9,17 @@
 //! say why, or to claim the customer's allowance first on its own counter row (customer_usage,
 //! the same conditional way) and then the voucher. Idempotency keys are serialized by a
 //! transaction-scoped advisory lock plus a unique index. Lock order is always redemption ->
-//! customer_usage -> code, in rollback_redemption too, so the two cannot deadlock.
+//! customer_usage -> code, in rollback_redemption too, so the two cannot deadlock. A voucher
+//! without a limit counts its uses in slot rows instead of its own row (hot.rs).
 //!
 //! Everything runs as voucher_definer, so row-level security applies to every statement.
 
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB};
 use sha2::{Digest, Sha256};
 
+use super::hot;
 use super::rules::{canonical_number, judge, Request, Verdict};
 use super::statements::{claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, MISTYPED};
 use crate::audit;
@@ -90,23 +93,33 @@ fn redeem_impl(
         Spi::connect_mut(|client| {
             // A retry with the same key returns the first result. The lock makes a racing twin
             // wait for the first call to commit (or fail); the fresh snapshot then shows its row.
+            // Two statements on purpose: the look-up's snapshot must be taken after the lock.
             if let Some(key) = idempotency_key {
-                client
-                    .update(
+                let types = [pgrx::Uuid::type_oid(), pg_sys::TEXTOID];
+                run(
+                    client,
+                    |s| &mut s.idempotency_lock,
+                    || {
                         "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1::text), \
-                                                                 pg_catalog.hashtext($2))",
-                        None,
-                        &[tenant.into(), key.into()],
-                    )
-                    .expect("advisory lock");
-                let prior = client
-                    .update(
+                                                                 pg_catalog.hashtext($2))"
+                            .into()
+                    },
+                    &types,
+                    true,
+                    &[tenant.into(), key.into()],
+                );
+                let prior = run(
+                    client,
+                    |s| &mut s.idempotency_find,
+                    || {
                         "SELECT redemption_id, voucher_id, discount, balance_after, request_hash \
-                           FROM voucher.redemption WHERE tenant_id = $1 AND idempotency_key = $2",
-                        None,
-                        &[tenant.into(), key.into()],
-                    )
-                    .expect("idempotency lookup");
+                           FROM voucher.redemption WHERE tenant_id = $1 AND idempotency_key = $2"
+                            .into()
+                    },
+                    &types,
+                    true,
+                    &[tenant.into(), key.into()],
+                );
                 if !prior.is_empty() {
                     let p = prior.first();
                     if p.get::<Vec<u8>>(5).ok().flatten() != hash {
@@ -154,55 +167,75 @@ fn redeem_impl(
             // scale: on a Citus cluster the one-statement forms are not router plans; the
             // claim below runs as single-shard statements instead (src/scale/redeem.rs)
             let cluster = crate::scale::cluster::active();
-            let fast = if cluster {
-                None
-            } else {
-                Some(run(
+            let fast_types = [
+                uuid,
+                text,
+                numeric,
+                numeric,
+                uuid,
+                uuid,
+                text,
+                text,
+                pg_sys::BYTEAOID,
+                pg_sys::BYTEAOID,
+                text,
+                text,
+                pg_sys::INT4OID,
+            ];
+            let fast_args: [DatumWithOid; 13] = [
+                tenant.into(),
+                req.code.as_str().into(),
+                req.order_amount.clone().into(),
+                req.amount.clone().into(),
+                redemption_id.into(),
+                cust.into(),
+                order_id.into(),
+                idempotency_key.into(),
+                hash.clone().into(),
+                meta_ct.clone().into(),
+                actor.as_str().into(),
+                actor_json.as_str().into(),
+                meta_key.into(),
+            ];
+            let done = |rows: pgrx::spi::SpiTupleTable<'_>| {
+                (!rows.is_empty()).then(|| {
+                    let row = rows.first();
+                    (
+                        redemption_id,
+                        row.get(1).ok().flatten().expect("voucher_id"),
+                        row.get(2).ok().flatten().expect("discount"),
+                        row.get(3).ok().flatten(),
+                        false,
+                    )
+                })
+            };
+            if !cluster {
+                // A code seen to be a voucher without a limit: the spread claim (hot.rs) first.
+                if hot::is_spread(tenant, &req.code) {
+                    let rows = run(
+                        client,
+                        |s| &mut s.spread_claim,
+                        hot::spread_claim_sql,
+                        &fast_types,
+                        true,
+                        &fast_args,
+                    );
+                    if let Some(r) = done(rows) {
+                        return Ok(r);
+                    }
+                    hot::remember_spread(tenant, &req.code, false);
+                }
+                let rows = run(
                     client,
                     |s| &mut s.fast_claim,
                     fast_claim_sql,
-                    &[
-                        uuid,
-                        text,
-                        numeric,
-                        numeric,
-                        uuid,
-                        uuid,
-                        text,
-                        text,
-                        pg_sys::BYTEAOID,
-                        pg_sys::BYTEAOID,
-                        text,
-                        text,
-                        pg_sys::INT4OID,
-                    ],
+                    &fast_types,
                     true,
-                    &[
-                        tenant.into(),
-                        req.code.as_str().into(),
-                        req.order_amount.clone().into(),
-                        req.amount.clone().into(),
-                        redemption_id.into(),
-                        cust.into(),
-                        order_id.into(),
-                        idempotency_key.into(),
-                        hash.clone().into(),
-                        meta_ct.clone().into(),
-                        actor.as_str().into(),
-                        actor_json.as_str().into(),
-                        meta_key.into(),
-                    ],
-                ))
-            };
-            if let Some(fast) = fast.filter(|f| !f.is_empty()) {
-                let row = fast.first();
-                return Ok((
-                    redemption_id,
-                    row.get(1).ok().flatten().expect("voucher_id"),
-                    row.get(2).ok().flatten().expect("discount"),
-                    row.get(3).ok().flatten(),
-                    false,
-                ));
+                    &fast_args,
+                );
+                if let Some(r) = done(rows) {
+                    return Ok(r);
+                }
             }
 
             // The code was refused, or its campaign limits redemptions per customer: evaluate it
@@ -222,17 +255,47 @@ fn redeem_impl(
                     Verdict::Refused { sqlstate, .. } => return Err(VoucherError::rule(sqlstate)),
                 };
 
+            if !cluster && hot::spreads(&v) {
+                hot::remember_spread(tenant, &req.code, true);
+                let rows = run(
+                    client,
+                    |s| &mut s.spread_claim,
+                    hot::spread_claim_sql,
+                    &fast_types,
+                    true,
+                    &fast_args,
+                );
+                if let Some(r) = done(rows) {
+                    return Ok(r);
+                }
+                return Err(
+                    match judge(evaluate(client, tenant, &req, true), &req, true)? {
+                        Verdict::Refused { sqlstate, .. } => VoucherError::rule(sqlstate),
+                        Verdict::Valid { .. } => VoucherError::rule("VC004"),
+                    },
+                );
+            }
+
             if let (Some(limit), Some(cust)) = (v.per_customer_limit, cust) {
-                let claimed = client
-                    .update(
+                let claimed = run(
+                    client,
+                    |s| &mut s.usage_claim,
+                    || {
                         "INSERT INTO voucher.customer_usage AS u (tenant_id, campaign_id, customer_id, used) \
                          VALUES ($1, $2, $3, 1) \
                          ON CONFLICT (tenant_id, campaign_id, customer_id) \
-                         DO UPDATE SET used = u.used + 1 WHERE u.used < $4 RETURNING used",
-                        None,
-                        &[tenant.into(), v.campaign_id.into(), cust.into(), limit.into()],
-                    )
-                    .expect("usage claim");
+                         DO UPDATE SET used = u.used + 1 WHERE u.used < $4 RETURNING used"
+                            .into()
+                    },
+                    &[uuid, uuid, uuid, pg_sys::INT4OID],
+                    true,
+                    &[
+                        tenant.into(),
+                        v.campaign_id.into(),
+                        cust.into(),
+                        limit.into(),
+                    ],
+                );
                 if claimed.is_empty() {
                     return Err(VoucherError::rule("VC005"));
                 }

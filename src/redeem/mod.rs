@@ -4,12 +4,15 @@
 //!   documented order.
 //! - `discount`: the campaign's discount for an order, shared by validate and redeem.
 //! - `statements`: the hot path's statements, prepared once per backend.
+//! - `hot`: vouchers without a limit count their uses in 16 slot rows (voucher.code_use), so a
+//!   hot voucher's redemptions do not queue on its row.
 //! - `validate` and `api` (`redeem`): the SQL-facing functions.
 //!
 //! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`; nothing to Rust.
 
 pub mod api;
 pub mod discount;
+pub mod hot;
 pub mod rules;
 pub mod statements;
 pub mod validate;

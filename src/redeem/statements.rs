@@ -68,7 +68,8 @@ SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
 }
 
 /// The common case in one statement: claim a use of the code if every rule passes and the
-/// campaign has no per-customer limit, record the redemption and its audit row. When it matches
+/// campaign has no per-customer limit (and a limit or a balance: vouchers without either take
+/// hot.rs's spread claim), record the redemption and its audit row. When it matches
 /// no row the caller evaluates the code to say why (or takes the per-customer path).
 /// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
 /// $8 idempotency key, $9 request hash, $10 metadata (encrypted), $11 actor label, $12 actor
@@ -88,6 +89,7 @@ pub fn fast_claim_sql() -> String {
        AND (c.redemption_limit IS NULL OR v.redeemed_count < c.redemption_limit)
        AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
        AND c.per_customer_limit IS NULL
+       AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')
        AND CASE WHEN c.kind = 'gift_card'
                 THEN coalesce($4, $3) > 0 AND v.balance >= coalesce($4, $3)
                 ELSE $4::numeric IS NULL
@@ -141,6 +143,10 @@ pub struct Statements {
     pub evaluate_customer: Option<OwnedPreparedStatement>,
     pub fast_claim: Option<OwnedPreparedStatement>,
     pub claim: Option<OwnedPreparedStatement>,
+    pub spread_claim: Option<OwnedPreparedStatement>,
+    pub idempotency_lock: Option<OwnedPreparedStatement>,
+    pub idempotency_find: Option<OwnedPreparedStatement>,
+    pub usage_claim: Option<OwnedPreparedStatement>,
 }
 
 thread_local! {

@@ -285,9 +285,12 @@ SELECT v.code, v.balance,
   LEFT JOIN voucher.redemption r USING (tenant_id, voucher_id)
  WHERE c.kind = 'gift_card' AND v.tenant_id = :'shop'
  GROUP BY v.code, v.balance, c.gift_balance ORDER BY 1;
--- and every redeemed_count = non-rolled-back redemptions
+-- and every voucher's uses (its redeemed_count, plus its slots for a voucher without a limit)
+-- = non-rolled-back redemptions
 SELECT count(*) AS mismatched_counts FROM voucher.code v
  WHERE v.tenant_id = :'shop'
-   AND v.redeemed_count <> (SELECT count(*) FROM voucher.redemption r
+   AND v.redeemed_count + (SELECT coalesce(sum(u.used), 0) FROM voucher.code_use u
+                            WHERE u.tenant_id = v.tenant_id AND u.voucher_id = v.voucher_id)
+       <> (SELECT count(*) FROM voucher.redemption r
                              WHERE r.tenant_id = v.tenant_id AND r.voucher_id = v.voucher_id
                                AND r.rolled_back_at IS NULL);
