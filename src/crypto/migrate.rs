@@ -41,10 +41,14 @@ fn migrate_plaintext() -> i64 {
             ));
         }
         let tenants: Vec<pgrx::Uuid> = Spi::connect(|c| {
-            c.select("SELECT tenant_id FROM voucher.tenant ORDER BY tenant_id", None, &[])
-                .expect("tenants")
-                .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten())
-                .collect()
+            c.select(
+                "SELECT tenant_id FROM voucher.tenant ORDER BY tenant_id",
+                None,
+                &[],
+            )
+            .expect("tenants")
+            .filter_map(|r| r.get::<pgrx::Uuid>(1).ok().flatten())
+            .collect()
         });
         let mut done = 0i64;
         for t in tenants {

@@ -69,6 +69,16 @@ v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extn
 out=$(q -d voucher_upgraded -At -f "$here/populate.sql")
 key_a=$(sed -n 's/^key_a=//p' <<<"$out")
 key_b=$(sed -n 's/^key_b=//p' <<<"$out")
+# VOUCHER_UPGRADE_ROWS=N adds N customers with e-mail, name and metadata to tenant a (0.1.0 keeps
+# them in plaintext), to time the encryption the update does
+rows=${VOUCHER_UPGRADE_ROWS:-0}
+if [ "$rows" -gt 0 ]; then
+    q -d voucher_upgraded -At -c "BEGIN" -c "SELECT voucher.authenticate('$key_a') IS NOT NULL" \
+        -c "SELECT count(voucher.upsert_customer('bulk-' || i, 'bulk' || i || '@example.com',
+                                                  'Name ' || i, jsonb_build_object('n', i)))
+              FROM generate_series(1, $rows) i" -c "COMMIT" >/dev/null
+    log "   added $rows customers on $old_version"
+fi
 before=$(q -d voucher_upgraded -At -f "$here/counts.sql")
 if grep -E ' 0$' <<<"$before"; then die "populate.sql left the tables above empty on $old_version"; fi
 
@@ -97,7 +107,8 @@ q -d voucher_upgraded -At \
 
 t=$(date +%s%N)
 q -d voucher_upgraded -c "ALTER EXTENSION voucher_ext UPDATE"
-log "   ALTER EXTENSION voucher_ext UPDATE: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+update_ms=$(( ($(date +%s%N) - t) / 1000000 ))
+log "   ALTER EXTENSION voucher_ext UPDATE: $update_ms ms for $(awk '$1 == "customer" { c = $2 } $1 == "redemption" { r = $2 } END { print c " customers, " r " redemptions" }' <<<"$before")"
 v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
 [ "$v" = "$new_version" ] || die "ALTER EXTENSION UPDATE left version $v, expected $new_version"
 
