@@ -105,6 +105,14 @@ q -d voucher_upgraded -At \
     -c "SELECT ok OR (problem IS NULL) FROM voucher.verify_audit()" \
     -c "COMMIT" >/dev/null || die "the $old_version schema does not work with the new library"
 
+# control for the plaintext scan after the update: the restart's checkpoint wrote 0.1.0's
+# plaintext e-mail and metadata into the database's files
+dboid=$(q -d voucher_upgraded -At -c "SELECT oid FROM pg_database WHERE datname = current_database()")
+for s in one@example.com ann@example.org; do
+    as_pg grep -rqaF -e "$s" "$host/data/base/$dboid" \
+        || die "control: $s not found in the $old_version database's files, the scan below would prove nothing"
+done
+
 t=$(date +%s%N)
 q -d voucher_upgraded -c "ALTER EXTENSION voucher_ext UPDATE"
 update_ms=$(( ($(date +%s%N) - t) / 1000000 ))
@@ -131,7 +139,6 @@ q -d voucher_upgraded -v key_a="$key_a" -v key_b="$key_b" -f "$here/check.sql" >
 # no plaintext of the 0.1.0 personal data is left in the database's files (the rewritten tables'
 # old files are removed by the next checkpoint; the WAL still has them, README "Upgrading")
 q -d voucher_upgraded -c "CHECKPOINT"
-dboid=$(q -d voucher_upgraded -At -c "SELECT oid FROM pg_database WHERE datname = current_database()")
 leaks=$(as_pg grep -rlaF -e 'one@example.com' -e 'ann@example.org' "$host/data/base/$dboid" || true)
 [ -z "$leaks" ] || die "plaintext personal data of $old_version left in the upgraded database's files: $leaks"
 
@@ -142,4 +149,15 @@ if ! diff -u "$work/schema-fresh.txt" "$work/schema-upgraded.txt" >"$work/schema
     cat "$work/schema.diff"
     die "the upgraded schema differs from a fresh install of $new_version (diff above: - fresh, + upgraded; sql/upgrade/voucher_ext--$old_version--$new_version.sql lacks it)"
 fi
+# the migration function exists only inside the update; declared by hand and called outside it,
+# even by a superuser, it refuses (42501) and changes nothing
+q -d voucher_upgraded -c "CREATE FUNCTION public.migrate_outside() RETURNS bigint LANGUAGE c
+                          AS '\$libdir/voucher_ext', 'migrate_plaintext_wrapper'"
+if q -d voucher_upgraded -v VERBOSITY=verbose -c "SELECT public.migrate_outside()" \
+        >/dev/null 2>"$work/migrate-outside.txt"; then
+    die "voucher._crypto_migrate_plaintext ran outside ALTER EXTENSION UPDATE"
+fi
+grep -q 'ERROR:  42501: voucher_ext: _crypto_migrate_plaintext runs only inside ALTER EXTENSION' \
+    "$work/migrate-outside.txt" || { cat "$work/migrate-outside.txt"; die "the migration function refused with an unexpected error"; }
+q -d voucher_upgraded -c "DROP FUNCTION public.migrate_outside()"
 log "   $old_version -> $new_version: data intact, schema equal to a fresh install ($(wc -l <"$work/schema-fresh.txt") catalog lines), $(elapsed "$t0") in all"
