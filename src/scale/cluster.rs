@@ -618,6 +618,7 @@ const DISTRIBUTED: &[&str] = &[
     "voucher.tenant_key",
     "voucher.customer_key",
     "voucher.tenant_setting",
+    "voucher.consent",
 ];
 
 fn create_key_file(path: &str) -> std::result::Result<(), String> {
