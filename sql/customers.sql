@@ -7,15 +7,16 @@
 CREATE TABLE voucher.customer (
     tenant_id     uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
     customer_id   uuid        NOT NULL,
-    source_index  bytea       NOT NULL,
-    email_index   bytea,
-    key_id        integer     NOT NULL,
     source_id     bytea       NOT NULL,
     email         bytea,
     name          bytea,
     metadata      bytea,
     created_at    timestamptz NOT NULL DEFAULT now(),
     updated_at    timestamptz NOT NULL DEFAULT now(),
+    -- after the columns of 0.1.0, in the order the upgrade from 0.1.0 adds them
+    source_index  bytea       NOT NULL,
+    email_index   bytea,
+    key_id        integer     NOT NULL,
     forgotten_at  timestamptz,
     PRIMARY KEY (tenant_id, customer_id),
     UNIQUE (tenant_id, source_index)

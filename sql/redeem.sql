@@ -28,13 +28,13 @@ CREATE TABLE voucher.redemption (
     idempotency_key  text,
     request_hash     bytea,
     metadata         bytea,
-    key_id           integer,
     redeemed_at      timestamptz NOT NULL DEFAULT now(),
     redeemed_by      text        NOT NULL,
     rolled_back_at   timestamptz,
     rollback_reason  text,
     rolled_back_by   text,
-    use_slot         smallint,
+    key_id           integer,  -- after the 0.1.0 columns: the upgrade from 0.1.0 adds it
+    use_slot         smallint, -- then this (the upgrade's perf section, after crypto's)
     PRIMARY KEY (tenant_id, redemption_id),
     UNIQUE (tenant_id, idempotency_key),
     FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code,

@@ -196,6 +196,259 @@ COMMENT ON VIEW voucher.lockouts IS
     'addresses of authenticate). Identities appear as keyed fingerprints, never in plaintext.';
 -- end settings and throttle ------------------------------------------------------------------
 
+-- begin crypto (issue 14: encryption at rest; sql/crypto.sql, sql/customers.sql, sql/redeem.sql)
+-- 0.1.0 stored customers (source_id, email, name, metadata) and redemption metadata in
+-- plaintext. This section adds the key tables, encrypts every such value in place through
+-- voucher._crypto_migrate_plaintext() (Rust, src/crypto/migrate.rs: only Rust reaches the master
+-- key; created here, called once, dropped again), then replaces the plaintext columns by the
+-- ciphertexts. voucher.customer and voucher.redemption are rewritten (ACCESS EXCLUSIVE until the
+-- update commits). Audit rows are append-only and hashed: those 0.1.0 wrote stay as they are
+-- (README "Upgrading" says what they may hold).
+CREATE SEQUENCE voucher.tenant_key_id_seq AS integer;
+CREATE TABLE voucher.tenant_key (
+    tenant_id      uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    key_id         integer     NOT NULL,
+    kind           text        NOT NULL CHECK (kind IN ('data', 'index')),
+    state          text        NOT NULL DEFAULT 'active'
+                               CHECK (state IN ('active', 'retired', 'destroyed')),
+    superseded_by  integer,
+    master_key_id  text,
+    wrapped        bytea,
+    encryptions    bigint      NOT NULL DEFAULT 0,
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    retired_at     timestamptz,
+    destroyed_at   timestamptz,
+    PRIMARY KEY (tenant_id, key_id),
+    CHECK ((state = 'destroyed') = (wrapped IS NULL)),
+    CHECK ((wrapped IS NULL) = (master_key_id IS NULL))
+);
+COMMENT ON TABLE voucher.tenant_key IS
+    'Per-tenant keys, wrapped under the master key (fingerprint master_key_id); never plaintext.';
+COMMENT ON COLUMN voucher.tenant_key.encryptions IS
+    'Encryptions reserved under this key; refused past 2^31 (NIST SP 800-38D random nonces: 2^32).';
+CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind)
+    WHERE state = 'active' AND superseded_by IS NULL;
+ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;
+
+-- One key per customer, wrapped under the tenant data key key_id: the customer's personal data
+-- inside audit rows is encrypted under it before the row is hashed. Destroying it (wrapped :=
+-- NULL) forgets that data while verify_audit keeps passing (issue 15).
+CREATE TABLE voucher.customer_key (
+    tenant_id     uuid        NOT NULL,
+    customer_id   uuid        NOT NULL,
+    key_id        integer     NOT NULL,
+    wrapped       bytea,
+    created_at    timestamptz NOT NULL DEFAULT now(),
+    destroyed_at  timestamptz,
+    PRIMARY KEY (tenant_id, customer_id),
+    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE,
+    -- no foreign key to tenant_key: every insert would KEY SHARE-lock the tenant's one active
+    -- key row (a multixact per concurrent writer); the envelope names the key and authenticates
+    CHECK ((wrapped IS NULL) = (destroyed_at IS NOT NULL))
+);
+COMMENT ON TABLE voucher.customer_key IS
+    'Per-customer keys for personal data in audit rows, wrapped under a tenant data key.';
+CREATE INDEX customer_key_key_idx ON voucher.customer_key (tenant_id, key_id);
+
+ALTER TABLE voucher.tenant_key ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.tenant_key FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.tenant_key
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+ALTER TABLE voucher.customer_key ENABLE ROW LEVEL SECURITY;
+ALTER TABLE voucher.customer_key FORCE ROW LEVEL SECURITY;
+CREATE POLICY tenant_isolation ON voucher.customer_key
+    USING (tenant_id = (SELECT voucher.current_tenant()))
+    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
+-- the key store reads them as voucher_definer while the migration below runs
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+    ON voucher.tenant_key TO voucher_definer;
+GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
+GRANT SELECT, INSERT, UPDATE (key_id, wrapped) ON voucher.customer_key TO voucher_definer;
+
+-- the views over the plaintext columns go first; they come back decrypting
+DROP VIEW voucher.customers;
+DROP VIEW voucher.redemptions;
+DROP FUNCTION voucher.upsert_customer(text, text, text, jsonb);
+
+-- the new columns (after the 0.1.0 ones, as sql/customers.sql and sql/redeem.sql order them) and
+-- temporary ones for the ciphertexts
+ALTER TABLE voucher.customer
+    DROP CONSTRAINT customer_source_id_check,
+    DROP CONSTRAINT customer_tenant_id_source_id_key,
+    ADD COLUMN source_index bytea,
+    ADD COLUMN email_index bytea,
+    ADD COLUMN key_id integer,
+    ADD COLUMN forgotten_at timestamptz,
+    ADD COLUMN _source_id_ct bytea,
+    ADD COLUMN _email_ct bytea,
+    ADD COLUMN _name_ct bytea,
+    ADD COLUMN _metadata_ct bytea;
+ALTER TABLE voucher.redemption
+    ADD COLUMN key_id integer,
+    ADD COLUMN _metadata_ct bytea;
+
+-- the migration: keys for every tenant, ciphertexts, blind indexes, customer keys. No audit row
+-- of its own (the direct-DML triggers would record the superuser's UPDATEs).
+CREATE FUNCTION voucher._crypto_migrate_plaintext() RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'migrate_plaintext_wrapper';
+ALTER TABLE voucher.customer DISABLE TRIGGER audit_direct_dml;
+ALTER TABLE voucher.redemption DISABLE TRIGGER audit_direct_dml;
+SELECT voucher._crypto_migrate_plaintext() AS rows_encrypted;
+ALTER TABLE voucher.customer ENABLE TRIGGER audit_direct_dml;
+ALTER TABLE voucher.redemption ENABLE TRIGGER audit_direct_dml;
+DROP FUNCTION voucher._crypto_migrate_plaintext();
+
+-- the ciphertexts replace the plaintext in place (one rewrite of each table; the old files with
+-- the plaintext are removed at commit)
+ALTER TABLE voucher.customer
+    ALTER COLUMN source_id TYPE bytea USING _source_id_ct,
+    ALTER COLUMN email TYPE bytea USING _email_ct,
+    ALTER COLUMN name TYPE bytea USING _name_ct,
+    ALTER COLUMN metadata DROP DEFAULT,
+    ALTER COLUMN metadata DROP NOT NULL,
+    ALTER COLUMN metadata TYPE bytea USING _metadata_ct,
+    ALTER COLUMN source_index SET NOT NULL,
+    ALTER COLUMN key_id SET NOT NULL;
+ALTER TABLE voucher.customer
+    DROP COLUMN _source_id_ct, DROP COLUMN _email_ct, DROP COLUMN _name_ct,
+    DROP COLUMN _metadata_ct,
+    ADD UNIQUE (tenant_id, source_index);
+ALTER TABLE voucher.redemption
+    ALTER COLUMN metadata TYPE bytea USING _metadata_ct;
+ALTER TABLE voucher.redemption DROP COLUMN _metadata_ct;
+COMMENT ON TABLE voucher.customer IS
+    'Customers; personal fields encrypted, source_id and email found by blind index.';
+COMMENT ON COLUMN voucher.customer.source_index IS
+    'HMAC-SHA256 of source_id under the tenant''s source_id index key.';
+COMMENT ON COLUMN voucher.customer.email_index IS
+    'HMAC-SHA256 of the trimmed, lower-case email under the tenant''s email index key.';
+COMMENT ON COLUMN voucher.customer.key_id IS 'The data key every ciphertext of the row is under.';
+CREATE INDEX customer_email_idx ON voucher.customer (tenant_id, email_index)
+    WHERE email_index IS NOT NULL;
+CREATE INDEX customer_key_idx ON voucher.customer (tenant_id, key_id);
+COMMENT ON COLUMN voucher.redemption.metadata IS
+    'Encrypted (AES-256-GCM) under the tenant data key key_id: metadata often holds personal data.';
+CREATE INDEX redemption_key_idx ON voucher.redemption (tenant_id, key_id) WHERE key_id IS NOT NULL;
+
+-- direct changes to the key tables are audited, without their values (sql/audit.sql)
+CREATE OR REPLACE FUNCTION voucher._audit_direct_dml() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    old_row jsonb := to_jsonb(OLD);
+    new_row jsonb;
+    changed jsonb := '{}';
+    k text;
+    private boolean := TG_TABLE_NAME IN ('customer', 'credential', 'tenant_key', 'customer_key');
+BEGIN
+    IF TG_OP = 'UPDATE' THEN
+        new_row := to_jsonb(NEW);
+        FOR k IN SELECT jsonb_object_keys(new_row) LOOP
+            IF new_row -> k IS DISTINCT FROM old_row -> k THEN
+                changed := changed || jsonb_build_object(k, CASE WHEN private THEN NULL
+                    ELSE jsonb_build_object('before', old_row -> k, 'after', new_row -> k) END);
+            END IF;
+        END LOOP;
+    END IF;
+    PERFORM voucher._audit_direct(OLD.tenant_id, 'direct.' || lower(TG_OP), TG_TABLE_NAME,
+        CASE TG_TABLE_NAME
+            WHEN 'tenant' THEN OLD.tenant_id::text
+            ELSE (SELECT string_agg(old_row ->> a.attname, ',' ORDER BY k.n)
+                    FROM pg_catalog.pg_index i
+                    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY k(attnum, n)
+                    JOIN pg_catalog.pg_attribute a
+                      ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+                   WHERE i.indrelid = TG_RELID AND i.indisprimary AND a.attname <> 'tenant_id')
+        END,
+        jsonb_build_object('table', TG_TABLE_NAME, 'changed', changed));
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.tenant_key FOR EACH ROW
+    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.tenant_key
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
+CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.customer_key FOR EACH ROW
+    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.customer_key
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
+
+-- the Rust functions (as `cargo pgrx schema` generates them)
+CREATE FUNCTION voucher."upsert_customer"(
+	"source_id" TEXT,
+	"email" TEXT DEFAULT NULL,
+	"name" TEXT DEFAULT NULL,
+	"metadata" jsonb DEFAULT NULL
+) RETURNS uuid
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'upsert_customer_wrapper';
+CREATE FUNCTION voucher."find_customer"(
+	"email" TEXT
+) RETURNS SETOF uuid
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'find_customer_wrapper';
+CREATE FUNCTION voucher."_decrypt"(
+	"table" TEXT,
+	"column" TEXT,
+	"row" uuid,
+	"ct" bytea
+) RETURNS TEXT
+STABLE PARALLEL RESTRICTED
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'decrypt_sql_wrapper';
+CREATE FUNCTION voucher."rotate_master_key"() RETURNS bigint
+STRICT VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rotate_master_key_wrapper';
+CREATE FUNCTION voucher."rotate_data_key"(
+	"batch_size" INT DEFAULT 10000
+) RETURNS bigint
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'rotate_data_key_wrapper';
+
+-- the views, decrypting (sql/crypto.sql, sql/redeem.sql)
+-- Decrypted for admin and manager keys; 42501 for other key roles (the WHERE raises).
+CREATE VIEW voucher.customers WITH (security_barrier) AS
+SELECT c.customer_id,
+       voucher._decrypt('customer', 'source_id', c.customer_id, c.source_id) AS source_id,
+       voucher._decrypt('customer', 'email', c.customer_id, c.email) AS email,
+       voucher._decrypt('customer', 'name', c.customer_id, c.name) AS name,
+       coalesce(voucher._decrypt('customer', 'metadata', c.customer_id, c.metadata)::jsonb,
+                '{}'::jsonb) AS metadata,
+       c.created_at, c.updated_at, c.forgotten_at
+  FROM voucher.customer c
+ WHERE voucher._can_read('read_customers');
+COMMENT ON VIEW voucher.customers IS 'The tenant''s customers, decrypted (admin and manager keys).';
+
+-- The tenant's keys, without key material: id, kind, state, encryptions, dates (admin keys).
+CREATE VIEW voucher.tenant_keys WITH (security_barrier) AS
+SELECT k.key_id, k.kind, k.state, k.superseded_by, k.master_key_id, k.encryptions,
+       k.created_at, k.retired_at, k.destroyed_at
+  FROM voucher.tenant_key k
+ WHERE voucher._can_read('administer');
+COMMENT ON VIEW voucher.tenant_keys IS
+    'The tenant''s keys: ids, states and counters, never key material.';
+
+CREATE VIEW voucher.redemptions WITH (security_barrier) AS
+SELECT r.redemption_id AS id, r.voucher_id, coalesce(v.display, v.code) AS code, r.campaign_id,
+       voucher._decrypt('customer', 'source_id', cu.customer_id, cu.source_id) AS customer,
+       r.order_id, r.order_amount, r.amount, r.discount,
+       r.balance_after, CASE WHEN r.rolled_back_at IS NULL THEN 'redeemed' ELSE 'rolled back' END
+       AS status, r.redeemed_at, r.redeemed_by, r.rolled_back_at, r.rollback_reason,
+       r.rolled_back_by, r.idempotency_key,
+       voucher._decrypt('redemption', 'metadata', r.redemption_id, r.metadata)::jsonb AS metadata,
+       r.customer_id
+  FROM voucher.redemption r
+  JOIN voucher.code v ON v.tenant_id = r.tenant_id AND v.voucher_id = r.voucher_id
+  LEFT JOIN voucher.customer cu ON cu.tenant_id = r.tenant_id AND cu.customer_id = r.customer_id
+ WHERE voucher._can_read('read_redemptions');
+COMMENT ON VIEW voucher.redemptions IS 'The tenant''s redemptions and their rollbacks.';
+-- end crypto ------------------------------------------------------------------------------------
+
 -- begin privacy (issue 15; sql/privacy.sql; needs the crypto section's customer columns,
 -- customer_key and _decrypt before it) ---------------------------------------------------
 -- the internal Rust functions (src/privacy/keys.rs), as pgrx declares them
@@ -877,6 +1130,18 @@ GRANT EXECUTE ON FUNCTION
     voucher.lockout_fingerprint(text, text)
 TO voucher_client;
 GRANT SELECT ON voucher.settings, voucher.lockouts TO voucher_client;
+-- crypto
+GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at)
+    ON voucher.customer TO voucher_definer;
+GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
+GRANT EXECUTE ON FUNCTION
+    voucher.upsert_customer(text, text, text, jsonb),
+    voucher.find_customer(text),
+    voucher.rotate_data_key(integer)
+TO voucher_client;
+GRANT SELECT ON voucher.customers, voucher.redemptions, voucher.tenant_keys TO voucher_client;
+GRANT EXECUTE ON FUNCTION voucher._decrypt(text, text, uuid, bytea)
+    TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._throttle_capacity(), voucher.key_fingerprints() TO voucher_operator;
 GRANT EXECUTE ON FUNCTION voucher._settings_changed() TO voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._setting_registry(), voucher._lockouts()

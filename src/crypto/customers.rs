@@ -22,7 +22,7 @@ type Tenant = [u8; 16];
 /// A fresh key for this customer's personal data in audit rows, wrapped under the tenant's
 /// active data key: (that key's id, the wrapped key). Stored with the customer, in the same
 /// statement ([`INSERT_CUSTOMER`]).
-fn new_customer_key(
+pub(super) fn new_customer_key(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     customer: &str,

@@ -10,6 +10,7 @@
 //!   for the views, per-customer keys for personal data in audit rows.
 //! - `redemptions`: encrypted redemption metadata. `rotate`: `rotate_master_key`,
 //!   `rotate_data_key`. `logcheck`: the warning about log settings that would log values.
+//! - `migrate`: encrypts a 0.1.0 database's plaintext during ALTER EXTENSION UPDATE.
 //!
 //! Exports to the rest of the crate: `customers::{find_or_create, source_index, seal_for_audit}`,
 //! `redemptions::seal_metadata`, `end_of_transaction`; `store` to `privacy` (forgetting
@@ -20,6 +21,7 @@ pub mod envelope;
 pub mod keyring;
 mod logcheck;
 mod master;
+mod migrate;
 pub mod redemptions;
 mod rotate;
 pub(crate) mod store;

@@ -40,6 +40,9 @@ SELECT pg_temp.check((SELECT email = 'one@example.com' AND name = 'One'
                         FROM voucher.customers WHERE source_id = 'cust-1'), 'customer cust-1 decrypts');
 SELECT pg_temp.check((SELECT count(*) = 1 FROM voucher.find_customer('ONE@example.com ')),
                      'find_customer by e-mail');
+SELECT pg_temp.check((SELECT metadata ->> 'ship_to' = 'ann@example.org'
+                        FROM voucher.redemptions WHERE status = 'rolled back'),
+                     'redemption metadata decrypts');
 COMMIT;
 
 -- the limits, the per-customer usage, the gift balance and the idempotency keys hold

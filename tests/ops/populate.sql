@@ -26,7 +26,8 @@ SELECT voucher.upsert_customer('cust-2') IS NOT NULL AS ok \gset
 SELECT replayed FROM voucher.redeem('SPRING-1', customer => 'cust-1', order_amount => 20,
                                    order_id => 'o-1', idempotency_key => 'idem-1') \gset
 SELECT replayed FROM voucher.redeem('GIFT-1', amount => 30, idempotency_key => 'idem-2') \gset
-SELECT redemption_id AS r3 FROM voucher.redeem('GIFT-1', amount => 5) \gset
+SELECT redemption_id AS r3 FROM voucher.redeem('GIFT-1', amount => 5,
+                                                metadata => '{"ship_to": "ann@example.org"}') \gset
 SELECT restored FROM voucher.rollback_redemption(:'r3', 'cancelled') \gset
 -- a voucher without a limit: from 0.2.0 on its uses are counted in voucher.code_use (issue 17)
 SELECT voucher.create_campaign('open', discount_type => 'amount', discount_value => 1,

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The upgrade test: builds and installs the previous release from git history (0.1.0 = commit
-# 6573bf5; VOUCHER_UPGRADE_FROM overrides), creates a database with data in every table on it
+# The upgrade test: builds and installs the previous release from its frozen source
+# (tests/ops/releases/voucher_ext-0.1.0.tar.gz = `git archive` of commit 6573bf5, so a shallow
+# clone runs it too; VOUCHER_UPGRADE_FROM=<commit> builds that commit from git history instead),
+# creates a database with data in every table on it
 # (tests/ops/populate.sql), installs the current build, checks that the old SQL definitions still
 # work against the new library, runs ALTER EXTENSION voucher_ext UPDATE, then checks that
 #   (a) the data is intact (tests/ops/counts.sql before = after) and usable (tests/ops/check.sql:
@@ -13,21 +15,35 @@
 #   tests/ops/upgrade.sh
 source "$(dirname "$0")/../../scripts/common.sh"
 here="$ROOT/tests/ops"
-from=${VOUCHER_UPGRADE_FROM:-6573bf5}
+from=${VOUCHER_UPGRADE_FROM:-}
+release="$here/releases/voucher_ext-0.1.0.tar.gz"
 port=$(( ${VOUCHER_PORT_BASE:-54360} + 8 ))
 bin=$(pg_bindir)
 work="$ROOT/target/ops-upgrade"
 q() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 -U postgres -h "$host" -p "$port" "$@"; }
 t0=$(now)
 
-git -C "$ROOT" cat-file -e "$from^{commit}" 2>/dev/null \
-    || die "commit $from (the previous release) is not in this clone: fetch the full history (git fetch --unshallow)"
-old="$work/src-$from"
-if [ ! -f "$old/.complete" ]; then
-    rm -rf "$old" && mkdir -p "$old"
-    git -C "$ROOT" archive "$from" | tar -x -C "$old"
-    touch "$old/.complete"
+if [ -n "$from" ]; then
+    git -C "$ROOT" cat-file -e "$from^{commit}" 2>/dev/null \
+        || die "commit $from (VOUCHER_UPGRADE_FROM) is not in this clone: fetch the full history (git fetch --unshallow)"
+    old="$work/src-$from"
+    if [ ! -f "$old/.complete" ]; then
+        rm -rf "$old" && mkdir -p "$old"
+        git -C "$ROOT" archive "$from" | tar -x -C "$old"
+        touch "$old/.complete"
+    fi
+else
+    [ -f "$release" ] || die "$release (the frozen source of the previous release) is missing"
+    from="tests/ops/releases"
+    old="$work/src-release"
+    stamp=$(sha256sum <"$release")
+    if [ "$(cat "$old/.complete" 2>/dev/null)" != "$stamp" ]; then
+        rm -rf "$old" && mkdir -p "$old"
+        tar -xzf "$release" -C "$old"
+        echo "$stamp" >"$old/.complete"
+    fi
 fi
+mkdir -p "$work"
 old_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$old/Cargo.toml" | head -1)
 new_version=$(sed -n 's/^version = "\(.*\)"/\1/p' "$ROOT/Cargo.toml" | head -1)
 log "   building and installing voucher_ext $old_version ($from)"
@@ -53,6 +69,16 @@ v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extn
 out=$(q -d voucher_upgraded -At -f "$here/populate.sql")
 key_a=$(sed -n 's/^key_a=//p' <<<"$out")
 key_b=$(sed -n 's/^key_b=//p' <<<"$out")
+# VOUCHER_UPGRADE_ROWS=N adds N customers with e-mail, name and metadata to tenant a (0.1.0 keeps
+# them in plaintext), to time the encryption the update does
+rows=${VOUCHER_UPGRADE_ROWS:-0}
+if [ "$rows" -gt 0 ]; then
+    q -d voucher_upgraded -At -c "BEGIN" -c "SELECT voucher.authenticate('$key_a') IS NOT NULL" \
+        -c "SELECT count(voucher.upsert_customer('bulk-' || i, 'bulk' || i || '@example.com',
+                                                  'Name ' || i, jsonb_build_object('n', i)))
+              FROM generate_series(1, $rows) i" -c "COMMIT" >/dev/null
+    log "   added $rows customers on $old_version"
+fi
 before=$(q -d voucher_upgraded -At -f "$here/counts.sql")
 if grep -E ' 0$' <<<"$before"; then die "populate.sql left the tables above empty on $old_version"; fi
 
@@ -79,21 +105,42 @@ q -d voucher_upgraded -At \
     -c "SELECT ok OR (problem IS NULL) FROM voucher.verify_audit()" \
     -c "COMMIT" >/dev/null || die "the $old_version schema does not work with the new library"
 
+# control for the plaintext scan after the update: the restart's checkpoint wrote 0.1.0's
+# plaintext e-mail and metadata into the database's files
+dboid=$(q -d voucher_upgraded -At -c "SELECT oid FROM pg_database WHERE datname = current_database()")
+for s in one@example.com ann@example.org; do
+    as_pg grep -rqaF -e "$s" "$host/data/base/$dboid" \
+        || die "control: $s not found in the $old_version database's files, the scan below would prove nothing"
+done
+
 t=$(date +%s%N)
 q -d voucher_upgraded -c "ALTER EXTENSION voucher_ext UPDATE"
-log "   ALTER EXTENSION voucher_ext UPDATE: $(( ($(date +%s%N) - t) / 1000000 )) ms"
+update_ms=$(( ($(date +%s%N) - t) / 1000000 ))
+log "   ALTER EXTENSION voucher_ext UPDATE: $update_ms ms for $(awk '$1 == "customer" { c = $2 } $1 == "redemption" { r = $2 } END { print c " customers, " r " redemptions" }' <<<"$before")"
 v=$(q -d voucher_upgraded -At -c "SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext'")
 [ "$v" = "$new_version" ] || die "ALTER EXTENSION UPDATE left version $v, expected $new_version"
 
-# every table and sequence keeps its count and value; tables the upgrade adds start empty
+# every table and sequence keeps its count and value; tables the upgrade adds start empty, but
+# for the keys the encryption of the 0.1.0 plaintext made: two per tenant, one per customer
 after=$(q -d voucher_upgraded -At -f "$here/counts.sql")
-changed=$(awk 'NR == FNR { b[$1] = $2; next }
+tenants=$(awk '$1 == "tenant" { print $2 }' <<<"$before")
+customers=$(awk '$1 == "customer" { print $2 }' <<<"$before")
+changed=$(awk -v keys=$(( 2 * tenants )) -v customers="$customers" '
+               NR == FNR { b[$1] = $2; next }
                ($1 in b) { if (b[$1] != $2) print "changed: " $0 " (was " b[$1] ")"; delete b[$1]; next }
+               $1 == "tenant_key" || $1 == "tenant_key_id_seq" { if ($2 != keys) print "not " keys " keys: " $0; next }
+               $1 == "customer_key" { if ($2 != customers) print "not " customers " customer keys: " $0; next }
                $2 != 0 { print "new, not empty: " $0 }
                END { for (k in b) print "missing: " k }' <(echo "$before") <(echo "$after"))
 [ -z "$changed" ] || { echo "$changed"; die "the upgrade changed row counts or sequence values (above)"; }
 q -d voucher_upgraded -v key_a="$key_a" -v key_b="$key_b" -f "$here/check.sql" >/dev/null \
     || die "the upgraded data failed tests/ops/check.sql (above)"
+
+# no plaintext of the 0.1.0 personal data is left in the database's files (the rewritten tables'
+# old files are removed by the next checkpoint; the WAL still has them, README "Upgrading")
+q -d voucher_upgraded -c "CHECKPOINT"
+leaks=$(as_pg grep -rlaF -e 'one@example.com' -e 'ann@example.org' "$host/data/base/$dboid" || true)
+[ -z "$leaks" ] || die "plaintext personal data of $old_version left in the upgraded database's files: $leaks"
 
 q -d voucher_fresh -c "CREATE EXTENSION voucher_ext"
 q -d voucher_upgraded -At -f "$here/schema.sql" >"$work/schema-upgraded.txt"
@@ -102,4 +149,15 @@ if ! diff -u "$work/schema-fresh.txt" "$work/schema-upgraded.txt" >"$work/schema
     cat "$work/schema.diff"
     die "the upgraded schema differs from a fresh install of $new_version (diff above: - fresh, + upgraded; sql/upgrade/voucher_ext--$old_version--$new_version.sql lacks it)"
 fi
+# the migration function exists only inside the update; declared by hand and called outside it,
+# even by a superuser, it refuses (42501) and changes nothing
+q -d voucher_upgraded -c "CREATE FUNCTION public.migrate_outside() RETURNS bigint LANGUAGE c
+                          AS '\$libdir/voucher_ext', 'migrate_plaintext_wrapper'"
+if q -d voucher_upgraded -v VERBOSITY=verbose -c "SELECT public.migrate_outside()" \
+        >/dev/null 2>"$work/migrate-outside.txt"; then
+    die "voucher._crypto_migrate_plaintext ran outside ALTER EXTENSION UPDATE"
+fi
+grep -q 'ERROR:  42501: voucher_ext: _crypto_migrate_plaintext runs only inside ALTER EXTENSION' \
+    "$work/migrate-outside.txt" || { cat "$work/migrate-outside.txt"; die "the migration function refused with an unexpected error"; }
+q -d voucher_upgraded -c "DROP FUNCTION public.migrate_outside()"
 log "   $old_version -> $new_version: data intact, schema equal to a fresh install ($(wc -l <"$work/schema-fresh.txt") catalog lines), $(elapsed "$t0") in all"
