@@ -17,12 +17,12 @@ t=$(now)
 log "setup: $(elapsed "$t")"
 
 t=$(now)
-log "1/9 Rust unit tests"
+log "1/13 Rust unit tests"
 cargo test --lib --quiet -- --skip tests::pg_ || die "Rust unit tests failed"
 log "unit tests: $(elapsed "$t")"
 
 t=$(now)
-log "2/9 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
+log "2/13 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
 if is_root; then
     pgdata="$(cluster_base)/pgrx-test-data"
     mkdir -p "$pgdata" && chown postgres: "$pgdata"
@@ -33,12 +33,12 @@ fi
 log "pgrx tests: $(elapsed "$t")"
 
 t=$(now)
-log "3/9 upgrade: the previous release installed, filled, upgraded and compared (tests/ops/upgrade.sh)"
+log "3/13 upgrade: the previous release installed, filled, upgraded and compared (tests/ops/upgrade.sh)"
 "$ROOT/tests/ops/upgrade.sh" || die "the upgrade test failed"
 log "upgrade: $(elapsed "$t")"
 
 t=$(now)
-log "4/9 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
+log "4/13 install into $("$PG_CONFIG" --version) and start a throwaway cluster"
 "$ROOT/scripts/install.sh"
 "$ROOT/scripts/cluster.sh" start test "$PORT" fsync=off max_connections=100 \
     shared_preload_libraries=voucher_ext
@@ -52,7 +52,7 @@ log "install: $(elapsed "$t")"
 
 failed=0
 t=$(now)
-log "5/9 pg_regress (tests/pg_regress)"
+log "5/13 pg_regress (tests/pg_regress)"
 out="$ROOT/target/pg_regress"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/regress/pg_regress" --bindir="$(pg_bindir)" \
@@ -66,7 +66,7 @@ fi
 log "pg_regress: $(elapsed "$t")"
 
 t=$(now)
-log "6/9 pg_isolation_regress (tests/isolation)"
+log "6/13 pg_isolation_regress (tests/isolation)"
 out="$ROOT/target/isolation"
 rm -rf "$out" && mkdir -p "$out"
 "$(pgxs_dir)/../test/isolation/pg_isolation_regress" --bindir="$(pg_bindir)" \
@@ -80,39 +80,39 @@ fi
 log "isolation: $(elapsed "$t")"
 
 t=$(now)
-log "7/9 backups: pg_dump in three formats, restored on this cluster and on a new one (tests/ops/dump_restore.sh)"
+log "7/13 backups: pg_dump in three formats, restored on this cluster and on a new one (tests/ops/dump_restore.sh)"
 "$ROOT/tests/ops/dump_restore.sh" "$sock" "$PORT" || die "the dump/restore test failed"
 log "dump/restore: $(elapsed "$t")"
 
 t=$(now)
-log "8/9 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
+log "8/13 stress: 32 pgbench clients on one limited voucher, a gift card and a per-customer limit"
 STRESS_SECONDS=${STRESS_SECONDS:-20} "$ROOT/tests/stress/run.sh" "$sock" "$PORT" \
     || die "the stress test failed"
 log "stress: $(elapsed "$t")"
 
 t=$(now)
-log "9/9 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
+log "9/13 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
 "$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
 log "client: $(elapsed "$t")"
 
 t=$(now)
-log "throttle: a code guesser and an honest client side by side, then a flood of bad keys"
+log "10/13 throttle: a code guesser and an honest client side by side, then a flood of bad keys"
 GUESS_SECONDS=${GUESS_SECONDS:-5} "$ROOT/tests/throttle/guess.sh" "$sock" "$PORT" \
     || die "the guessing test failed"
 log "guessing: $(elapsed "$t")"
 t=$(now)
-log "crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own throwaway cluster)"
+log "11/13 crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own throwaway cluster)"
 VOUCHER_SCAN_PORT=${VOUCHER_SCAN_PORT:-$((PORT + 7))} "$ROOT/tests/crypto/plaintext_scan.sh" \
     || die "the plaintext scan failed"
 log "plaintext scan: $(elapsed "$t")"
 
 t=$(now)
-log "scale: hot standby: a streaming standby serves the reads and refuses the writes (tests/scale)"
+log "12/13 scale: hot standby: a streaming standby serves the reads and refuses the writes (tests/scale)"
 "$ROOT/tests/scale/standby.sh" || die "the hot-standby layer failed"
 log "standby: $(elapsed "$t")"
 
 t=$(now)
-log "scale: Citus, a coordinator and two workers, the extension distributed (tests/scale)"
+log "13/13 scale: Citus, a coordinator and two workers, the extension distributed (tests/scale)"
 "$ROOT/tests/scale/citus.sh" || die "the Citus layer failed"
 log "citus: $(elapsed "$t")"
 
