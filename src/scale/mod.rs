@@ -4,10 +4,12 @@
 //!   what it leaves unrecorded. Exports `refuse_writes`, `refuse_action`, `can_record`.
 //! - [`backtrace`]: keeps Rust backtraces out of the DETAIL of errors that reach callers.
 //! - [`cluster`]: the tenant context on a Citus cluster (a self-proving token every node checks
-//!   before row-level security trusts it) and `voucher.distribute()`.
+//!   before row-level security trusts it).
+//! - [`distribute`]: `voucher.distribute()`, the tables made Citus tables by `tenant_id`.
 //! - [`redeem`]: a redemption's claim as single-shard statements on a cluster.
 
 pub mod backtrace;
 pub mod cluster;
+pub mod distribute;
 pub mod redeem;
 pub mod standby;
