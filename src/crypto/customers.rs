@@ -36,7 +36,8 @@ pub(super) fn new_customer_key(
 }
 
 /// The customer's audit key, or None when it was destroyed (the customer was forgotten).
-fn customer_key(
+/// Also what privacy opens and destroys personal data in audit rows with.
+pub fn customer_key(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     customer: pgrx::Uuid,

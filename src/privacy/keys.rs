@@ -9,12 +9,12 @@
 use std::cell::RefCell;
 
 use pgrx::prelude::*;
-use pgrx::spi::{OwnedPreparedStatement, SpiClient};
+use pgrx::spi::OwnedPreparedStatement;
 
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::spi::run_kept;
+use crate::crypto::customers::customer_key;
 use crate::crypto::envelope::{self, Aad};
-use crate::crypto::keyring;
 use crate::crypto::store::{self, Place};
 use crate::tenancy::context;
 
@@ -49,39 +49,6 @@ fn customer_by_source(t: pgrx::Uuid, source_id: &str) -> Option<pgrx::Uuid> {
                 .flatten())
         })
     })
-}
-
-/// The customer's own key (for its personal data in audit rows), None once destroyed.
-fn customer_key(
-    client: &mut SpiClient<'_>,
-    tenant: &Tenant,
-    customer: pgrx::Uuid,
-) -> Result<Option<envelope::Key>> {
-    let wrapped = client
-        .select(
-            "SELECT wrapped FROM voucher.customer_key WHERE tenant_id = $1 AND customer_id = $2",
-            None,
-            &[store::uuid(tenant).into(), customer.into()],
-        )
-        .expect("customer key")
-        .first()
-        .get_one::<Vec<u8>>()
-        .ok()
-        .flatten();
-    let Some(wrapped) = wrapped else {
-        return Ok(None);
-    };
-    let cust = customer.to_string();
-    let place = Place {
-        table: "customer_key",
-        column: "wrapped",
-        row: &cust,
-    };
-    let key_id = envelope::key_id(&wrapped).map_err(|e| place.failed(&e))? as i32;
-    let dk = store::data_key(client, tenant, key_id)?;
-    keyring::unwrap_customer_key(&dk, tenant, &cust, &wrapped)
-        .map(Some)
-        .map_err(|e| place.failed(&e))
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
