@@ -55,6 +55,20 @@ fn fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) 
     h.finalize().to_vec()
 }
 
+/// Why a claim that matched no row failed: the code evaluated again on a fresh snapshot. A
+/// voucher that still looks valid lost its last use to a concurrent redemption (VC004).
+fn refusal_after_miss(
+    client: &pgrx::spi::SpiClient<'_>,
+    tenant: pgrx::Uuid,
+    req: &Request,
+) -> VoucherError {
+    match judge(evaluate(client, tenant, req, true), req, true) {
+        Ok(Verdict::Refused { sqlstate, .. }) => VoucherError::rule(sqlstate),
+        Ok(Verdict::Valid { .. }) => VoucherError::rule("VC004"),
+        Err(e) => e,
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn redeem_impl(
     code: Option<&str>,
@@ -268,12 +282,7 @@ fn redeem_impl(
                 if let Some(r) = done(rows) {
                     return Ok(r);
                 }
-                return Err(
-                    match judge(evaluate(client, tenant, &req, true), &req, true)? {
-                        Verdict::Refused { sqlstate, .. } => VoucherError::rule(sqlstate),
-                        Verdict::Valid { .. } => VoucherError::rule("VC004"),
-                    },
-                );
+                return Err(refusal_after_miss(client, tenant, &req));
             }
 
             if let (Some(limit), Some(cust)) = (v.per_customer_limit, cust) {
@@ -328,12 +337,7 @@ fn redeem_impl(
                     Some(balance_after) => {
                         Ok((redemption_id, v.voucher_id, discount, balance_after, false))
                     }
-                    None => Err(
-                        match judge(evaluate(client, tenant, &req, true), &req, true)? {
-                            Verdict::Refused { sqlstate, .. } => VoucherError::rule(sqlstate),
-                            Verdict::Valid { .. } => VoucherError::rule("VC004"),
-                        },
-                    ),
+                    None => Err(refusal_after_miss(client, tenant, &req)),
                 };
             }
             let claimed = run(
@@ -379,12 +383,7 @@ fn redeem_impl(
                 ],
             );
             if claimed.is_empty() {
-                return Err(
-                    match judge(evaluate(client, tenant, &req, true), &req, true)? {
-                        Verdict::Refused { sqlstate, .. } => VoucherError::rule(sqlstate),
-                        Verdict::Valid { .. } => VoucherError::rule("VC004"),
-                    },
-                );
+                return Err(refusal_after_miss(client, tenant, &req));
             }
             let balance_after = claimed.first().get::<AnyNumeric>(3).ok().flatten();
             Ok((redemption_id, v.voucher_id, discount, balance_after, false))
