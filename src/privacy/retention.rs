@@ -66,9 +66,10 @@ fn forget_for(tenant: pgrx::Uuid, budget: i32, operator: pg_sys::Oid) -> Outcome
         let oldcxt = pg_sys::CurrentMemoryContext;
         let owner = pg_sys::CurrentResourceOwner;
         pg_sys::BeginInternalSubTransaction(std::ptr::null());
-        let result = PgTryBuilder::new(|| Ok(run().ok().flatten().unwrap_or(0)))
-            .catch_others(Err)
-            .execute();
+        let result: std::result::Result<i64, Box<CaughtError>> =
+            PgTryBuilder::new(|| Ok(run().ok().flatten().unwrap_or(0)))
+                .catch_others(|e| Err(Box::new(e)))
+                .execute();
         match &result {
             Ok(_) => pg_sys::ReleaseCurrentSubTransaction(),
             Err(_) => pg_sys::RollbackAndReleaseCurrentSubTransaction(),
@@ -79,14 +80,14 @@ fn forget_for(tenant: pgrx::Uuid, budget: i32, operator: pg_sys::Oid) -> Outcome
             Ok(n) => return Outcome::Forgot(n),
             Err(e) => e,
         };
-        let (code, message) = match &e {
+        let (code, message) = match e.as_ref() {
             CaughtError::PostgresError(r) | CaughtError::ErrorReport(r) => {
                 (sqlstate(r.sql_error_code() as i32), r.message().to_string())
             }
-            CaughtError::RustPanic { .. } => e.rethrow(),
+            CaughtError::RustPanic { .. } => (*e).rethrow(),
         };
         if code.starts_with("57") || code.starts_with("53") {
-            e.rethrow();
+            (*e).rethrow();
         }
         warning!("voucher_ext customer retention: tenant {tenant} skipped: {code}: {message}");
         Outcome::Failed
