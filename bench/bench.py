@@ -63,6 +63,7 @@ AUDIT_ROWS = 100_000 if QUICK else 1_000_000  # audit events verified in case 7
 PRIVACY_DB = "voucher_privacy"
 FORGET_REDEMPTIONS = 1000                     # redemptions of the customer forgotten in case 9
 RETENTION_CUSTOMERS = 10_000                  # inactive customers forgotten in case 9
+RETENTION_TENANTS = 10                        # case 9c: the same customers spread over this many tenants
 APP_ROLE = "bench_app"                        # the login role pgbench connects as
 
 OUT = os.path.join(HERE, "results", "quick.tmp") if QUICK else os.path.join(HERE, "results")
@@ -1370,7 +1371,7 @@ SELECT count(voucher.upsert_customer('r' || g, 'r' || g || '@example.com', 'Rota
 
 # Case 9 (GDPR, issue 15): forget_customer of one customer with FORGET_REDEMPTIONS redemptions,
 # and RETENTION_CUSTOMERS inactive customers forgotten by forget_inactive_customers in batches
-# of 1,000. The baselines do the same erasure on bare tables in plain SQL (the UPDATEs a DBA
+# of 1,000 (one tenant), and by run_customer_retention(1000) (spread over RETENTION_TENANTS). The baselines do the same erasure on bare tables in plain SQL (the UPDATEs a DBA
 # would write, without pseudonymous ids, keys, counts or audit rows). Run it alone with:
 #   BENCH_SKIP_INSTALL=1 BENCH_ONLY=privacy make bench
 def setup_privacy():
@@ -1395,7 +1396,25 @@ CREATE TABLE bare.customer (customer_id uuid PRIMARY KEY, source_id text UNIQUE,
 CREATE TABLE bare.redemption (redemption_id uuid PRIMARY KEY, customer_id uuid, metadata jsonb);
 CREATE INDEX ON bare.redemption (customer_id);
 """)
-    STATE["privacy"] = {"key": scalar(PRIVACY_DB, "SELECT key FROM bench_key")}
+    # case 9c: RETENTION_TENANTS more tenants with retention on, for run_customer_retention
+    sql(PRIVACY_DB, f"""
+SET client_min_messages = warning;
+CREATE TABLE bench_retention_key (key text NOT NULL);
+DO $$
+DECLARE t uuid;
+        k text;
+BEGIN
+    FOR i IN 1..{RETENTION_TENANTS} LOOP
+        t := voucher.create_tenant('bench retention ' || i);
+        k := voucher.create_api_key('admin', tenant => t);
+        INSERT INTO bench_retention_key VALUES (k);
+    END LOOP;
+END $$;""")
+    keys = scalar(PRIVACY_DB, "SELECT string_agg(key, ' ') FROM bench_retention_key").split()
+    for k in keys:
+        sql(PRIVACY_DB, f"BEGIN;\nSELECT voucher.authenticate('{k}');\n"
+                        "SELECT voucher.configure('customer_retention_days', '30');\nCOMMIT;")
+    STATE["privacy"] = {"key": scalar(PRIVACY_DB, "SELECT key FROM bench_key"), "tenant_keys": keys}
 
 
 FIXTURES["privacy"] = setup_privacy
@@ -1461,16 +1480,43 @@ VACUUM ANALYZE bare.customer;""")
             "metadata = NULL, forgotten_at = now() "
             "WHERE forgotten_at IS NULL AND updated_at < now() - interval '30 days';"], "COMMIT;")
 
+    def retention_all():
+        tag = uuid.uuid4().hex[:8]
+        per_tenant = n_cust // len(STATE["privacy"]["tenant_keys"])
+        for k in STATE["privacy"]["tenant_keys"]:
+            sql(PRIVACY_DB, f"""BEGIN;
+SELECT voucher.authenticate('{k}') IS NOT NULL;
+SELECT count(voucher.upsert_customer('all-{tag}-' || g, 'all' || g || '@example.com', 'All ' || g))
+  FROM generate_series(1, {per_tenant}) g;
+COMMIT;""")
+        sql(PRIVACY_DB, """
+SET session_replication_role = replica;
+UPDATE voucher.customer SET updated_at = now() - interval '400 days' WHERE forgotten_at IS NULL;
+RESET session_replication_role;
+VACUUM ANALYZE voucher.customer;""")
+        batches = -(-n_cust // 1000)
+        s = oneshot(PRIVACY_DB, "BEGIN;", ["SELECT voucher.run_customer_retention(1000);"] * batches, "COMMIT;")
+        left = scalar(PRIVACY_DB, "SELECT count(*) FROM voucher.customer WHERE forgotten_at IS NULL")
+        if left != "0":
+            raise Failure(f"{left} inactive customers were not forgotten by run_customer_retention")
+        return s
+
     f = alternate({"forget": forget, "bare": forget_bare})
     r = alternate({"retention": retention, "bare": retention_bare})
+    ra = alternate({"all tenants": retention_all, "bare": retention_bare})
     per_s = n_cust / (med([x["v"] for x in r["retention"]]) / 1000)
+    per_s_all = n_cust / (med([x["v"] for x in ra["all tenants"]]) / 1000)
     return [row("9a", f"`forget_customer` of one customer with {n_red:,} redemptions vs the same erasure in "
                       "plain UPDATEs of bare tables", "ms",
                 series("forget_customer", f["forget"]), series("bare UPDATEs", f["bare"])),
             row("9b", f"{n_cust:,} inactive customers forgotten by `forget_inactive_customers(1000)` vs one "
                       "UPDATE of bare rows", "ms",
                 series("retention", r["retention"]), series("bare UPDATE", r["bare"]),
-                note=f"{per_s:,.0f} customers/s through the retention function (median)")]
+                note=f"{per_s:,.0f} customers/s through the retention function (median)"),
+            row("9c", f"{n_cust:,} inactive customers of {len(STATE['privacy']['tenant_keys'])} tenants forgotten by "
+                      "`run_customer_retention(1000)` (operator, every tenant) vs one UPDATE of bare rows", "ms",
+                series("all tenants", ra["all tenants"]), series("bare UPDATE", ra["bare"]),
+                note=f"{per_s_all:,.0f} customers/s across tenants (median)")]
 
 
 def main():

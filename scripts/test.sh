@@ -105,6 +105,11 @@ log "11/13 crypto: the plaintext scan (tests/crypto/plaintext_scan.sh, its own t
 VOUCHER_SCAN_PORT=${VOUCHER_SCAN_PORT:-$((PORT + 7))} "$ROOT/tests/crypto/plaintext_scan.sh" \
     || die "the plaintext scan failed"
 log "plaintext scan: $(elapsed "$t")"
+# privacy: the forget scan on disk (tests/privacy/forget_scan.sh, its own throwaway cluster)
+t=$(now)
+log "11/13 privacy: the forget scan: a forgotten customer's bytes in no heap or index file after VACUUM"
+"$ROOT/tests/privacy/forget_scan.sh" || die "the forget scan failed"
+log "forget scan: $(elapsed "$t")"
 
 t=$(now)
 log "12/13 scale: hot standby: a streaming standby serves the reads and refuses the writes (tests/scale)"

@@ -89,7 +89,7 @@ GRANT EXECUTE ON FUNCTION
     voucher.purge_audit(interval),
     voucher.set_audit_retention(interval),
     voucher.set_consent(text, text, boolean, text),
-    voucher.export_customer(text),
+    voucher.export_customer(text, boolean),
     voucher.forget_customer(text),
     voucher.forget_inactive_customers(integer)
 TO voucher_client;
@@ -104,6 +104,7 @@ GRANT EXECUTE ON FUNCTION
     voucher.create_tenant(text),
     voucher.act_as(uuid, text, boolean),
     voucher.seal_audit(),
+    voucher.run_customer_retention(integer),
     voucher._throttle_capacity(),
     voucher.key_fingerprints()
 TO voucher_operator;
@@ -128,6 +129,7 @@ GRANT EXECUTE ON FUNCTION
     voucher._customer_by_source(uuid, text),
     voucher._open_personal(uuid, uuid, text),
     voucher._pseudonymize(uuid, uuid),
+    voucher._log_unaudited_export(),
     voucher._audit_customer(jsonb),                    -- an index key of audit_event
     voucher.upsert_customer(text, text, text, jsonb)   -- set_consent finds or creates with it
 TO voucher_definer;

@@ -226,12 +226,18 @@ COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpos
 ------------------------------------------------------------------------------------------------
 -- Know: export
 ------------------------------------------------------------------------------------------------
-CREATE FUNCTION voucher.export_customer(source_id text) RETURNS jsonb
+-- Exporting reads (action export_customers, admin keys only), so it also runs on a hot standby
+-- (or in a READ ONLY transaction), where its audit row cannot be written: there it refuses with
+-- 25006 unless the caller passes allow_unaudited => true, and then exports without an audit
+-- row ("audited": false in the document; src/privacy/standby.rs logs tenant and key, not who).
+CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT false)
+RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 #variable_conflict use_variable
 DECLARE
-    t         uuid := voucher._authorize('administer');
+    t         uuid := voucher._authorize('export_customers');
+    audited   boolean := current_setting('transaction_read_only') = 'off';
     id        uuid;
     consents  jsonb;
     reds      jsonb;
@@ -239,6 +245,13 @@ DECLARE
 BEGIN
     IF source_id IS NULL THEN
         RAISE EXCEPTION 'source_id must not be NULL' USING ERRCODE = '22004';
+    END IF;
+    IF NOT audited AND NOT coalesce(allow_unaudited, false) THEN
+        RAISE EXCEPTION 'cannot audit a customer export %',
+              CASE WHEN pg_is_in_recovery() THEN 'on a hot standby' ELSE 'in a read-only transaction' END
+            USING ERRCODE = '25006',
+                  HINT = 'run export_customer on the primary (in a read-write transaction), or pass '
+                         'allow_unaudited => true to export here without an audit row';
     END IF;
     id := voucher._customer_by_source(t, source_id);
     IF id IS NULL THEN
@@ -282,13 +295,18 @@ BEGIN
              ORDER BY e.event_id), '[]') INTO events
       FROM voucher._customer_events(t, id) e;
     -- the export is audited: which customer (its pseudonymous id) and how much, no contents
-    PERFORM voucher._audit('customer.exported', 'customer', id::text,
-        jsonb_build_object('consents', jsonb_array_length(consents),
-                           'redemptions', jsonb_array_length(reds),
-                           'audit_events', jsonb_array_length(events)));
+    IF audited THEN
+        PERFORM voucher._audit('customer.exported', 'customer', id::text,
+            jsonb_build_object('consents', jsonb_array_length(consents),
+                               'redemptions', jsonb_array_length(reds),
+                               'audit_events', jsonb_array_length(events)));
+    ELSE
+        PERFORM voucher._log_unaudited_export();   -- the server log: tenant and key, no customer
+    END IF;
     RETURN jsonb_build_object(
         'format', 'voucher_ext.customer_export/1',
         'exported_at', now(),
+        'audited', audited,
         'tenant_id', t,
         'customer', voucher._customer_profile(t, id),
         'consents', consents,
@@ -296,7 +314,7 @@ BEGIN
         'audit_events', events);
 END
 $$;
-COMMENT ON FUNCTION voucher.export_customer(text) IS
+COMMENT ON FUNCTION voucher.export_customer(text, boolean) IS
     'Everything the tenant holds about a customer, as one jsonb document (voucher_ext.customer_export/1).';
 
 ------------------------------------------------------------------------------------------------
@@ -363,22 +381,20 @@ COMMENT ON FUNCTION voucher.forget_customer(text) IS
 -- Retention
 ------------------------------------------------------------------------------------------------
 
--- Forgets up to batch_size customers without activity (profile change, redemption, consent)
--- for longer than the tenant's customer_retention_days; returns how many (0: none left, or
--- retention is off). Call it until it returns 0, e.g. every few minutes from a scheduler.
-CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
+-- Forgets up to batch_size customers of tenant t without activity (profile change, redemption,
+-- consent) for longer than its customer_retention_days; returns how many (0: none left, or
+-- retention is off). Run by forget_inactive_customers (an admin key's own tenant) and by
+-- voucher.run_customer_retention (src/privacy/retention.rs: operators, every tenant, each under
+-- its own context); row-level security keeps it to the context's tenant.
+CREATE FUNCTION voucher._forget_inactive(t uuid, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    t       uuid := voucher._authorize('administer');
     days    integer;
     cutoff  timestamptz;
     c       record;
     n       bigint := 0;
 BEGIN
-    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
-        RAISE EXCEPTION 'batch_size must be between 1 and 100000' USING ERRCODE = '22023';
-    END IF;
     days := voucher._privacy_setting(t, 'customer_retention_days')::integer;
     IF days = 0 THEN
         RETURN 0;
@@ -401,6 +417,21 @@ BEGIN
         n := n + 1;
     END LOOP;
     RETURN n;
+END
+$$;
+
+-- An admin key: one batch of its own tenant. Call it until it returns 0, e.g. every few minutes
+-- from a scheduler; for every tenant at once see voucher.run_customer_retention (operators).
+CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    t  uuid := voucher._authorize('administer');
+BEGIN
+    IF batch_size IS NULL OR batch_size < 1 OR batch_size > 100000 THEN
+        RAISE EXCEPTION 'batch_size must be between 1 and 100000' USING ERRCODE = '22023';
+    END IF;
+    RETURN voucher._forget_inactive(t, batch_size);
 END
 $$;
 COMMENT ON FUNCTION voucher.forget_inactive_customers(integer) IS

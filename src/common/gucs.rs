@@ -35,6 +35,9 @@ pub static AUTH_FAILURE_WINDOW: GucSetting<i32> = GucSetting::<i32>::new(60);
 pub static AUTH_LOCKOUT: GucSetting<i32> = GucSetting::<i32>::new(60);
 /// Seconds between the background worker's seals of every database's audit chain (0: off).
 pub static SEAL_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(5);
+/// Seconds between the background worker's customer-retention runs in every database (0: off;
+/// privacy, src/privacy/retention.rs).
+pub static CUSTOMER_RETENTION_INTERVAL: GucSetting<i32> = GucSetting::<i32>::new(0);
 
 pub fn init() {
     GucRegistry::define_int_guc(
@@ -44,6 +47,16 @@ pub fn init() {
         &SEAL_INTERVAL,
         0,
         86_400,
+        GucContext::Sighup,
+        GucFlags::UNIT_S,
+    );
+    GucRegistry::define_int_guc(
+        c"voucher.customer_retention_interval",
+        c"Seconds between the background worker's customer-retention runs in every database.",
+        c"Only when voucher_ext is in shared_preload_libraries; 0 (the default) turns them off. Each run calls voucher.run_customer_retention(1000) until it returns less than 1000, at most 100 times.",
+        &CUSTOMER_RETENTION_INTERVAL,
+        0,
+        604_800,
         GucContext::Sighup,
         GucFlags::UNIT_S,
     );

@@ -12,6 +12,11 @@
 //!   `audit_event` and never wait on either); the database worker sets a `lock_timeout`, so a
 //!   manual `seal_audit()` holding a tenant's state row makes it give up, not queue.
 //! - `voucher.seal_interval = 0` turns sealing off (the launcher keeps waiting for a reload).
+//! - privacy (issue 15): every `voucher.customer_retention_interval` seconds (0, the default:
+//!   never) the launcher also starts, database by database, a worker that calls
+//!   `voucher.run_customer_retention(1000)` in transactions of their own until a call forgets
+//!   fewer than 1000 customers, at most 10 calls per database and run (the rest waits for the
+//!   next run). Sealing waits while a retention run works, and the other way round.
 
 use std::time::{Duration, Instant};
 
@@ -45,6 +50,21 @@ fn interval() -> Option<Duration> {
     (s > 0).then(|| Duration::from_secs(s as u64))
 }
 
+// --- privacy: the customer-retention schedule ---
+fn retention_interval() -> Option<Duration> {
+    let s = gucs::CUSTOMER_RETENTION_INTERVAL.get();
+    (s > 0).then(|| Duration::from_secs(s as u64))
+}
+
+/// After a reload: a shorter interval takes effect now, a longer one after the current wait.
+fn rescheduled(due: Option<Instant>, interval: Option<Duration>) -> Option<Instant> {
+    match (due, interval.map(|i| Instant::now() + i)) {
+        (Some(d), Some(n)) => Some(d.min(n)),
+        (_, n) => n,
+    }
+}
+// --- end privacy ---
+
 /// The launcher's main loop.
 #[pg_guard]
 #[unsafe(no_mangle)]
@@ -54,8 +74,10 @@ pub extern "C-unwind" fn voucher_seal_launcher(_arg: pg_sys::Datum) {
     BackgroundWorker::connect_worker_to_spi(None, None);
     log!("voucher_ext audit sealer started");
     let mut due = interval().map(|i| Instant::now() + i);
+    let mut retention_due = retention_interval().map(|i| Instant::now() + i); // privacy
     loop {
-        let wait = due.map(|d| d.saturating_duration_since(Instant::now()));
+        let next = [due, retention_due].into_iter().flatten().min();
+        let wait = next.map(|d| d.saturating_duration_since(Instant::now()));
         // a zero timeout would mean "wait forever" to wait_latch
         if !BackgroundWorker::wait_latch(wait.map(|w| w.max(Duration::from_millis(1)))) {
             break;
@@ -63,32 +85,41 @@ pub extern "C-unwind" fn voucher_seal_launcher(_arg: pg_sys::Datum) {
         if BackgroundWorker::sighup_received() {
             // SAFETY: the standard reload in a background worker's main loop.
             unsafe { pg_sys::ProcessConfigFile(pg_sys::GucContext::PGC_SIGHUP) };
-            let next = interval().map(|i| Instant::now() + i);
-            // a shorter interval takes effect now, a longer one after the current wait
-            due = match (due, next) {
-                (Some(d), Some(n)) => Some(d.min(n)),
-                (_, n) => n,
-            };
+            due = rescheduled(due, interval());
+            retention_due = rescheduled(retention_due, retention_interval());
         }
         if due.is_some_and(|d| Instant::now() >= d) {
-            seal_every_database();
+            every_database("voucher_seal_database");
             due = interval().map(|i| Instant::now() + i);
+        }
+        if retention_due.is_some_and(|d| Instant::now() >= d) {
+            every_database("voucher_retention_database"); // privacy
+            retention_due = retention_interval().map(|i| Instant::now() + i);
         }
     }
     log!("voucher_ext audit sealer stopped");
 }
 
-fn seal_every_database() {
+/// Starts `function` in a worker for each database in turn, waiting for each.
+fn every_database(function: &str) {
     // SAFETY: a catalog scan inside a transaction.
     let databases = BackgroundWorker::transaction(|| unsafe { databases() });
     for db in databases {
         if BackgroundWorker::sigterm_received() {
             return;
         }
-        let started = BackgroundWorkerBuilder::new("voucher_ext audit sealer (database)")
-            .set_type("voucher_ext sealer")
+        let (name, kind) = if function == "voucher_retention_database" {
+            (
+                "voucher_ext customer retention (database)",
+                "voucher_ext retention",
+            )
+        } else {
+            ("voucher_ext audit sealer (database)", "voucher_ext sealer")
+        };
+        let started = BackgroundWorkerBuilder::new(name)
+            .set_type(kind)
             .set_library(LIBRARY)
-            .set_function("voucher_seal_database")
+            .set_function(function)
             .enable_spi_access()
             .set_argument(Some(pg_sys::Datum::from(u32::from(db))))
             // SAFETY: reads this process's pid.
@@ -158,4 +189,51 @@ pub extern "C-unwind" fn voucher_seal_database(arg: pg_sys::Datum) {
             }
         }
     });
+}
+
+// --- privacy (issue 15): customer retention in every database ---
+
+/// Customers per `run_customer_retention` call, and calls per database and run.
+const RETENTION_BATCH: i32 = 1000;
+const RETENTION_CALLS: usize = 10;
+
+/// A database worker: runs customer retention if the installed extension has it, exits.
+#[pg_guard]
+#[unsafe(no_mangle)]
+pub extern "C-unwind" fn voucher_retention_database(arg: pg_sys::Datum) {
+    BackgroundWorker::attach_signal_handlers(SignalWakeFlags::SIGTERM);
+    let db = pg_sys::Oid::from(arg.value() as u32);
+    BackgroundWorker::connect_worker_to_spi_by_oid(Some(db), None);
+    let mut total = 0i64;
+    for _ in 0..RETENTION_CALLS {
+        if BackgroundWorker::sigterm_received() {
+            break;
+        }
+        let forgotten = BackgroundWorker::transaction(|| {
+            Spi::run("SET LOCAL lock_timeout = '2s'").expect("lock_timeout");
+            let present = Spi::get_one::<bool>(
+                "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'voucher_ext') \
+                    AND to_regprocedure('voucher.run_customer_retention(integer)') IS NOT NULL",
+            );
+            if present != Ok(Some(true)) {
+                return 0;
+            }
+            Spi::get_one_with_args::<i64>(
+                "SELECT voucher.run_customer_retention($1)",
+                &[RETENTION_BATCH.into()],
+            )
+            .expect("run_customer_retention")
+            .unwrap_or(0)
+        });
+        total += forgotten;
+        if forgotten < i64::from(RETENTION_BATCH) {
+            break;
+        }
+    }
+    if total > 0 {
+        log!(
+            "voucher_ext customer retention: {total} customers forgotten in database {}",
+            u32::from(db)
+        );
+    }
 }

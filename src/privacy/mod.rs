@@ -7,8 +7,13 @@
 //! opening what audit rows hold about a customer under its own key, and the pseudonymization
 //! that destroys that key.
 //!
+//! `retention`: `run_customer_retention`, the same retention across every tenant, for operators,
+//! schedulers and the background worker.
+//!
 //! Exports to the rest of the crate: nothing; `upsert_customer` (src/crypto/customers.rs) asks
 //! `voucher._profile_allowed` before storing personal fields (`VC014` otherwise), and redemptions
 //! look customers up `FOR KEY SHARE` so that a racing forget is seen.
 
 pub mod keys;
+pub mod retention;
+pub mod standby;

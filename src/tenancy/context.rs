@@ -205,6 +205,56 @@ pub(super) fn install(
     }
 }
 
+// --- privacy (issue 15): operator maintenance that works tenant by tenant ---
+
+/// Runs `f` in a transaction-scoped context of `tenant` with key role `role`, opened for
+/// `operator` as `act_as` would (audit rows name the operator; no `act_as` row), then puts the
+/// caller's context back. Not reachable from SQL: for `run_customer_retention`, which calls it
+/// inside a subtransaction per tenant (a subtransaction that fails restores the token itself).
+pub fn acting_for<R>(
+    tenant: [u8; 16],
+    role: KeyRole,
+    operator: pg_sys::Oid,
+    f: impl FnOnce() -> R,
+) -> R {
+    struct Forget(CString);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            CONTEXTS.with(|c| c.borrow_mut().retain(|x| x.token != self.0));
+        }
+    }
+    let previous = gucs::context_token()
+        .map(std::ffi::CStr::to_owned)
+        .unwrap_or_default();
+    let hex: String = rng::os_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let token = CString::new(hex).expect("hex has no NUL");
+    set_token(&token, Scope::Transaction);
+    // pushed without evicting: the caller's own contexts stay remembered
+    CONTEXTS.with(|c| {
+        c.borrow_mut().push(Context {
+            tenant,
+            key_id: None,
+            role,
+            operator: Some(operator),
+            scope: Scope::Transaction,
+            token: token.clone(),
+            verified_generation: None,
+            expires_at: None,
+        })
+    });
+    let _forget = Forget(token);
+    if let Some(ctx) = current() {
+        ship(&ctx); // scale
+    }
+    let out = f();
+    set_token(&previous, Scope::Transaction);
+    out
+}
+// --- end privacy ---
+
 /// Forgets every context of this session.
 pub fn clear() {
     CONTEXTS.with(|c| c.borrow_mut().clear());

@@ -68,10 +68,12 @@ pub enum Action {
     ReadAudit,
     /// tenant settings and GDPR tasks
     Administer,
+    /// export a customer's data (privacy: reads, so it may run on a standby, unaudited there)
+    ExportCustomers,
 }
 
 impl Action {
-    pub const ALL: [Action; 11] = [
+    pub const ALL: [Action; 12] = [
         Action::ManageKeys,
         Action::ReadKeys,
         Action::ManageCampaigns,
@@ -83,6 +85,7 @@ impl Action {
         Action::ReadRedemptions,
         Action::ReadAudit,
         Action::Administer,
+        Action::ExportCustomers,
     ];
 
     pub fn parse(s: &str) -> Result<Self> {
@@ -107,6 +110,7 @@ impl Action {
             Action::ReadRedemptions => "read_redemptions",
             Action::ReadAudit => "read_audit",
             Action::Administer => "administer",
+            Action::ExportCustomers => "export_customers",
         }
     }
 
@@ -132,9 +136,8 @@ impl Action {
         use Action::*;
         match self {
             ManageKeys | ManageCampaigns | WriteCustomers | Redeem | Administer => true,
-            ReadKeys | ReadCatalog | ReadCustomers | Validate | ReadRedemptions | ReadAudit => {
-                false
-            }
+            ReadKeys | ReadCatalog | ReadCustomers | Validate | ReadRedemptions | ReadAudit
+            | ExportCustomers => false,
         }
     }
 
@@ -176,6 +179,7 @@ impl Action {
             Action::ReadRedemptions => "read redemptions",
             Action::ReadAudit => "read the audit log",
             Action::Administer => "administer the tenant",
+            Action::ExportCustomers => "export customers",
         }
     }
 }
@@ -201,6 +205,7 @@ mod unit {
             Validate,
             Redeem,
             Administer,
+            ExportCustomers,
         ] {
             assert!(!a.allowed_for(KeyRole::Auditor), "{a:?}");
         }
@@ -218,6 +223,13 @@ mod unit {
             .filter(|r| ReadAudit.allowed_for(*r))
             .collect();
         assert_eq!(readers, vec![KeyRole::Admin, KeyRole::Auditor]);
+        // only admins export customers (privacy), and exporting reads (it runs on a standby)
+        let exporters: Vec<_> = KeyRole::ALL
+            .into_iter()
+            .filter(|r| ExportCustomers.allowed_for(*r))
+            .collect();
+        assert_eq!(exporters, vec![KeyRole::Admin]);
+        assert!(!ExportCustomers.writes());
     }
 
     #[test]

@@ -66,4 +66,10 @@ regress "$primary" "$port" standby_primary
 if grep -n 'rust_begin_unwind\|\.rs:[0-9]' "$standby/server.log"; then
     die "the standby's log shows a Rust backtrace or source path (above)"
 fi
+# privacy: the unaudited exports on the standby are in its log (tenant and key, no customer)
+grep -q 'exported by key:.* without an audit row' "$standby/server.log" \
+    || die "the standby's log does not show the unaudited export"
+if grep -n 'cust-1\|c1@example\.com' "$standby/server.log"; then
+    die "the standby's log shows a customer's id or e-mail (above)"
+fi
 log "standby layer passed"

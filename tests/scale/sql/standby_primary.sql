@@ -10,6 +10,17 @@ SELECT valid, discount FROM voucher.validate('SB-2', order_amount => 40);
 SELECT t($$SELECT * FROM voucher.redeem('SB-2', order_amount => 40)$$) AS redeem;
 SELECT t($$SELECT voucher.create_campaign('x')$$) AS create_campaign;
 SELECT ok FROM voucher.verify_audit();
+-- export_customer: as on a standby (privacy)
+SELECT t($$SELECT voucher.export_customer('cust-1')$$) AS export_audited;
+SELECT e -> 'audited' AS audited, e -> 'customer' ->> 'email' AS email
+  FROM voucher.export_customer('cust-1', allow_unaudited => true) e;
+COMMIT;
+-- none of those exports left an audit row; a read-write export does, whatever allow_unaudited says
+BEGIN;
+SELECT voucher.authenticate(key) IS NOT NULL AS authenticated FROM standby_key WHERE name = 'admin';
+SELECT count(*) AS exports_audited FROM voucher.audit_log WHERE action = 'customer.exported';
+SELECT voucher.export_customer('cust-1', allow_unaudited => true) -> 'audited' AS audited;
+SELECT count(*) AS exports_audited FROM voucher.audit_log WHERE action = 'customer.exported';
 COMMIT;
 -- the same calls in a read-write transaction work
 BEGIN;

@@ -16,6 +16,9 @@ SELECT t($$SELECT * FROM voucher.redeem('SB-2', order_amount => 40)$$) AS redeem
 SELECT t($$SELECT * FROM voucher.redeem('SB-GIFT', amount => 5, idempotency_key => 'k1')$$) AS redeem_gift;
 SELECT t($$SELECT * FROM voucher.rollback_redemption(gen_random_uuid())$$) AS rollback;
 SELECT t($$SELECT voucher.upsert_customer('cust-2')$$) AS upsert_customer;
+SELECT t($$SELECT voucher.set_consent('cust-1', 'newsletter', true)$$) AS set_consent;
+-- exporting is for admin keys, here as on the primary
+SELECT t($$SELECT voucher.export_customer('cust-1', allow_unaudited => true)$$) AS export_customer;
 -- a role that may not write at all still hears 42501 first
 SELECT t($$SELECT voucher.create_campaign('x')$$) AS create_campaign_as_redeemer;
 COMMIT;
@@ -40,7 +43,27 @@ SELECT f, t(sql) AS outcome FROM (VALUES
     ('revoke_api_key', $$SELECT voucher.revoke_api_key(id) FROM voucher.api_keys$$),
     ('set_audit_retention', $$SELECT voucher.set_audit_retention('30 days')$$),
     ('purge_audit', $$SELECT voucher.purge_audit()$$),
-    ('redeem', $$SELECT * FROM voucher.redeem('SB-3')$$)) v(f, sql);
+    ('redeem', $$SELECT * FROM voucher.redeem('SB-3')$$),
+    ('forget_customer', $$SELECT voucher.forget_customer('cust-1')$$),
+    ('forget_inactive_customers', $$SELECT voucher.forget_inactive_customers()$$),
+    ('set_consent', $$SELECT voucher.set_consent('cust-1', 'profile', false)$$)) v(f, sql);
+COMMIT;
+
+-- export_customer (privacy) reads, but its audit row cannot be written here: refused (25006)
+-- unless the caller accepts an export without an audit row, which then works read-only
+BEGIN;
+SELECT voucher.authenticate(key) IS NOT NULL AS authenticated FROM standby_key WHERE name = 'admin';
+SELECT t($$SELECT voucher.export_customer('cust-1')$$) AS export_audited;
+SELECT e ->> 'format' AS format, e -> 'audited' AS audited,
+       e -> 'customer' ->> 'source_id' AS source_id, e -> 'customer' ->> 'email' AS email,
+       jsonb_array_length(e -> 'redemptions') AS redemptions,
+       (SELECT array_agg(DISTINCT a ->> 'action' ORDER BY a ->> 'action')
+          FROM jsonb_array_elements(e -> 'audit_events') a) AS events
+  FROM voucher.export_customer('cust-1', allow_unaudited => true) e;
+SELECT voucher.export_customer('cust-streamed', allow_unaudited => true) -> 'customer' ->> 'source_id'
+       AS streamed;
+SELECT voucher.export_customer('nobody', allow_unaudited => true) IS NULL AS unknown_is_null;
+SELECT t($$SELECT voucher.export_customer(NULL, allow_unaudited => true)$$) AS null_source;
 COMMIT;
 
 -- an auditor: the audit log and its verification
@@ -74,5 +97,6 @@ SELECT f, t(sql) AS outcome FROM (VALUES
     ('create_tenant', $$SELECT voucher.create_tenant('new')$$),
     ('act_as', $$SELECT voucher.act_as(tenant_id) FROM (SELECT '00000000-0000-0000-0000-000000000000'::uuid) x(tenant_id)$$),
     ('create_api_key', $$SELECT voucher.create_api_key('admin', tenant => gen_random_uuid())$$),
-    ('seal_audit', $$SELECT voucher.seal_audit()$$)) v(f, sql);
+    ('seal_audit', $$SELECT voucher.seal_audit()$$),
+    ('run_customer_retention', $$SELECT voucher.run_customer_retention()$$)) v(f, sql);
 RESET ROLE;
