@@ -720,10 +720,10 @@ COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpos
 -- Know: export
 ------------------------------------------------------------------------------------------------
 -- Exporting reads (action export_customers, admin keys only), so it also runs on a hot standby
--- (or in a READ ONLY transaction), where its audit row cannot be written: there it refuses with
--- 25006 unless the caller passes allow_unaudited => true, and then exports without an audit
--- row ("audited": false in the document; src/privacy/standby.rs logs tenant and key, not who).
-CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT false)
+-- (or in a READ ONLY transaction), where its audit row cannot be written: there it exports
+-- without an audit row ("audited": false in the document; src/privacy/standby.rs logs tenant and
+-- key, not who), unless the caller passes allow_unaudited => false: then it refuses with 25006.
+CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT true)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -739,12 +739,12 @@ BEGIN
     IF source_id IS NULL THEN
         RAISE EXCEPTION 'source_id must not be NULL' USING ERRCODE = '22004';
     END IF;
-    IF NOT audited AND NOT coalesce(allow_unaudited, false) THEN
+    IF NOT audited AND NOT coalesce(allow_unaudited, true) THEN
         RAISE EXCEPTION 'cannot audit a customer export %',
               CASE WHEN pg_is_in_recovery() THEN 'on a hot standby' ELSE 'in a read-only transaction' END
             USING ERRCODE = '25006',
-                  HINT = 'run export_customer on the primary (in a read-write transaction), or pass '
-                         'allow_unaudited => true to export here without an audit row';
+                  HINT = 'run export_customer on the primary (in a read-write transaction), or leave '
+                         'allow_unaudited at true to export here without an audit row';
     END IF;
     id := voucher._customer_by_source(t, source_id);
     IF id IS NULL THEN

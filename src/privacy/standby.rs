@@ -1,6 +1,6 @@
 //! export_customer on a hot standby (or in a read-only transaction): its audit row cannot be
-//! written there, so sql/privacy.sql refuses (25006) unless the caller passes
-//! `allow_unaudited => true`, and then leaves this trace in the server log instead.
+//! written there, so sql/privacy.sql exports without it (unless the caller passes
+//! `allow_unaudited => false`: then 25006) and leaves this trace in the server log instead.
 
 use std::ffi::{c_char, c_int, CString};
 
