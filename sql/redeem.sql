@@ -68,6 +68,8 @@ SELECT voucher._isolate_tenant('voucher.redemption');
 -- triggers the redemption path never fires: a voucher or customer that a redemption names
 -- cannot be deleted, re-keyed or truncated away, and a redemption cannot be re-pointed at a
 -- voucher or customer that does not exist (23503, or 0A000 for TRUNCATE, as with the keys).
+-- Like the keys' checks it sees every tenant's rows: SECURITY DEFINER, and the only such function
+-- that stays the extension owner's (a superuser) instead of voucher_definer's (sql/finalize.sql).
 CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -78,7 +80,7 @@ BEGIN
                     WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
-                HINT = 'Truncate voucher.redemption in the same statement.';
+                HINT = 'truncate voucher.redemption in the same statement';
         END IF;
     ELSIF TG_TABLE_NAME = 'redemption' THEN
         IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
