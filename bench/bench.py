@@ -639,7 +639,7 @@ def case_codes():
     # 2. Generating and storing codes: generate_codes vs COPY of the same rows vs PL/pgSQL.
     def empty_tables(_side):
         sql(GEN_DB, "SET client_min_messages = warning;\nSET session_replication_role = replica;\n"
-                    "TRUNCATE voucher.code CASCADE;\nTRUNCATE bare.code;\nTRUNCATE bench_plain_code RESTART IDENTITY;\n"
+                    "TRUNCATE voucher.code, voucher.redemption CASCADE;\nTRUNCATE bare.code;\nTRUNCATE bench_plain_code RESTART IDENTITY;\n"
                     + "\n".join(RESET_EXTRA) + "\nCHECKPOINT;")
 
     def generate():
@@ -966,7 +966,7 @@ def reset_shop(side):
     sql(MAIN_DB, """
 SET client_min_messages = warning;
 SET session_replication_role = replica;
-TRUNCATE voucher.customer_usage, voucher.customer CASCADE;
+TRUNCATE voucher.customer_usage, voucher.customer, voucher.redemption CASCADE;
 RESET session_replication_role;
 """)
     throttle_configure(side != "off", "bystander" if side == "attack" else None)
@@ -1322,7 +1322,7 @@ def reset_crypto(_side=None):
     sql(CRYPTO_DB, """
 SET client_min_messages = warning;
 SET session_replication_role = replica;
-TRUNCATE voucher.customer, voucher.customer_key, bare_customer, voucher.audit_event, voucher.audit_chain CASCADE;
+TRUNCATE voucher.customer, voucher.customer_key, voucher.redemption, bare_customer, voucher.audit_event, voucher.audit_chain CASCADE;
 RESET session_replication_role;
 VACUUM ANALYZE voucher.customer, voucher.customer_key, bare_customer;
 CHECKPOINT;

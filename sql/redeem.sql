@@ -35,10 +35,8 @@ CREATE TABLE voucher.redemption (
     rolled_back_by   text,
     key_id           integer,  -- after the 0.1.0 columns: the upgrade from 0.1.0 adds it
     use_slot         smallint, -- then this (the upgrade's perf section, after crypto's)
-    PRIMARY KEY (tenant_id, redemption_id),
-    UNIQUE (tenant_id, idempotency_key),
-    FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code,
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer
+    PRIMARY KEY (tenant_id, redemption_id)
+    -- no foreign keys to voucher.code and voucher.customer: see _redemptions_keep_refs below
 );
 COMMENT ON TABLE voucher.redemption IS 'Every redemption; a rollback marks its row, once.';
 COMMENT ON COLUMN voucher.redemption.amount IS 'What a gift card redemption spent.';
@@ -51,10 +49,77 @@ CREATE INDEX redemption_time_idx ON voucher.redemption (tenant_id, redeemed_at);
 COMMENT ON COLUMN voucher.redemption.metadata IS
     'Encrypted (AES-256-GCM) under the tenant data key key_id: metadata often holds personal data.';
 CREATE INDEX redemption_key_idx ON voucher.redemption (tenant_id, key_id) WHERE key_id IS NOT NULL;
+-- An idempotency key is unique in its tenant. Partial: most redemptions carry none, and then
+-- cost this index nothing (issue 17).
+CREATE UNIQUE INDEX redemption_idempotency_key_idx ON voucher.redemption (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
 
 SELECT voucher._isolate_tenant('voucher.customer_usage');
 
 SELECT voucher._isolate_tenant('voucher.redemption');
+
+-- No foreign keys from voucher.redemption to voucher.code and voucher.customer (issue 17): each
+-- was one more query per redemption, and the voucher's a key-share lock on the voucher row that
+-- every concurrent redeemer of a hot voucher took. The functions that insert redemptions (the
+-- only writers: clients have no INSERT right) hold both rows already: the claim updates or reads
+-- the voucher in the same statement, and the customer was found under FOR KEY SHARE or created
+-- in the same transaction. Nothing in the extension deletes a voucher or a customer
+-- (forget_customer pseudonymizes). Direct DML keeps the integrity the foreign keys gave, by
+-- triggers the redemption path never fires: a voucher or customer that a redemption names
+-- cannot be deleted, re-keyed or truncated away, and a redemption cannot be re-pointed at a
+-- voucher or customer that does not exist (23503, or 0A000 for TRUNCATE, as with the keys).
+-- Like the keys' checks it sees every tenant's rows: SECURITY DEFINER, and the only such function
+-- that stays the extension owner's (a superuser) instead of voucher_definer's (sql/finalize.sql).
+CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: redemptions truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.redemption r
+                    WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
+                TG_TABLE_NAME USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.redemption in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'redemption' THEN
+        IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
+                          AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.redemption: no such voucher' USING ERRCODE = '23503';
+        ELSIF NEW.customer_id IS NOT NULL
+              AND NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                                 AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'code' THEN
+        IF EXISTS (SELECT FROM voucher.redemption r
+                    WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
+            RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
+        END IF;
+    ELSIF EXISTS (SELECT FROM voucher.redemption r
+                   WHERE r.tenant_id = OLD.tenant_id AND r.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: redemptions name this customer' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON voucher.redemption
+    FOR EACH ROW WHEN (current_user <> 'voucher_definer')
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, voucher_id ON voucher.code
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.voucher_id <> NEW.voucher_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.code
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.customer
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher.customer
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
 
 CREATE FUNCTION voucher.rollback_redemption(
     INOUT redemption_id  uuid,

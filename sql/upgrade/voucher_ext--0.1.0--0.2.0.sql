@@ -1132,6 +1132,64 @@ BEGIN
         jsonb_build_object('voucher_id', r.voucher_id, 'restored', restored, 'reason', $2));
 END
 $$;
+-- issue 17, later: no foreign keys from voucher.redemption (integrity against direct DML kept by
+-- triggers, see sql/redeem.sql), and the idempotency key's unique index only where there is one
+ALTER TABLE voucher.redemption
+    DROP CONSTRAINT redemption_tenant_id_voucher_id_fkey,
+    DROP CONSTRAINT redemption_tenant_id_customer_id_fkey,
+    DROP CONSTRAINT redemption_tenant_id_idempotency_key_key;
+CREATE UNIQUE INDEX redemption_idempotency_key_idx ON voucher.redemption (tenant_id, idempotency_key)
+    WHERE idempotency_key IS NOT NULL;
+CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: redemptions truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.redemption r
+                    WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
+                TG_TABLE_NAME USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.redemption in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'redemption' THEN
+        IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
+                          AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.redemption: no such voucher' USING ERRCODE = '23503';
+        ELSIF NEW.customer_id IS NOT NULL
+              AND NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                                 AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'code' THEN
+        IF EXISTS (SELECT FROM voucher.redemption r
+                    WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
+            RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
+        END IF;
+    ELSIF EXISTS (SELECT FROM voucher.redemption r
+                   WHERE r.tenant_id = OLD.tenant_id AND r.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: redemptions name this customer' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON voucher.redemption
+    FOR EACH ROW WHEN (current_user <> 'voucher_definer')
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, voucher_id ON voucher.code
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.voucher_id <> NEW.voucher_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.code
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.customer
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher.customer
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
 -- end perf --------------------------------------------------------------------------------
 
 -- (other capabilities of 0.2.0: add your sections here)
@@ -1150,6 +1208,10 @@ DECLARE
 BEGIN
     FOR r IN SELECT p.oid::regprocedure AS f FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'voucher'::regnamespace AND p.prosecdef
+                -- perf: the integrity triggers that replace voucher.redemption's foreign keys
+                -- see every tenant's rows, as the keys' checks did (sql/redeem.sql): they stay
+                -- the extension owner's (a superuser: superuser = true)
+                AND p.oid <> 'voucher._redemptions_keep_refs()'::pg_catalog.regprocedure
                 AND p.proowner <> 'voucher_definer'::regrole LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO voucher_definer', r.f);
     END LOOP;

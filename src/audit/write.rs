@@ -160,6 +160,7 @@ fn static_str(s: &str) -> &'static str {
         "redemption",
         "credential",
         "code",
+        "code_use", // perf (a hot voucher's slot rows)
         "customer_usage",
         "tenant_setting",
         "tenant_key",

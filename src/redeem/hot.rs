@@ -10,10 +10,12 @@
 //! Vouchers with a limit, however large, and gift cards keep their one row as the exact guard.
 //!
 //! Counting on the voucher row while it was free and in a slot only while another redemption
-//! held it (SKIP LOCKED) deadlocked under load: each redemption's foreign-key check takes a
-//! key-share lock on the voucher row and, holding that row's tuple lock, waits for the row's
-//! concurrent updater, which then needs the same tuple lock for its own check. On this path
-//! nobody updates the voucher row.
+//! held it (SKIP LOCKED) deadlocked under load: each redemption's foreign-key check took a
+//! key-share lock on the voucher row and, holding that row's tuple lock, waited for the row's
+//! concurrent updater, which then needed the same tuple lock for its own check. On this path
+//! nobody updates the voucher row, and voucher.redemption has no foreign keys any more (see
+//! sql/redeem.sql): the voucher row is only read. Its slot rows keep it from being deleted (their
+//! foreign key to voucher.code).
 //!
 //! Exports `spread_claim_sql` (kept in statements.rs like the other claims), `spreads`, and the
 //! per-backend memory of codes that took this path (`is_spread`, `remember_spread`).
@@ -78,7 +80,8 @@ rec AS (
     SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, NULL, claim.discount, NULL,
            $8, $9, $10, $11, $13, claim.use_slot
       FROM claim
-    RETURNING *)",
+    RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
+              discount, balance_after)",
         discount = discount_call("$3")
     );
     with_audit(&ctes, "$12", "$7", "$8")

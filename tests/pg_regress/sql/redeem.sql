@@ -294,3 +294,46 @@ SELECT count(*) AS mismatched_counts FROM voucher.code v
        <> (SELECT count(*) FROM voucher.redemption r
                              WHERE r.tenant_id = v.tenant_id AND r.voucher_id = v.voucher_id
                                AND r.rolled_back_at IS NULL);
+
+-- voucher.redemption has no foreign keys (issue 17); triggers keep the same integrity against
+-- direct DML: what a redemption names cannot be deleted, re-keyed or truncated away, and a
+-- redemption cannot be re-pointed at what does not exist (rolled back: audit.sql counts rows)
+BEGIN;
+SELECT r.voucher_id AS redeemed_voucher, r.redemption_id AS a_redemption
+  FROM voucher.redemption r
+ WHERE r.tenant_id = :'shop' AND r.use_slot IS NULL
+ ORDER BY r.redeemed_at, r.redemption_id LIMIT 1 \gset
+SELECT r.customer_id AS redeeming_customer FROM voucher.redemption r
+ WHERE r.tenant_id = :'shop' AND r.customer_id IS NOT NULL
+ ORDER BY r.redeemed_at, r.redemption_id LIMIT 1 \gset
+-- (its per-customer counters and its key would refuse on their own foreign keys first)
+DELETE FROM voucher.customer_usage WHERE tenant_id = :'shop' AND customer_id = :'redeeming_customer';
+DELETE FROM voucher.customer_key WHERE tenant_id = :'shop' AND customer_id = :'redeeming_customer';
+SELECT try(format('DELETE FROM voucher.code WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'redeemed_voucher')) AS delete_redeemed_voucher,
+       try(format('UPDATE voucher.code SET voucher_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'redeemed_voucher')) AS rekey_redeemed_voucher,
+       try(format('UPDATE voucher.code SET active = active WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'redeemed_voucher')) AS other_update;
+SELECT try(format('DELETE FROM voucher.customer WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'redeeming_customer')) AS delete_redeeming_customer,
+       try(format('UPDATE voucher.customer SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'redeeming_customer')) AS rekey_redeeming_customer;
+SELECT try(format('UPDATE voucher.redemption SET voucher_id = gen_random_uuid() WHERE tenant_id = %L AND redemption_id = %L',
+                  :'shop', :'a_redemption')) AS repoint_to_no_voucher,
+       try(format('UPDATE voucher.redemption SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND redemption_id = %L',
+                  :'shop', :'a_redemption')) AS repoint_to_no_customer,
+       try(format('UPDATE voucher.redemption SET customer_id = %L WHERE tenant_id = %L AND redemption_id = %L',
+                  :'redeeming_customer', :'shop', :'a_redemption')) AS repoint_to_a_customer;
+-- a voucher nobody redeemed still goes
+SELECT try(format('DELETE FROM voucher.code v WHERE v.tenant_id = %L AND v.code = %L',
+                  :'shop', (SELECT v.code FROM voucher.code v WHERE v.tenant_id = :'shop'
+                              AND NOT EXISTS (SELECT FROM voucher.redemption r
+                                               WHERE r.tenant_id = v.tenant_id AND r.voucher_id = v.voucher_id)
+                              AND NOT EXISTS (SELECT FROM voucher.code_use u
+                                               WHERE u.tenant_id = v.tenant_id AND u.voucher_id = v.voucher_id)
+                            ORDER BY v.code LIMIT 1))) AS delete_unredeemed_voucher;
+SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
+       try('TRUNCATE voucher.customer CASCADE') AS truncate_customers,
+       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions;
+ROLLBACK;
