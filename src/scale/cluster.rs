@@ -51,6 +51,8 @@ pub(super) const KEY_BYTES: usize = 32;
 const VERSION: &str = "v1";
 
 pub fn init_gucs() {
+    // SAFETY: registered once per backend, when the library is loaded.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut()) };
     GucRegistry::define_string_guc(
         c"voucher.cluster_token",
         c"Internal: the signed tenant context a Citus coordinator ships to its workers.",
@@ -193,10 +195,20 @@ fn symbol(name: &CStr) -> *mut c_void {
 thread_local! {
     static CITUS: std::cell::OnceCell<Option<CitusFns>> = const { std::cell::OnceCell::new() };
     static KEY: RefCell<Option<(String, [u8; KEY_BYTES])>> = const { RefCell::new(None) };
-    /// What this transaction shipped: the context's identity and the distributed transaction.
-    static SHIPPED: RefCell<Option<(Claims, String)>> = const { RefCell::new(None) };
+    /// What this transaction shipped last, and in which (sub)transaction.
+    static SHIPPED: RefCell<Option<Shipped>> = const { RefCell::new(None) };
     /// The last token this backend verified, and for which transaction.
     static VERIFIED: RefCell<Option<(String, Claims)>> = const { RefCell::new(None) };
+}
+
+/// A shipped context: its claims, its token, and the subtransaction that shipped it (Citus
+/// forgets a `SET LOCAL` of a subtransaction for the connections it opens after that
+/// subtransaction ends, committed or not: see [`end_of_subtransaction`]).
+#[derive(Clone)]
+struct Shipped {
+    claims: Claims,
+    token: String,
+    subxact: pg_sys::SubTransactionId,
 }
 
 #[derive(Clone, Copy)]
@@ -266,6 +278,23 @@ fn current_txn(f: &CitusFns) -> Option<DistTxn> {
     })
 }
 
+/// Does this backend run a shard statement of a transaction another node coordinates?
+pub fn on_shard() -> bool {
+    citus().is_some_and(|f| participant(&f))
+}
+
+/// A direct change (a DBA's UPDATE, DELETE or TRUNCATE of a tenant table) reaching a shard: its
+/// audit row would have to be written from inside the shard statement, which Citus cannot run
+/// (a distributed INSERT from a shard) and which would bypass the coordinator's event ids and
+/// sealing horizon. So it is refused, and nothing changes.
+pub fn direct_dml_refused() -> crate::common::error::VoucherError {
+    crate::common::error::VoucherError::NotReady(
+        "direct changes to the extension's tables are refused on a Citus cluster: they cannot be \
+         audited from a shard; change tenant data through the extension's functions"
+            .into(),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cluster key
 // ---------------------------------------------------------------------------------------------
@@ -318,35 +347,39 @@ fn now_us() -> i64 {
 // ---------------------------------------------------------------------------------------------
 
 /// Ships the context to the workers of this transaction, once per transaction and context.
-/// A no-op outside cluster mode.
+/// A no-op outside cluster mode. True if it shipped now.
 pub fn ship(
     tenant: [u8; 16],
     key_id: Option<[u8; 16]>,
     role: &str,
     operator: Option<u32>,
     key_expires_us: Option<i64>,
-) {
-    let Some(f) = citus() else { return };
-    let Some(key) = cluster_key() else { return };
+) -> bool {
+    let Some(f) = citus() else { return false };
+    let Some(key) = cluster_key() else {
+        return false;
+    };
     // SAFETY: reads backend-local transaction state.
     if unsafe { !pg_sys::IsTransactionState() } || participant(&f) {
-        return; // no transaction, or a worker's part of another node's transaction
+        return false; // no transaction, or a worker's part of another node's transaction
     }
     let same = |c: &Claims| c.tenant == tenant && c.key_id == key_id && c.role == role;
     if let Some(txn) = current_txn(&f) {
         let done = SHIPPED.with(|s| {
             s.borrow()
                 .as_ref()
-                .is_some_and(|(c, _)| same(c) && c.txn == txn)
+                .is_some_and(|s| same(&s.claims) && s.claims.txn == txn)
         });
         if done {
-            return;
+            return false;
         }
     }
     // SAFETY: Citus's own entry point for "this transaction talks to workers": assigns the
     // distributed transaction id if there is none yet.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| (f.use_coordinated)()) };
-    let Some(txn) = current_txn(&f) else { return };
+    let Some(txn) = current_txn(&f) else {
+        return false;
+    };
     let expires_us = key_expires_us
         .map(|e| e.min(now_us() + TOKEN_LIFETIME_US))
         .unwrap_or(now_us() + TOKEN_LIFETIME_US);
@@ -360,7 +393,15 @@ pub fn ship(
     };
     let token = encode(&claims, &key);
     propagate(&f, &token);
-    SHIPPED.with(|s| *s.borrow_mut() = Some((claims, token)));
+    SHIPPED.with(|s| {
+        *s.borrow_mut() = Some(Shipped {
+            claims,
+            token,
+            // SAFETY: reads backend-local transaction state.
+            subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        })
+    });
+    true
 }
 
 /// `SET LOCAL voucher.cluster_token = '<token>'` here, and on every worker connection of this
@@ -396,15 +437,48 @@ fn propagate(f: &CitusFns, token: &str) {
 }
 
 /// For our own code working on `tenant` whatever the session's context (creating a tenant,
-/// writing an audit row): ships an admin context of `tenant` unless this transaction already
-/// shipped one of that tenant. Workers use the role only to answer `_can_read`.
-pub fn ship_tenant(tenant: [u8; 16], caller: u32) {
+/// writing an audit row, looking at every tenant's keys): ships an admin context of `tenant`
+/// unless this transaction's workers already hold one of that tenant. Workers use the role only
+/// to answer `_can_read`. The returned guard puts back what the workers held before when it is
+/// dropped: without it, the session's next statements would run on the workers as `tenant`.
+#[must_use]
+pub fn ship_tenant(tenant: [u8; 16], caller: u32) -> Reship {
     if !active() {
-        return;
+        return Reship(None);
     }
-    let shipped = SHIPPED.with(|s| s.borrow().as_ref().is_some_and(|(c, _)| c.tenant == tenant));
-    if !shipped {
-        ship(tenant, None, "admin", Some(caller), None);
+    let before = SHIPPED.with(|s| s.borrow().clone());
+    if before.as_ref().is_some_and(|s| s.claims.tenant == tenant) {
+        return Reship(None);
+    }
+    let shipped = ship(tenant, None, "admin", Some(caller), None);
+    Reship(shipped.then_some(before))
+}
+
+/// Restores the context the workers held before [`ship_tenant`] (none: an empty token).
+pub struct Reship(Option<Option<Shipped>>);
+
+impl Drop for Reship {
+    fn drop(&mut self) {
+        let Some(before) = self.0.take() else { return };
+        // an error is unwinding: the (sub)transaction's abort takes back our SET LOCAL on every
+        // node, and end_of_subtransaction / end_of_transaction forget what was shipped
+        if std::thread::panicking() {
+            return;
+        }
+        let Some(f) = citus() else { return };
+        // SAFETY: reads backend-local transaction state.
+        if unsafe { !pg_sys::IsTransactionState() } {
+            return;
+        }
+        let token = before.as_ref().map(|s| s.token.clone()).unwrap_or_default();
+        propagate(&f, &token);
+        SHIPPED.with(|s| {
+            *s.borrow_mut() = before.map(|b| Shipped {
+                // SAFETY: reads backend-local transaction state.
+                subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+                ..b
+            })
+        })
     }
 }
 
@@ -448,6 +522,33 @@ pub fn remote_claims() -> Option<Claims> {
 /// At the end of every top-level transaction.
 pub fn end_of_transaction() {
     SHIPPED.with(|s| *s.borrow_mut() = None);
+}
+
+/// At the end of a subtransaction. Citus keeps the `SET LOCAL` statements of a subtransaction
+/// for the connections it opens later only until that subtransaction ends, even when it
+/// commits (transaction_management.c, PopSubXact); after a rollback the workers and this node
+/// have taken the setting back too. Either way a context shipped inside it must be shipped
+/// again by the next call that needs it.
+pub fn end_of_subtransaction(subxact: pg_sys::SubTransactionId) {
+    SHIPPED.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.as_ref().is_some_and(|x| x.subxact == subxact) {
+            *s = None;
+        }
+    });
+}
+
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
+) {
+    use pg_sys::SubXactEvent::*;
+    if event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB {
+        end_of_subtransaction(my_subid);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
