@@ -45,8 +45,25 @@ pub static CLUSTER_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CStr
 /// Where the cluster key lives (default: voucher_cluster.key in the data directory).
 pub static CLUSTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// How long a shipped token stays valid, at most (capped by the key's own expiry).
-const TOKEN_LIFETIME_US: i64 = 10 * 60 * 1_000_000;
+/// How long a worker accepts a token it has not seen before, at most (capped by the key's own
+/// expiry): the window in which a captured token could be replayed. Node clocks must agree to
+/// within a few seconds (NTP).
+const TOKEN_LIFETIME_US: i64 = 60 * 1_000_000;
+/// A transaction re-mints its token when the one it shipped is older than this, at the next call
+/// that ships (every API call does), so that worker connections it opens later take a fresh one.
+const REMINT_AFTER_US: i64 = 20 * 1_000_000;
+
+/// Must a context shipped at `minted_us` be minted anew at `now_us`?
+fn stale(minted_us: i64, now_us: i64) -> bool {
+    now_us < minted_us || now_us - minted_us >= REMINT_AFTER_US
+}
+
+/// May a worker take a token it sees for the first time in this backend and transaction?
+/// Once taken, it holds for the rest of that transaction (a long statement must not lose its
+/// rows half-way); a replay always starts a new transaction, and meets this check.
+fn fresh_enough(c: &Claims, now_us: i64) -> bool {
+    now_us < c.expires_us
+}
 
 pub fn init_gucs() {
     // SAFETY: registered once per backend, when the library is loaded.
@@ -57,7 +74,9 @@ pub fn init_gucs() {
         c"Trusted only with a valid MAC under the cluster key, for the distributed transaction it names.",
         &CLUSTER_TOKEN,
         GucContext::Userset,
+        // shown to superusers only: a client cannot read the token of its own transaction
         GucFlags::NO_SHOW_ALL
+            | GucFlags::SUPERUSER_ONLY
             | GucFlags::DISALLOW_IN_FILE
             | GucFlags::DISALLOW_IN_AUTO_FILE,
     );
@@ -109,6 +128,7 @@ thread_local! {
 struct Shipped {
     claims: Claims,
     token: String,
+    minted_us: i64,
     subxact: pg_sys::SubTransactionId,
 }
 
@@ -267,9 +287,9 @@ pub fn ship(
     let same = |c: &Claims| c.tenant == tenant && c.key_id == key_id && c.role == role;
     if let Some(txn) = current_txn(&f) {
         let done = SHIPPED.with(|s| {
-            s.borrow()
-                .as_ref()
-                .is_some_and(|s| same(&s.claims) && s.claims.txn == txn)
+            s.borrow().as_ref().is_some_and(|s| {
+                same(&s.claims) && s.claims.txn == txn && !stale(s.minted_us, now_us())
+            })
         });
         if done {
             return false;
@@ -281,9 +301,10 @@ pub fn ship(
     let Some(txn) = current_txn(&f) else {
         return false;
     };
+    let minted_us = now_us();
     let expires_us = key_expires_us
-        .map(|e| e.min(now_us() + TOKEN_LIFETIME_US))
-        .unwrap_or(now_us() + TOKEN_LIFETIME_US);
+        .map(|e| e.min(minted_us + TOKEN_LIFETIME_US))
+        .unwrap_or(minted_us + TOKEN_LIFETIME_US);
     let claims = Claims {
         tenant,
         key_id,
@@ -298,6 +319,7 @@ pub fn ship(
         *s.borrow_mut() = Some(Shipped {
             claims,
             token,
+            minted_us,
             // SAFETY: reads backend-local transaction state.
             subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
         })
@@ -384,8 +406,8 @@ impl Drop for Reship {
 }
 
 /// The context a coordinator shipped to this backend, if its token checks out here: a valid
-/// MAC under this node's cluster key, not expired, for the distributed transaction this backend
-/// runs. None otherwise (no Citus, no key, no token, forged, expired, or replayed).
+/// MAC under this node's cluster key, not expired when this backend first saw it, for the
+/// distributed transaction this backend runs. None otherwise (no Citus, no key, no token, forged, expired, or replayed).
 pub fn remote_claims() -> Option<Claims> {
     let f = citus()?;
     // SAFETY: the GUC machinery keeps the string alive until the value changes; copied at once.
@@ -410,14 +432,14 @@ pub fn remote_claims() -> Option<Claims> {
         Some(c) => c,
         None => {
             let c = decode(&token, &cluster_key()?)?;
-            if c.txn != txn {
-                return None; // replayed: minted for another distributed transaction
+            if c.txn != txn || !fresh_enough(&c, now_us()) {
+                return None; // replayed: for another distributed transaction, or too late
             }
             VERIFIED.with(|v| *v.borrow_mut() = Some((token, c.clone())));
             c
         }
     };
-    (now_us() < claims.expires_us).then_some(claims)
+    Some(claims)
 }
 
 /// At the end of every top-level transaction.
@@ -449,5 +471,41 @@ unsafe extern "C-unwind" fn subxact_callback(
     use pg_sys::SubXactEvent::*;
     if event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB {
         end_of_subtransaction(my_subid);
+    }
+}
+
+#[cfg(test)]
+mod unit {
+    use super::*;
+
+    #[test]
+    fn a_shipped_token_is_minted_anew_once_it_is_older_than_the_remint_age() {
+        let t0 = 1_900_000_000_000_000;
+        assert!(!stale(t0, t0));
+        assert!(!stale(t0, t0 + REMINT_AFTER_US - 1));
+        assert!(stale(t0, t0 + REMINT_AFTER_US));
+        assert!(stale(t0, t0 - 1), "a clock that went back: mint anew");
+        // re-minted well before a worker would refuse it for a new connection
+        assert!(REMINT_AFTER_US * 2 < TOKEN_LIFETIME_US);
+    }
+
+    #[test]
+    fn a_worker_takes_a_new_token_only_before_it_expires() {
+        let t0 = 1_900_000_000_000_000;
+        let c = Claims {
+            tenant: [7; 16],
+            key_id: None,
+            role: "admin".into(),
+            operator: Some(10),
+            expires_us: t0 + TOKEN_LIFETIME_US,
+            txn: DistTxn {
+                initiator: 0,
+                number: 1,
+                stamp: t0,
+            },
+        };
+        assert!(fresh_enough(&c, t0));
+        assert!(fresh_enough(&c, t0 + TOKEN_LIFETIME_US - 1));
+        assert!(!fresh_enough(&c, t0 + TOKEN_LIFETIME_US));
     }
 }
