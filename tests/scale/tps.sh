@@ -19,7 +19,7 @@ trap '"$ROOT/scripts/cluster.sh" stop scale-one' EXIT
 for target in "one node:$base/scale-one:$one" "3-node Citus:$base/scale-coord:$coord"; do
     IFS=: read -r name host port <<<"$target"
     "$bin/psql" -X -q -h "$host" -p "$port" -U postgres -d voucher_citus -f "$here/setup.sql" >/dev/null
-    for w in validate redeem; do
+    for w in validate redeem shop; do
         tps=$("$bin/pgbench" -n -h "$host" -p "$port" -U postgres -c "$clients" -j 2 -T "$secs" \
               -f "$here/$w.pgbench" voucher_citus 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
         echo "$name | $w | $tps TPS ($clients clients, $secs s)"

@@ -1,5 +1,6 @@
 -- Throughput set-up (tests/scale/tps.sh), the same on one node and on a Citus coordinator: two
--- tenants with 20,000 single-use codes each; their redeemer keys and codes in local tables.
+-- tenants with 20,000 single-use codes each, and a shop: 500 customers and 100 multi-use codes
+-- each; their redeemer keys and codes in local tables.
 \set ON_ERROR_STOP 1
 SET client_min_messages = warning;
 DROP TABLE IF EXISTS bench_key, bench_code;
@@ -19,6 +20,14 @@ BEGIN
         PERFORM voucher.generate_codes(voucher.create_campaign('single use', redemption_limit => 1), 20000);
         INSERT INTO bench_code SELECT r.t, row_number() OVER (ORDER BY code), code
           FROM voucher.vouchers WHERE campaign = 'single use';
+        -- the shop: 500 known customers (encrypted e-mail), 100 multi-use codes of a campaign
+        -- that counts every customer's uses (per_customer_limit)
+        PERFORM voucher.upsert_customer('customer-' || n, email => 'customer-' || n || '@shop.example')
+           FROM generate_series(1, 500) n;
+        PERFORM voucher.add_code(c, 'SHOP-' || r.t || '-' || n)
+           FROM voucher.create_campaign('shop', discount_type => 'percent', discount_value => 10,
+                                        redemption_limit => NULL, per_customer_limit => 1000000) c,
+                generate_series(1, 100) n;
         PERFORM voucher.logout();
     END LOOP;
 END
@@ -32,3 +41,12 @@ EXCEPTION WHEN SQLSTATE 'VC004' THEN
 END
 $$;
 SELECT t, count(*) AS codes FROM bench_code GROUP BY t ORDER BY t;
+CREATE OR REPLACE FUNCTION bench_shop(tn int, code int, customer int, amount numeric) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM voucher.redeem('SHOP-' || tn || '-' || code, customer => 'customer-' || customer,
+                           order_id => 'order-' || pg_backend_pid() || '-' || clock_timestamp(),
+                           order_amount => amount);
+    RETURN 'ok';
+END
+$$;
