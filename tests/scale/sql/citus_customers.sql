@@ -68,6 +68,15 @@ SELECT voucher.export_customer('a-anna') IS NULL AS export_of_a_customer_is_null
 SELECT e -> 'customer' ->> 'source_id' AS source_id, e -> 'redemptions' -> 0 -> 'metadata' AS note
   FROM voucher.export_customer('b-anna') e;
 COMMIT;
+-- a context first shipped inside a subtransaction (t() catches errors in one), which Citus
+-- forgets for the connections it opens after that subtransaction: shipped again by the next
+-- call, so a scan on one new connection per shard still sees every row
+BEGIN;
+SET LOCAL citus.force_max_query_parallelization = on;
+SELECT t($$SELECT voucher.authenticate(admin) FROM citus_tenant WHERE name = 'a'$$) AS authenticated_in_a_subtransaction;
+SELECT count(*) AS customers FROM voucher.customers;
+SELECT count(*) AS vouchers FROM voucher.vouchers;
+COMMIT;
 -- key roles that may not read personal data, on the cluster too
 BEGIN;
 SELECT voucher.authenticate(redeemer) IS NOT NULL AS redeemer FROM citus_tenant WHERE name = 'a';
