@@ -6,7 +6,32 @@ SET client_min_messages = warning;
 DROP TABLE IF EXISTS bench_key, bench_code;
 CREATE TABLE bench_key (t int PRIMARY KEY, tenant uuid, admin text, redeemer text);
 CREATE TABLE bench_code (t int, i int, code text, PRIMARY KEY (t, i));
-INSERT INTO bench_key (t, tenant) SELECT n, voucher.create_tenant('bench ' || n) FROM generate_series(1, 2) n;
+-- on a Citus cluster the two tenants are placed on different workers (tenants are made until
+-- the second one's shard is on another node than the first's)
+DO $$
+DECLARE
+    t uuid;
+    first_node int;
+    node int;
+BEGIN
+    FOR i IN 1..64 LOOP
+        t := voucher.create_tenant('bench ' || i);
+        node := 0;
+        IF to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL THEN
+            EXECUTE $q$SELECT nodeport FROM pg_dist_shard_placement
+                        WHERE shardid = get_shard_id_for_distribution_column('voucher.campaign', $1)$q$
+               INTO node USING t;
+        END IF;
+        IF first_node IS NULL THEN
+            INSERT INTO bench_key (t, tenant) VALUES (1, t);
+            first_node := node;
+        ELSIF node <> first_node OR node = 0 THEN
+            INSERT INTO bench_key (t, tenant) VALUES (2, t);
+            EXIT;
+        END IF;
+    END LOOP;
+END
+$$;
 UPDATE bench_key SET admin = voucher.create_api_key('admin', tenant => tenant) WHERE t = 1;
 UPDATE bench_key SET admin = voucher.create_api_key('admin', tenant => tenant) WHERE t = 2;
 UPDATE bench_key SET redeemer = voucher.create_api_key('redeemer', tenant => tenant) WHERE t = 1;
