@@ -52,6 +52,8 @@ const TOKEN_LIFETIME_US: i64 = 60 * 1_000_000;
 /// A transaction re-mints its token when the one it shipped is older than this, at the next call
 /// that ships (every API call does), so that worker connections it opens later take a fresh one.
 const REMINT_AFTER_US: i64 = 20 * 1_000_000;
+// re-minted well before a worker would refuse it for a new connection
+const _: () = assert!(REMINT_AFTER_US * 2 < TOKEN_LIFETIME_US);
 
 /// Must a context shipped at `minted_us` be minted anew at `now_us`?
 fn stale(minted_us: i64, now_us: i64) -> bool {
@@ -485,8 +487,6 @@ mod unit {
         assert!(!stale(t0, t0 + REMINT_AFTER_US - 1));
         assert!(stale(t0, t0 + REMINT_AFTER_US));
         assert!(stale(t0, t0 - 1), "a clock that went back: mint anew");
-        // re-minted well before a worker would refuse it for a new connection
-        assert!(REMINT_AFTER_US * 2 < TOKEN_LIFETIME_US);
     }
 
     #[test]
