@@ -37,11 +37,13 @@ use pgrx::prelude::*;
 
 pub use super::statements::{insert_audit, insert_chain, insert_codes, local_xmin};
 pub(super) use super::token::KEY_BYTES;
-use super::token::{decode, encode, Claims, DistTxn};
+use super::token::{decode, encode, purge_permitted, purge_tag, Claims, DistTxn};
 
 /// Carries the signed context token to the workers. Anyone may set it: it is trusted only after
 /// its MAC and its transaction check out.
 pub static CLUSTER_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Carries `purge_audit`'s permit to the workers' append-only triggers (see [`permit_purge`]).
+pub static CLUSTER_PURGE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Where the cluster key lives (default: voucher_cluster.key in the data directory).
 pub static CLUSTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
@@ -77,6 +79,17 @@ pub fn init_gucs() {
         &CLUSTER_TOKEN,
         GucContext::Userset,
         // shown to superusers only: a client cannot read the token of its own transaction
+        GucFlags::NO_SHOW_ALL
+            | GucFlags::SUPERUSER_ONLY
+            | GucFlags::DISALLOW_IN_FILE
+            | GucFlags::DISALLOW_IN_AUTO_FILE,
+    );
+    GucRegistry::define_string_guc(
+        c"voucher.cluster_purge",
+        c"Internal: lets purge_audit's deletes pass the append-only triggers of a Citus worker.",
+        c"Trusted only as an HMAC, under the cluster key, of the context token of the transaction.",
+        &CLUSTER_PURGE,
+        GucContext::Userset,
         GucFlags::NO_SHOW_ALL
             | GucFlags::SUPERUSER_ONLY
             | GucFlags::DISALLOW_IN_FILE
@@ -336,15 +349,23 @@ pub fn ship(
 /// propagates a SET only in what it considers a multi-statement transaction, which a function
 /// called from a single UPDATE is not.
 fn propagate(f: &CitusFns, token: &str) {
-    // the token is hex, digits, dots and a role name: nothing to quote
-    let sql = CString::new(format!("SET LOCAL voucher.cluster_token = '{token}'"))
-        .expect("no NUL in a token");
-    let value = CString::new(token).expect("no NUL in a token");
+    propagate_setting(f, c"voucher.cluster_token", token);
+}
+
+/// `SET LOCAL <name> = '<value>'` here and on the workers of this transaction, as [`propagate`].
+fn propagate_setting(f: &CitusFns, name: &CStr, value: &str) {
+    // values are tokens and tags: hex, digits, dots and a role name, nothing to quote
+    let sql = CString::new(format!(
+        "SET LOCAL {} = '{value}'",
+        name.to_str().expect("an ASCII name")
+    ))
+    .expect("no NUL in a value");
+    let value = CString::new(value).expect("no NUL in a value");
     // SAFETY: sets our own USERSET variable for this transaction, as SET LOCAL would; parses a
     // constant statement; Citus copies the statement text before returning.
     unsafe {
         pg_sys::set_config_option(
-            c"voucher.cluster_token".as_ptr(),
+            name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
@@ -442,6 +463,55 @@ pub fn remote_claims() -> Option<Claims> {
         }
     };
     Some(claims)
+}
+
+/// For `purge_audit`: while the returned guard lives, the append-only triggers on the shards of
+/// this transaction let its deletes through (as `_audit_purging()` does on one node). The permit
+/// is an HMAC of the transaction's shipped token, so it holds only in this transaction, for as
+/// long as that token does; the guard withdraws it. A no-op outside cluster mode.
+#[must_use]
+pub fn permit_purge() -> PurgePermit {
+    let (Some(f), Some(key)) = (citus(), cluster_key()) else {
+        return PurgePermit(false);
+    };
+    let Some(token) = SHIPPED.with(|s| s.borrow().as_ref().map(|s| s.token.clone())) else {
+        return PurgePermit(false);
+    };
+    propagate_setting(&f, c"voucher.cluster_purge", &purge_tag(&token, &key));
+    PurgePermit(true)
+}
+
+pub struct PurgePermit(bool);
+
+impl Drop for PurgePermit {
+    fn drop(&mut self) {
+        // after an error, the (sub)transaction's abort takes the SET LOCAL back everywhere
+        if !self.0 || std::thread::panicking() {
+            return;
+        }
+        if let Some(f) = citus() {
+            propagate_setting(&f, c"voucher.cluster_purge", "");
+        }
+    }
+}
+
+/// On a worker, in a shard statement: did the coordinator permit a purge in this transaction?
+pub fn purge_permitted_here() -> bool {
+    if !on_shard() || remote_claims().is_none() {
+        return false;
+    }
+    // SAFETY: the GUC machinery keeps the strings alive until the values change; copied at once.
+    let (tag, token) = unsafe {
+        let (p, q) = (*CLUSTER_PURGE.as_ptr(), *CLUSTER_TOKEN.as_ptr());
+        if p.is_null() || q.is_null() {
+            return false;
+        }
+        (
+            CStr::from_ptr(p).to_string_lossy().into_owned(),
+            CStr::from_ptr(q).to_string_lossy().into_owned(),
+        )
+    };
+    cluster_key().is_some_and(|key| purge_permitted(&tag, &token, &key))
 }
 
 /// At the end of every top-level transaction.

@@ -102,6 +102,27 @@ pub fn decode(token: &str, key: &[u8; KEY_BYTES]) -> Option<Claims> {
     })
 }
 
+/// The permit that lets a worker's append-only audit triggers pass `purge_audit`'s deletes: an
+/// HMAC of the transaction's token under the cluster key (so it holds exactly where and while
+/// that token does).
+pub fn purge_tag(token: &str, key: &[u8; KEY_BYTES]) -> String {
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"voucher_ext cluster purge\0");
+    m.update(token.as_bytes());
+    hex(&m.finalize().into_bytes())
+}
+
+/// Does `tag` permit a purge in the transaction of `token`? (constant-time comparison)
+pub fn purge_permitted(tag: &str, token: &str, key: &[u8; KEY_BYTES]) -> bool {
+    let Some(tag) = unhex::<32>(tag) else {
+        return false;
+    };
+    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
+    m.update(b"voucher_ext cluster purge\0");
+    m.update(token.as_bytes());
+    m.verify_slice(&tag).is_ok()
+}
+
 #[cfg(test)]
 mod unit {
     use super::*;
@@ -159,5 +180,24 @@ mod unit {
         assert_eq!(decode(&format!("{payload}.{tag}"), &key), None);
         assert_eq!(decode("", &key), None);
         assert_eq!(decode("v1", &key), None);
+    }
+
+    #[test]
+    fn a_purge_permit_holds_for_its_token_only() {
+        let key = [1u8; KEY_BYTES];
+        let t = encode(&claims(), &key);
+        let tag = purge_tag(&t, &key);
+        assert!(purge_permitted(&tag, &t, &key));
+        let mut other = claims();
+        other.txn.number += 1;
+        assert!(!purge_permitted(&tag, &encode(&other, &key), &key));
+        assert!(!purge_permitted(&tag, &t, &[2u8; KEY_BYTES]));
+        assert!(!purge_permitted(
+            &purge_tag(&t, &[2u8; KEY_BYTES]),
+            &t,
+            &key
+        ));
+        assert!(!purge_permitted("", &t, &key));
+        assert!(!purge_permitted(&t, &t, &key));
     }
 }
