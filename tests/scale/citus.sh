@@ -101,4 +101,36 @@ race() { # name, transactions per client, check
 }
 race citus_race 16 citus_race_check.sql
 race citus_customer_race 8 citus_customer_race_check.sql
+# customer retention on the cluster: a customer of b without activity for 400 days (backdated on
+# b's worker with its triggers off, as only a superuser there can) is forgotten by
+# forget_inactive_customers, and b's audit trail still verifies
+idle=$(psql_on 0 -d $db -At -c "SET ROLE regress_client" -c "BEGIN" \
+    -c "SELECT voucher.authenticate(admin) IS NULL FROM citus_tenant WHERE name = 'b'" \
+    -c "SELECT voucher.configure('customer_retention_days', '30')" \
+    -c "SELECT voucher.upsert_customer('b-idle', email => 'idle@b.example')" -c "COMMIT" | tail -1)
+read -r shard wport < <(psql_on 0 -d $db -At -F ' ' -c "SELECT shard_name('voucher.customer',
+    get_shard_id_for_distribution_column('voucher.customer', tenant)), port FROM citus_tenant WHERE name = 'b'")
+psql_on $((wport - port)) -d $db -c "BEGIN" -c "SET LOCAL session_replication_role = replica" \
+    -c "UPDATE $shard SET created_at = created_at - interval '400 days',
+               updated_at = updated_at - interval '400 days' WHERE customer_id = '$idle'" \
+    -c "COMMIT" >/dev/null
+psql_on 0 -d $db -c "SET ROLE regress_client" -c "
+DO \$\$
+DECLARE
+    n bigint;
+    v record;
+BEGIN
+    PERFORM voucher.authenticate(admin) FROM citus_tenant WHERE name = 'b';
+    n := voucher.forget_inactive_customers();
+    IF n <> 1 OR EXISTS (SELECT 1 FROM voucher.customers WHERE source_id = 'b-idle') THEN
+        RAISE EXCEPTION 'retention forgot % customers, expected b-idle alone', n;
+    END IF;
+    PERFORM voucher.authenticate(auditor) FROM citus_tenant WHERE name = 'b';
+    SELECT * INTO v FROM voucher.verify_audit();
+    IF NOT v.ok THEN
+        RAISE EXCEPTION 'b does not verify after retention: %', v.problem;
+    END IF;
+    RAISE NOTICE 'Citus retention check passed: 1 idle customer forgotten, the audit trail verifies';
+END
+\$\$" || die "the Citus retention check failed"
 log "Citus layer passed"
