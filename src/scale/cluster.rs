@@ -219,6 +219,20 @@ pub fn on_shard() -> bool {
     citus().is_some_and(|f| participant(&f))
 }
 
+/// Is this server a Citus worker node (not the coordinator) of a cluster that holds the
+/// extension? Its sealer and retention must not run: the audit event ids, the sealing horizon
+/// and the master key are the coordinator's. Reads Citus's pg_dist_local_group through SPI.
+pub fn worker_node() -> bool {
+    if !citus_loaded() {
+        return false;
+    }
+    let has_group =
+        Spi::get_one::<bool>("SELECT to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL");
+    has_group == Ok(Some(true))
+        && Spi::get_one::<bool>("SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group")
+            == Ok(Some(true))
+}
+
 /// A direct change (a DBA's UPDATE, DELETE or TRUNCATE of a tenant table) reaching a shard: its
 /// audit row would have to be written from inside the shard statement, which Citus cannot run
 /// (a distributed INSERT from a shard) and which would bypass the coordinator's event ids and

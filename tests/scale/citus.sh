@@ -70,6 +70,11 @@ rm -rf "$out" && mkdir -p "$out"
     die "the Citus layer failed (diffs above, also in $out/regression.diffs)"
 }
 
+# a worker node does not seal: its sealer (voucher.seal_interval) skips it, and a call is refused
+out_w=$(psql_on 1 -d $db -c "SET ROLE regress_op" -c "SELECT voucher.seal_audit()" 2>&1 || true)
+grep -q "Citus worker node: the audit log is sealed on the coordinator" <<<"$out_w" \
+    || { echo "$out_w"; die "seal_audit on a worker node was not refused"; }
+
 # EXPLAIN of every statement a redemption with a customer runs (auto_explain, nested statements
 # included): each distributed statement must be a single-shard router plan (Task Count: 1), the
 # customer's look-up by its blind index among them
