@@ -73,18 +73,29 @@ $$;
 -- customer with this source_id, found through its blind index, or NULL.
 
 -- The customer's profile as the person would read it.
+-- (scale: the row is read first and decrypted in a statement of its own, which reads no table:
+-- on a Citus cluster a look-up goes to the customer's shard with the functions of its target
+-- list, and only the coordinator can decrypt)
 CREATE FUNCTION voucher._customer_profile(t uuid, id uuid) RETURNS jsonb
-LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
-    SELECT jsonb_build_object(
+DECLARE
+    c record;
+BEGIN
+    SELECT x.customer_id, x.source_id, x.email, x.name, x.metadata, x.created_at, x.updated_at
+      INTO c FROM voucher.customer x WHERE x.tenant_id = t AND x.customer_id = id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    RETURN jsonb_build_object(
                'customer_id', c.customer_id,
                'source_id', voucher._decrypt('customer', 'source_id', c.customer_id, c.source_id),
                'email', voucher._decrypt('customer', 'email', c.customer_id, c.email),
                'name', voucher._decrypt('customer', 'name', c.customer_id, c.name),
                'metadata', coalesce(voucher._decrypt('customer', 'metadata', c.customer_id,
                                                      c.metadata)::jsonb, '{}'),
-               'created_at', c.created_at, 'updated_at', c.updated_at)
-      FROM voucher.customer c WHERE c.tenant_id = $1 AND c.customer_id = $2
+               'created_at', c.created_at, 'updated_at', c.updated_at);
+END
 $$;
 
 -- Erases email, name and metadata (ciphertexts and the email's blind index); returns the names
@@ -164,8 +175,12 @@ CREATE FUNCTION voucher._profile_allowed(t uuid, id uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
-    RETURN voucher._privacy_setting(t, 'require_profile_consent') <> 'true'
-        OR coalesce((SELECT c.granted FROM voucher.consent c
+    -- (scale) two statements: on a Citus cluster the consent look-up goes to the customer's
+    -- shard, which must not be asked to read the settings itself
+    IF voucher._privacy_setting(t, 'require_profile_consent') <> 'true' THEN
+        RETURN true;
+    END IF;
+    RETURN coalesce((SELECT c.granted FROM voucher.consent c
                       WHERE c.tenant_id = t AND c.customer_id = id AND c.purpose = 'profile'
                       ORDER BY c.consent_id DESC LIMIT 1), false);
 END
@@ -273,8 +288,7 @@ BEGIN
                'campaign_id', r.campaign_id, 'campaign', ca.name, 'order_id', r.order_id,
                'order_amount', r.order_amount, 'amount', r.amount, 'discount', r.discount,
                'balance_after', r.balance_after,
-               'metadata', voucher._decrypt('redemption', 'metadata', r.redemption_id,
-                                            r.metadata)::jsonb,
+               'metadata', encode(r.metadata, 'hex'),   -- decrypted below
                'redeemed_at', r.redeemed_at,
                'status', CASE WHEN r.rolled_back_at IS NULL THEN 'redeemed' ELSE 'rolled back' END,
                'rolled_back_at', r.rolled_back_at, 'rollback_reason', r.rollback_reason)
@@ -283,6 +297,12 @@ BEGIN
       JOIN voucher.code v ON v.tenant_id = r.tenant_id AND v.voucher_id = r.voucher_id
       JOIN voucher.campaign ca ON ca.tenant_id = r.tenant_id AND ca.campaign_id = r.campaign_id
      WHERE r.tenant_id = t AND r.customer_id = id;
+    -- (scale) the metadata decrypted in a statement that reads no table: on a Citus cluster the
+    -- one above runs on the customer's shard, and only the coordinator can decrypt
+    SELECT coalesce(jsonb_agg(x.e || jsonb_build_object('metadata',
+               voucher._decrypt('redemption', 'metadata', (x.e ->> 'redemption_id')::uuid,
+                                decode(x.e ->> 'metadata', 'hex'))::jsonb) ORDER BY x.n), '[]')
+      INTO reds FROM jsonb_array_elements(reds) WITH ORDINALITY x(e, n);
     -- what an audit row holds about the customer under its own key, decrypted
     SELECT coalesce(jsonb_agg(jsonb_build_object(
                'event_id', e.event_id, 'at', e.at, 'action', e.action,

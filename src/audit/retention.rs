@@ -20,7 +20,8 @@ thread_local! {
 /// Internal, for the append-only trigger: is voucher.purge_audit() deleting right now?
 #[pg_extern(stable, parallel_safe, name = "_audit_purging")]
 fn audit_purging() -> bool {
-    PURGING.with(|p| p.get())
+    // scale: on a Citus worker, the coordinator's permit for this transaction
+    PURGING.with(|p| p.get()) || crate::scale::cluster::purge_permitted_here()
 }
 
 /// At the end of a transaction: no purge is running any more.
@@ -74,6 +75,7 @@ fn purge_impl(older_than: Option<Interval>) -> Result<i64> {
                 .ok()
                 .flatten();
             PURGING.with(|p| p.set(true));
+            let permit = crate::scale::cluster::permit_purge(); // scale: the workers' triggers
             let n = client
                 .update(
                     "DELETE FROM voucher.audit_event WHERE tenant_id = $1 AND event_id <= $2",
@@ -90,6 +92,7 @@ fn purge_impl(older_than: Option<Interval>) -> Result<i64> {
                 )
                 .expect("purge chain");
             PURGING.with(|p| p.set(false));
+            drop(permit);
             client
                 .update(
                     "UPDATE voucher.audit_state SET purged_through = $2, purge_head = $3 \

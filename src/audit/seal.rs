@@ -158,6 +158,12 @@ fn seal_impl() -> Result<i64> {
         ));
     }
     crate::scale::standby::refuse_writes("seal the audit log")?;
+    if crate::scale::cluster::worker_node() {
+        // scale: its event ids and horizon are the coordinator's; a worker's would corrupt them
+        return Err(VoucherError::NotReady(
+            "this is a Citus worker node: the audit log is sealed on the coordinator".into(),
+        ));
+    }
     with_key(|key, _| {
         let tenants = context::all_tenants();
         tenants

@@ -89,6 +89,11 @@ fn audit_direct_sql(
     object_id: Option<&str>,
     details: Option<JsonB>,
 ) {
+    // scale: on a Citus worker this trigger fires on a shard, inside a statement another node
+    // sent; the audit log cannot be written from there (README "Scaling out")
+    if crate::scale::cluster::on_shard() {
+        crate::common::error::api(|| Err::<(), _>(crate::scale::cluster::direct_dml_refused()))
+    }
     write_from_sql(
         *tenant,
         actor_json(None),

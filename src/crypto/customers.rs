@@ -232,6 +232,35 @@ pub fn source_index_read(
         .unwrap_or_default())
 }
 
+/// May the customer with this blind index (or a new one) hold personal fields? Two statements:
+/// on a Citus cluster the check (which reads the tenant's settings) must run on the node the
+/// client is connected to, not inside the look-up that Citus sends to the customer's shard.
+fn profile_allowed(client: &SpiClient<'_>, tenant: &Tenant, index: &[u8]) -> bool {
+    let id = client
+        .select(
+            "SELECT customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2",
+            None,
+            &[store::uuid(tenant).into(), index.to_vec().into()],
+        )
+        .expect("customer look-up")
+        .first()
+        .get_one::<pgrx::Uuid>()
+        .ok()
+        .flatten();
+    client
+        .select(
+            "SELECT voucher._profile_allowed($1, $2)",
+            None,
+            &[store::uuid(tenant).into(), id.into()],
+        )
+        .expect("profile consent")
+        .first()
+        .get_one::<bool>()
+        .ok()
+        .flatten()
+        != Some(false)
+}
+
 /// The fields of one customer row as stored.
 struct Stored {
     id: pgrx::Uuid,
@@ -260,19 +289,7 @@ fn upsert_impl(
                 // privacy (sql/privacy.sql): personal fields only with the 'profile' consent
                 // where the tenant requires it
                 if (email.is_some() || name.is_some() || metadata.is_some())
-                    && client
-                        .select(
-                            "SELECT voucher._profile_allowed($1, (SELECT customer_id \
-                               FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2))",
-                            None,
-                            &[store::uuid(&tenant).into(), index.clone().into()],
-                        )
-                        .expect("profile consent")
-                        .first()
-                        .get_one::<bool>()
-                        .ok()
-                        .flatten()
-                        == Some(false)
+                    && !profile_allowed(client, &tenant, &index)
                 {
                     return Err(VoucherError::rule("VC014"));
                 }

@@ -180,7 +180,8 @@ pub extern "C-unwind" fn voucher_seal_database(arg: pg_sys::Datum) {
         let installed = Spi::get_one::<bool>(
             "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'voucher_ext')",
         );
-        if installed == Ok(Some(true)) {
+        // scale: a Citus worker node leaves sealing to the coordinator
+        if installed == Ok(Some(true)) && !crate::scale::cluster::worker_node() {
             let sealed = Spi::get_one::<i64>("SELECT voucher.seal_audit()");
             if let Ok(Some(n)) = sealed {
                 if n > 0 {
@@ -215,7 +216,8 @@ pub extern "C-unwind" fn voucher_retention_database(arg: pg_sys::Datum) {
                 "SELECT EXISTS (SELECT 1 FROM pg_catalog.pg_extension WHERE extname = 'voucher_ext') \
                     AND to_regprocedure('voucher.run_customer_retention(integer)') IS NOT NULL",
             );
-            if present != Ok(Some(true)) {
+            // scale: a Citus worker node leaves retention to the coordinator (master key)
+            if present != Ok(Some(true)) || crate::scale::cluster::worker_node() {
                 return 0;
             }
             Spi::get_one_with_args::<i64>(

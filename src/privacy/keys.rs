@@ -95,15 +95,14 @@ fn open_personal(t: pgrx::Uuid, customer: pgrx::Uuid, sealed: &str) -> Option<pg
 
 /// The statement of `_pseudonymize`, prepared once per backend (retention runs it per customer):
 /// the customer row and its key in one statement. $1 tenant, $2 customer, $3 data key, $4 the
-/// pseudonym's ciphertext.
+/// pseudonym's ciphertext, $5 the blind index: 32 random bytes (made here, not by a volatile
+/// function in the statement, which Citus refuses in an UPDATE of a distributed table).
 const PSEUDONYMIZE: &str = "\
 WITH k AS (
     UPDATE voucher.customer_key SET wrapped = NULL, destroyed_at = now()
      WHERE tenant_id = $1 AND customer_id = $2 AND wrapped IS NOT NULL)
 UPDATE voucher.customer
-   SET source_index = pg_catalog.sha256(pg_catalog.uuid_send(pg_catalog.gen_random_uuid())
-                                        || pg_catalog.uuid_send(pg_catalog.gen_random_uuid())),
-       key_id = $3, source_id = $4, email = NULL, email_index = NULL, name = NULL,
+   SET source_index = $5, key_id = $3, source_id = $4, email = NULL, email_index = NULL, name = NULL,
        metadata = NULL, forgotten_at = now(), updated_at = now()
  WHERE tenant_id = $1 AND customer_id = $2";
 
@@ -140,10 +139,22 @@ fn pseudonymize(t: pgrx::Uuid, customer: pgrx::Uuid) {
                     client,
                     &mut k.borrow_mut(),
                     || PSEUDONYMIZE.to_string(),
-                    &[uuid, uuid, pg_sys::INT4OID, pg_sys::BYTEAOID],
+                    &[
+                        uuid,
+                        uuid,
+                        pg_sys::INT4OID,
+                        pg_sys::BYTEAOID,
+                        pg_sys::BYTEAOID,
+                    ],
                     true,
                     None,
-                    &[t.into(), customer.into(), key_id.into(), ct.into()],
+                    &[
+                        t.into(),
+                        customer.into(),
+                        key_id.into(),
+                        ct.into(),
+                        crate::common::rng::os_bytes::<32>().to_vec().into(),
+                    ],
                 )
             });
             Ok(())

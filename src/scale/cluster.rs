@@ -31,33 +31,67 @@
 use std::cell::RefCell;
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 
-use hmac::{Hmac, Mac};
 use pgrx::guc::{GucContext, GucFlags, GucRegistry, GucSetting};
 use pgrx::pg_sys;
 use pgrx::prelude::*;
-use sha2::Sha256;
 
-type HmacSha256 = Hmac<Sha256>;
+pub use super::statements::{insert_audit, insert_chain, insert_codes, local_xmin};
+pub(super) use super::token::KEY_BYTES;
+use super::token::{decode, encode, purge_permitted, purge_tag, Claims, DistTxn};
 
 /// Carries the signed context token to the workers. Anyone may set it: it is trusted only after
 /// its MAC and its transaction check out.
 pub static CLUSTER_TOKEN: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
+/// Carries `purge_audit`'s permit to the workers' append-only triggers (see [`permit_purge`]).
+pub static CLUSTER_PURGE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 /// Where the cluster key lives (default: voucher_cluster.key in the data directory).
 pub static CLUSTER_KEY_FILE: GucSetting<Option<CString>> = GucSetting::<Option<CString>>::new(None);
 
-/// How long a shipped token stays valid, at most (capped by the key's own expiry).
-const TOKEN_LIFETIME_US: i64 = 10 * 60 * 1_000_000;
-pub(super) const KEY_BYTES: usize = 32;
-const VERSION: &str = "v1";
+/// How long a worker accepts a token it has not seen before, at most (capped by the key's own
+/// expiry): the window in which a captured token could be replayed. Node clocks must agree to
+/// within a few seconds (NTP).
+const TOKEN_LIFETIME_US: i64 = 60 * 1_000_000;
+/// A transaction re-mints its token when the one it shipped is older than this, at the next call
+/// that ships (every API call does), so that worker connections it opens later take a fresh one.
+const REMINT_AFTER_US: i64 = 20 * 1_000_000;
+// re-minted well before a worker would refuse it for a new connection
+const _: () = assert!(REMINT_AFTER_US * 2 < TOKEN_LIFETIME_US);
+
+/// Must a context shipped at `minted_us` be minted anew at `now_us`?
+fn stale(minted_us: i64, now_us: i64) -> bool {
+    now_us < minted_us || now_us - minted_us >= REMINT_AFTER_US
+}
+
+/// May a worker take a token it sees for the first time in this backend and transaction?
+/// Once taken, it holds for the rest of that transaction (a long statement must not lose its
+/// rows half-way); a replay always starts a new transaction, and meets this check.
+fn fresh_enough(c: &Claims, now_us: i64) -> bool {
+    now_us < c.expires_us
+}
 
 pub fn init_gucs() {
+    // SAFETY: registered once per backend, when the library is loaded.
+    unsafe { pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut()) };
     GucRegistry::define_string_guc(
         c"voucher.cluster_token",
         c"Internal: the signed tenant context a Citus coordinator ships to its workers.",
         c"Trusted only with a valid MAC under the cluster key, for the distributed transaction it names.",
         &CLUSTER_TOKEN,
         GucContext::Userset,
+        // shown to superusers only: a client cannot read the token of its own transaction
         GucFlags::NO_SHOW_ALL
+            | GucFlags::SUPERUSER_ONLY
+            | GucFlags::DISALLOW_IN_FILE
+            | GucFlags::DISALLOW_IN_AUTO_FILE,
+    );
+    GucRegistry::define_string_guc(
+        c"voucher.cluster_purge",
+        c"Internal: lets purge_audit's deletes pass the append-only triggers of a Citus worker.",
+        c"Trusted only as an HMAC, under the cluster key, of the context token of the transaction.",
+        &CLUSTER_PURGE,
+        GucContext::Userset,
+        GucFlags::NO_SHOW_ALL
+            | GucFlags::SUPERUSER_ONLY
             | GucFlags::DISALLOW_IN_FILE
             | GucFlags::DISALLOW_IN_AUTO_FILE,
     );
@@ -69,103 +103,6 @@ pub fn init_gucs() {
         GucContext::Sighup,
         GucFlags::SUPERUSER_ONLY,
     );
-}
-
-// ---------------------------------------------------------------------------------------------
-// Claims and their encoding
-// ---------------------------------------------------------------------------------------------
-
-/// Citus's distributed transaction id: (initiator node, number, timestamp).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct DistTxn {
-    pub initiator: i32,
-    pub number: u64,
-    pub stamp: i64,
-}
-
-/// What a token asserts.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Claims {
-    pub tenant: [u8; 16],
-    pub key_id: Option<[u8; 16]>,
-    /// The key role's name (the tenancy layer parses it).
-    pub role: String,
-    pub operator: Option<u32>,
-    pub expires_us: i64,
-    pub txn: DistTxn,
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N || !s.is_ascii() {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).ok()?;
-    }
-    Some(out)
-}
-
-fn mac_of(key: &[u8; KEY_BYTES], payload: &str) -> HmacSha256 {
-    let mut m = HmacSha256::new_from_slice(key).expect("HMAC takes any key length");
-    m.update(b"voucher_ext cluster context\0");
-    m.update(payload.as_bytes());
-    m
-}
-
-/// The token for `c`, signed with `key`.
-pub fn encode(c: &Claims, key: &[u8; KEY_BYTES]) -> String {
-    let payload = format!(
-        "{VERSION}.{}.{}.{}.{}.{}.{}.{}.{}",
-        hex(&c.tenant),
-        c.key_id.map(|k| hex(&k)).unwrap_or_else(|| "-".into()),
-        c.role,
-        c.operator
-            .map(|o| o.to_string())
-            .unwrap_or_else(|| "-".into()),
-        c.expires_us,
-        c.txn.initiator,
-        c.txn.number,
-        c.txn.stamp
-    );
-    let tag = mac_of(key, &payload).finalize().into_bytes();
-    format!("{payload}.{}", hex(&tag))
-}
-
-/// The claims of `token` if its MAC under `key` checks out (constant-time comparison).
-pub fn decode(token: &str, key: &[u8; KEY_BYTES]) -> Option<Claims> {
-    let (payload, tag) = token.rsplit_once('.')?;
-    let tag = unhex::<32>(tag)?;
-    mac_of(key, payload).verify_slice(&tag).ok()?;
-    let f: Vec<&str> = payload.split('.').collect();
-    if f.len() != 9 || f[0] != VERSION {
-        return None;
-    }
-    Some(Claims {
-        tenant: unhex::<16>(f[1])?,
-        key_id: if f[2] == "-" {
-            None
-        } else {
-            Some(unhex::<16>(f[2])?)
-        },
-        role: (!f[3].is_empty() && f[3].bytes().all(|b| b.is_ascii_lowercase()))
-            .then(|| f[3].to_string())?,
-        operator: if f[4] == "-" {
-            None
-        } else {
-            Some(f[4].parse().ok()?)
-        },
-        expires_us: f[5].parse().ok()?,
-        txn: DistTxn {
-            initiator: f[6].parse().ok()?,
-            number: f[7].parse().ok()?,
-            stamp: f[8].parse().ok()?,
-        },
-    })
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -193,10 +130,21 @@ fn symbol(name: &CStr) -> *mut c_void {
 thread_local! {
     static CITUS: std::cell::OnceCell<Option<CitusFns>> = const { std::cell::OnceCell::new() };
     static KEY: RefCell<Option<(String, [u8; KEY_BYTES])>> = const { RefCell::new(None) };
-    /// What this transaction shipped: the context's identity and the distributed transaction.
-    static SHIPPED: RefCell<Option<(Claims, String)>> = const { RefCell::new(None) };
+    /// What this transaction shipped last, and in which (sub)transaction.
+    static SHIPPED: RefCell<Option<Shipped>> = const { RefCell::new(None) };
     /// The last token this backend verified, and for which transaction.
     static VERIFIED: RefCell<Option<(String, Claims)>> = const { RefCell::new(None) };
+}
+
+/// A shipped context: its claims, its token, and the subtransaction that shipped it (Citus
+/// forgets a `SET LOCAL` of a subtransaction for the connections it opens after that
+/// subtransaction ends, committed or not: see [`end_of_subtransaction`]).
+#[derive(Clone)]
+struct Shipped {
+    claims: Claims,
+    token: String,
+    minted_us: i64,
+    subxact: pg_sys::SubTransactionId,
 }
 
 #[derive(Clone, Copy)]
@@ -266,6 +214,37 @@ fn current_txn(f: &CitusFns) -> Option<DistTxn> {
     })
 }
 
+/// Does this backend run a shard statement of a transaction another node coordinates?
+pub fn on_shard() -> bool {
+    citus().is_some_and(|f| participant(&f))
+}
+
+/// Is this server a Citus worker node (not the coordinator) of a cluster that holds the
+/// extension? Its sealer and retention must not run: the audit event ids, the sealing horizon
+/// and the master key are the coordinator's. Reads Citus's pg_dist_local_group through SPI.
+pub fn worker_node() -> bool {
+    if !citus_loaded() {
+        return false;
+    }
+    let has_group =
+        Spi::get_one::<bool>("SELECT to_regclass('pg_catalog.pg_dist_local_group') IS NOT NULL");
+    has_group == Ok(Some(true))
+        && Spi::get_one::<bool>("SELECT groupid <> 0 FROM pg_catalog.pg_dist_local_group")
+            == Ok(Some(true))
+}
+
+/// A direct change (a DBA's UPDATE, DELETE or TRUNCATE of a tenant table) reaching a shard: its
+/// audit row would have to be written from inside the shard statement, which Citus cannot run
+/// (a distributed INSERT from a shard) and which would bypass the coordinator's event ids and
+/// sealing horizon. So it is refused, and nothing changes.
+pub fn direct_dml_refused() -> crate::common::error::VoucherError {
+    crate::common::error::VoucherError::NotReady(
+        "direct changes to the extension's tables are refused on a Citus cluster: they cannot be \
+         audited from a shard; change tenant data through the extension's functions"
+            .into(),
+    )
+}
+
 // ---------------------------------------------------------------------------------------------
 // The cluster key
 // ---------------------------------------------------------------------------------------------
@@ -318,38 +297,43 @@ fn now_us() -> i64 {
 // ---------------------------------------------------------------------------------------------
 
 /// Ships the context to the workers of this transaction, once per transaction and context.
-/// A no-op outside cluster mode.
+/// A no-op outside cluster mode. True if it shipped now.
 pub fn ship(
     tenant: [u8; 16],
     key_id: Option<[u8; 16]>,
     role: &str,
     operator: Option<u32>,
     key_expires_us: Option<i64>,
-) {
-    let Some(f) = citus() else { return };
-    let Some(key) = cluster_key() else { return };
+) -> bool {
+    let Some(f) = citus() else { return false };
+    let Some(key) = cluster_key() else {
+        return false;
+    };
     // SAFETY: reads backend-local transaction state.
     if unsafe { !pg_sys::IsTransactionState() } || participant(&f) {
-        return; // no transaction, or a worker's part of another node's transaction
+        return false; // no transaction, or a worker's part of another node's transaction
     }
     let same = |c: &Claims| c.tenant == tenant && c.key_id == key_id && c.role == role;
     if let Some(txn) = current_txn(&f) {
         let done = SHIPPED.with(|s| {
-            s.borrow()
-                .as_ref()
-                .is_some_and(|(c, _)| same(c) && c.txn == txn)
+            s.borrow().as_ref().is_some_and(|s| {
+                same(&s.claims) && s.claims.txn == txn && !stale(s.minted_us, now_us())
+            })
         });
         if done {
-            return;
+            return false;
         }
     }
     // SAFETY: Citus's own entry point for "this transaction talks to workers": assigns the
     // distributed transaction id if there is none yet.
     unsafe { pg_sys::ffi::pg_guard_ffi_boundary(|| (f.use_coordinated)()) };
-    let Some(txn) = current_txn(&f) else { return };
+    let Some(txn) = current_txn(&f) else {
+        return false;
+    };
+    let minted_us = now_us();
     let expires_us = key_expires_us
-        .map(|e| e.min(now_us() + TOKEN_LIFETIME_US))
-        .unwrap_or(now_us() + TOKEN_LIFETIME_US);
+        .map(|e| e.min(minted_us + TOKEN_LIFETIME_US))
+        .unwrap_or(minted_us + TOKEN_LIFETIME_US);
     let claims = Claims {
         tenant,
         key_id,
@@ -360,7 +344,16 @@ pub fn ship(
     };
     let token = encode(&claims, &key);
     propagate(&f, &token);
-    SHIPPED.with(|s| *s.borrow_mut() = Some((claims, token)));
+    SHIPPED.with(|s| {
+        *s.borrow_mut() = Some(Shipped {
+            claims,
+            token,
+            minted_us,
+            // SAFETY: reads backend-local transaction state.
+            subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+        })
+    });
+    true
 }
 
 /// `SET LOCAL voucher.cluster_token = '<token>'` here, and on every worker connection of this
@@ -370,15 +363,23 @@ pub fn ship(
 /// propagates a SET only in what it considers a multi-statement transaction, which a function
 /// called from a single UPDATE is not.
 fn propagate(f: &CitusFns, token: &str) {
-    // the token is hex, digits, dots and a role name: nothing to quote
-    let sql = CString::new(format!("SET LOCAL voucher.cluster_token = '{token}'"))
-        .expect("no NUL in a token");
-    let value = CString::new(token).expect("no NUL in a token");
+    propagate_setting(f, c"voucher.cluster_token", token);
+}
+
+/// `SET LOCAL <name> = '<value>'` here and on the workers of this transaction, as [`propagate`].
+fn propagate_setting(f: &CitusFns, name: &CStr, value: &str) {
+    // values are tokens and tags: hex, digits, dots and a role name, nothing to quote
+    let sql = CString::new(format!(
+        "SET LOCAL {} = '{value}'",
+        name.to_str().expect("an ASCII name")
+    ))
+    .expect("no NUL in a value");
+    let value = CString::new(value).expect("no NUL in a value");
     // SAFETY: sets our own USERSET variable for this transaction, as SET LOCAL would; parses a
     // constant statement; Citus copies the statement text before returning.
     unsafe {
         pg_sys::set_config_option(
-            c"voucher.cluster_token".as_ptr(),
+            name.as_ptr(),
             value.as_ptr(),
             pg_sys::GucContext::PGC_USERSET,
             pg_sys::GucSource::PGC_S_SESSION,
@@ -396,21 +397,54 @@ fn propagate(f: &CitusFns, token: &str) {
 }
 
 /// For our own code working on `tenant` whatever the session's context (creating a tenant,
-/// writing an audit row): ships an admin context of `tenant` unless this transaction already
-/// shipped one of that tenant. Workers use the role only to answer `_can_read`.
-pub fn ship_tenant(tenant: [u8; 16], caller: u32) {
+/// writing an audit row, looking at every tenant's keys): ships an admin context of `tenant`
+/// unless this transaction's workers already hold one of that tenant. Workers use the role only
+/// to answer `_can_read`. The returned guard puts back what the workers held before when it is
+/// dropped: without it, the session's next statements would run on the workers as `tenant`.
+#[must_use]
+pub fn ship_tenant(tenant: [u8; 16], caller: u32) -> Reship {
     if !active() {
-        return;
+        return Reship(None);
     }
-    let shipped = SHIPPED.with(|s| s.borrow().as_ref().is_some_and(|(c, _)| c.tenant == tenant));
-    if !shipped {
-        ship(tenant, None, "admin", Some(caller), None);
+    let before = SHIPPED.with(|s| s.borrow().clone());
+    if before.as_ref().is_some_and(|s| s.claims.tenant == tenant) {
+        return Reship(None);
+    }
+    let shipped = ship(tenant, None, "admin", Some(caller), None);
+    Reship(shipped.then_some(before))
+}
+
+/// Restores the context the workers held before [`ship_tenant`] (none: an empty token).
+pub struct Reship(Option<Option<Shipped>>);
+
+impl Drop for Reship {
+    fn drop(&mut self) {
+        let Some(before) = self.0.take() else { return };
+        // an error is unwinding: the (sub)transaction's abort takes back our SET LOCAL on every
+        // node, and end_of_subtransaction / end_of_transaction forget what was shipped
+        if std::thread::panicking() {
+            return;
+        }
+        let Some(f) = citus() else { return };
+        // SAFETY: reads backend-local transaction state.
+        if unsafe { !pg_sys::IsTransactionState() } {
+            return;
+        }
+        let token = before.as_ref().map(|s| s.token.clone()).unwrap_or_default();
+        propagate(&f, &token);
+        SHIPPED.with(|s| {
+            *s.borrow_mut() = before.map(|b| Shipped {
+                // SAFETY: reads backend-local transaction state.
+                subxact: unsafe { pg_sys::GetCurrentSubTransactionId() },
+                ..b
+            })
+        })
     }
 }
 
 /// The context a coordinator shipped to this backend, if its token checks out here: a valid
-/// MAC under this node's cluster key, not expired, for the distributed transaction this backend
-/// runs. None otherwise (no Citus, no key, no token, forged, expired, or replayed).
+/// MAC under this node's cluster key, not expired when this backend first saw it, for the
+/// distributed transaction this backend runs. None otherwise (no Citus, no key, no token, forged, expired, or replayed).
 pub fn remote_claims() -> Option<Claims> {
     let f = citus()?;
     // SAFETY: the GUC machinery keeps the string alive until the value changes; copied at once.
@@ -435,14 +469,63 @@ pub fn remote_claims() -> Option<Claims> {
         Some(c) => c,
         None => {
             let c = decode(&token, &cluster_key()?)?;
-            if c.txn != txn {
-                return None; // replayed: minted for another distributed transaction
+            if c.txn != txn || !fresh_enough(&c, now_us()) {
+                return None; // replayed: for another distributed transaction, or too late
             }
             VERIFIED.with(|v| *v.borrow_mut() = Some((token, c.clone())));
             c
         }
     };
-    (now_us() < claims.expires_us).then_some(claims)
+    Some(claims)
+}
+
+/// For `purge_audit`: while the returned guard lives, the append-only triggers on the shards of
+/// this transaction let its deletes through (as `_audit_purging()` does on one node). The permit
+/// is an HMAC of the transaction's shipped token, so it holds only in this transaction, for as
+/// long as that token does; the guard withdraws it. A no-op outside cluster mode.
+#[must_use]
+pub fn permit_purge() -> PurgePermit {
+    let (Some(f), Some(key)) = (citus(), cluster_key()) else {
+        return PurgePermit(false);
+    };
+    let Some(token) = SHIPPED.with(|s| s.borrow().as_ref().map(|s| s.token.clone())) else {
+        return PurgePermit(false);
+    };
+    propagate_setting(&f, c"voucher.cluster_purge", &purge_tag(&token, &key));
+    PurgePermit(true)
+}
+
+pub struct PurgePermit(bool);
+
+impl Drop for PurgePermit {
+    fn drop(&mut self) {
+        // after an error, the (sub)transaction's abort takes the SET LOCAL back everywhere
+        if !self.0 || std::thread::panicking() {
+            return;
+        }
+        if let Some(f) = citus() {
+            propagate_setting(&f, c"voucher.cluster_purge", "");
+        }
+    }
+}
+
+/// On a worker, in a shard statement: did the coordinator permit a purge in this transaction?
+pub fn purge_permitted_here() -> bool {
+    if !on_shard() || remote_claims().is_none() {
+        return false;
+    }
+    // SAFETY: the GUC machinery keeps the strings alive until the values change; copied at once.
+    let (tag, token) = unsafe {
+        let (p, q) = (*CLUSTER_PURGE.as_ptr(), *CLUSTER_TOKEN.as_ptr());
+        if p.is_null() || q.is_null() {
+            return false;
+        }
+        (
+            CStr::from_ptr(p).to_string_lossy().into_owned(),
+            CStr::from_ptr(q).to_string_lossy().into_owned(),
+        )
+    };
+    cluster_key().is_some_and(|key| purge_permitted(&tag, &token, &key))
 }
 
 /// At the end of every top-level transaction.
@@ -450,209 +533,63 @@ pub fn end_of_transaction() {
     SHIPPED.with(|s| *s.borrow_mut() = None);
 }
 
-// ---------------------------------------------------------------------------------------------
-// Statements Citus routes to one shard
-// ---------------------------------------------------------------------------------------------
-
-/// `audit::INSERT` in two steps for a cluster: the event id and time from the coordinator's
-/// sequence and clock, then a single-row `INSERT ... VALUES` that Citus routes to the tenant's
-/// shard (an `INSERT ... SELECT` becomes a COPY there, which row-level security refuses).
-/// `args` as for `audit::INSERT`: tenant, at, actor, action, object type, object id, details.
-pub fn insert_audit(client: &mut pgrx::spi::SpiClient<'_>, args: [pgrx::datum::DatumWithOid; 7]) {
-    let [tenant, at, actor, action, object_type, object_id, details] = args;
-    let row = client
-        .select(
-            "SELECT nextval('voucher.audit_event_id_seq'), coalesce($1, now())",
-            Some(1),
-            &[at],
-        )
-        .expect("event id")
-        .first();
-    let id = row.get::<i64>(1).ok().flatten().expect("an event id");
-    let at = row
-        .get::<pgrx::datum::TimestampWithTimeZone>(2)
-        .ok()
-        .flatten()
-        .expect("a time");
-    let all = [
-        tenant,
-        id.into(),
-        at.into(),
-        actor,
-        action,
-        object_type,
-        object_id,
-        details,
-    ];
-    client
-        .update(
-            "INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, \
-                                              object_id, details, row_hash) \
-             VALUES ($1, $2, $3, $4::jsonb, $5, $6, $7, $8::jsonb, \
-                     voucher._audit_hash($1, $2, $3, $4::jsonb::text, $5, $6, $7, $8::jsonb::text))",
-            None,
-            &all,
-        )
-        .expect("audit insert");
-}
-
-/// The sealer's chain rows as multi-row `INSERT ... VALUES` of at most 1,000 rows, each routed
-/// to the tenant's shard.
-pub fn insert_chain(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    tenant: pgrx::Uuid,
-    ids: &[i64],
-    hashes: &[Vec<u8>],
-) {
-    for (ids, hashes) in ids.chunks(1000).zip(hashes.chunks(1000)) {
-        let values: Vec<String> = (0..ids.len())
-            .map(|i| format!("($1, ${}, ${})", 2 * i + 2, 2 * i + 3))
-            .collect();
-        let mut args: Vec<pgrx::datum::DatumWithOid> = vec![tenant.into()];
-        for (id, h) in ids.iter().zip(hashes) {
-            args.push((*id).into());
-            args.push(h.clone().into());
+/// At the end of a subtransaction. Citus keeps the `SET LOCAL` statements of a subtransaction
+/// for the connections it opens later only until that subtransaction ends, even when it
+/// commits (transaction_management.c, PopSubXact); after a rollback the workers and this node
+/// have taken the setting back too. Either way a context shipped inside it must be shipped
+/// again by the next call that needs it.
+pub fn end_of_subtransaction(subxact: pg_sys::SubTransactionId) {
+    SHIPPED.with(|s| {
+        let mut s = s.borrow_mut();
+        if s.as_ref().is_some_and(|x| x.subxact == subxact) {
+            *s = None;
         }
-        client
-            .update(
-                &format!(
-                    "INSERT INTO voucher.audit_chain (tenant_id, event_id, chain_hash) VALUES {}",
-                    values.join(", ")
-                ),
-                None,
-                &args,
-            )
-            .expect("chain insert");
-    }
+    });
 }
 
-/// `generate_codes`' chunk as multi-row `INSERT ... VALUES` of at most 1,000 rows of literals,
-/// each routed to the tenant's shard (with parameters in its rows Citus would plan it as an
-/// INSERT ... SELECT and COPY the rows, which RLS refuses). Literals are quoted by PostgreSQL's
-/// own `quote_literal` rules: single quotes doubled, standard_conforming_strings assumed on, as
-/// PostgreSQL has defaulted to since 9.1; a backslash-bearing value gets the E'' form.
-pub fn insert_codes(
-    client: &mut pgrx::spi::SpiClient<'_>,
-    tenant: pgrx::Uuid,
-    campaign: pgrx::Uuid,
-    balance: &Option<AnyNumeric>,
-    ids: &[pgrx::Uuid],
-    codes: &[String],
-    displays: &[Option<String>],
+#[pg_guard]
+unsafe extern "C-unwind" fn subxact_callback(
+    event: pg_sys::SubXactEvent::Type,
+    my_subid: pg_sys::SubTransactionId,
+    _parent: pg_sys::SubTransactionId,
+    _arg: *mut c_void,
 ) {
-    fn lit(s: &str) -> String {
-        let q = s.replace('\'', "''");
-        if q.contains('\\') {
-            format!("E'{}'", q.replace('\\', "\\\\"))
-        } else {
-            format!("'{q}'")
-        }
+    use pg_sys::SubXactEvent::*;
+    if event == SUBXACT_EVENT_COMMIT_SUB || event == SUBXACT_EVENT_ABORT_SUB {
+        end_of_subtransaction(my_subid);
     }
-    let balance = balance
-        .as_ref()
-        .map(|b| format!("{b}::numeric"))
-        .unwrap_or_else(|| "NULL::numeric".into());
-    for start in (0..codes.len()).step_by(1000) {
-        let end = (start + 1000).min(codes.len());
-        let values: Vec<String> = (start..end)
-            .map(|i| {
-                format!(
-                    "('{tenant}'::uuid, '{}'::uuid, '{campaign}'::uuid, {}, {}, {balance})",
-                    ids[i],
-                    lit(&codes[i]),
-                    displays[i]
-                        .as_deref()
-                        .map(lit)
-                        .unwrap_or_else(|| "NULL".into())
-                )
-            })
-            .collect();
-        client
-            .update(
-                &format!(
-                    "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, \
-                                               balance) VALUES {}",
-                    values.join(", ")
-                ),
-                None,
-                &[],
-            )
-            .expect("code insert");
-    }
-}
-
-/// The xmin of this node's snapshot (the coordinator's, where the audit writers run).
-pub fn local_xmin(client: &mut pgrx::spi::SpiClient<'_>) -> i64 {
-    client
-        .update(
-            "SELECT pg_snapshot_xmin(pg_current_snapshot())::text::bigint",
-            None,
-            &[],
-        )
-        .expect("snapshot xmin")
-        .first()
-        .get_one::<i64>()
-        .ok()
-        .flatten()
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
 mod unit {
     use super::*;
 
-    fn claims() -> Claims {
-        Claims {
+    #[test]
+    fn a_shipped_token_is_minted_anew_once_it_is_older_than_the_remint_age() {
+        let t0 = 1_900_000_000_000_000;
+        assert!(!stale(t0, t0));
+        assert!(!stale(t0, t0 + REMINT_AFTER_US - 1));
+        assert!(stale(t0, t0 + REMINT_AFTER_US));
+        assert!(stale(t0, t0 - 1), "a clock that went back: mint anew");
+    }
+
+    #[test]
+    fn a_worker_takes_a_new_token_only_before_it_expires() {
+        let t0 = 1_900_000_000_000_000;
+        let c = Claims {
             tenant: [7; 16],
-            key_id: Some([9; 16]),
-            role: "redeemer".into(),
-            operator: None,
-            expires_us: 1_900_000_000_000_000,
+            key_id: None,
+            role: "admin".into(),
+            operator: Some(10),
+            expires_us: t0 + TOKEN_LIFETIME_US,
             txn: DistTxn {
                 initiator: 0,
-                number: 42,
-                stamp: 812_345_678_901_234,
+                number: 1,
+                stamp: t0,
             },
-        }
-    }
-
-    #[test]
-    fn a_token_round_trips_under_its_key() {
-        let key = [1u8; KEY_BYTES];
-        let t = encode(&claims(), &key);
-        assert_eq!(decode(&t, &key), Some(claims()));
-        let mut op = claims();
-        op.key_id = None;
-        op.operator = Some(16384);
-        op.role = "admin".into();
-        assert_eq!(decode(&encode(&op, &key), &key), Some(op));
-    }
-
-    #[test]
-    fn forged_tokens_are_refused() {
-        let key = [1u8; KEY_BYTES];
-        let t = encode(&claims(), &key);
-        // another key
-        assert_eq!(decode(&t, &[2u8; KEY_BYTES]), None);
-        // every single changed character of the payload or the tag
-        for i in 0..t.len() {
-            let mut b = t.clone().into_bytes();
-            b[i] = if b[i] == b'0' { b'1' } else { b'0' };
-            let forged = String::from_utf8(b).unwrap();
-            if forged != t {
-                assert_eq!(decode(&forged, &key), None, "changed at {i}");
-            }
-        }
-        // another tenant, re-using the tag
-        let mut other = claims();
-        other.tenant = [8; 16];
-        let (_, tag) = t.rsplit_once('.').unwrap();
-        let (payload, _) = encode(&other, &key)
-            .rsplit_once('.')
-            .map(|(p, g)| (p.to_string(), g.to_string()))
-            .unwrap();
-        assert_eq!(decode(&format!("{payload}.{tag}"), &key), None);
-        assert_eq!(decode("", &key), None);
-        assert_eq!(decode("v1", &key), None);
+        };
+        assert!(fresh_enough(&c, t0));
+        assert!(fresh_enough(&c, t0 + TOKEN_LIFETIME_US - 1));
+        assert!(!fresh_enough(&c, t0 + TOKEN_LIFETIME_US));
     }
 }

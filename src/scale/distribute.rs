@@ -7,23 +7,38 @@ use super::cluster::{citus_loaded, cluster_key, key_path, KEY_BYTES};
 use crate::common::error::{api, Result, VoucherError};
 
 /// The extension's tables and how each is placed: reference tables first (the others refer to
-/// `tenant`), then the distributed tables, all co-located with `voucher.tenant_shard`'s group.
+/// `tenant`), then every other table of schema `voucher` (all have `tenant_id`), distributed by
+/// it and co-located with [`ANCHOR`]'s group.
 const REFERENCE: &[&str] = &["voucher.tenant", "voucher.credential"];
-const DISTRIBUTED: &[&str] = &[
-    "voucher.campaign",
-    "voucher.code",
-    "voucher.customer",
-    "voucher.customer_usage",
-    "voucher.redemption",
-    "voucher.audit_event",
-    "voucher.audit_chain",
-    "voucher.audit_state",
-    "voucher.tenant_key",
-    "voucher.customer_key",
-    "voucher.tenant_setting",
-    "voucher.consent",
-    "voucher.code_use",
-];
+const ANCHOR: &str = "voucher.campaign";
+
+/// The tables to distribute, [`ANCHOR`] first: found in the catalog, so that a table another
+/// capability adds (or drops) needs no change here.
+fn distributed_tables() -> Vec<String> {
+    Spi::connect(|c| {
+        c.select(
+            "SELECT t.name FROM pg_catalog.pg_class c, \
+                    LATERAL (SELECT 'voucher.' || pg_catalog.quote_ident(c.relname) AS name) t \
+              WHERE c.relnamespace = 'voucher'::regnamespace AND c.relkind = 'r' \
+                AND t.name <> ALL ($1) \
+                AND EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a WHERE a.attrelid = c.oid \
+                               AND a.attname = 'tenant_id' AND NOT a.attisdropped) \
+              ORDER BY t.name <> $2, t.name",
+            None,
+            &[
+                REFERENCE
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .into(),
+                ANCHOR.into(),
+            ],
+        )
+        .expect("pg_class readable")
+        .filter_map(|r| r.get::<String>(1).ok().flatten())
+        .collect()
+    })
+}
 
 fn create_key_file(path: &str) -> std::result::Result<(), String> {
     use std::io::Write;
@@ -88,17 +103,19 @@ fn distribute_impl() -> Result<i64> {
     // workers must let voucher_definer log in (from the cluster's nodes only: pg_hba.conf).
     // ALTER ROLE propagates to the workers.
     Spi::run("ALTER ROLE voucher_definer LOGIN").expect("ALTER ROLE runs");
-    if REFERENCE
-        .iter()
-        .chain(DISTRIBUTED)
-        .all(|t| is_citus_table(t))
+    let distributed = distributed_tables();
+    if REFERENCE.iter().all(|t| is_citus_table(t)) && distributed.iter().all(|t| is_citus_table(t))
     {
         return Ok(0);
     }
     // Citus refuses sub-selects in the policies of distributed tables: the policies compare
     // with the function itself (evaluated per row where no index condition takes it, instead of
     // once per statement as an init-plan)
-    for t in REFERENCE.iter().chain(DISTRIBUTED) {
+    for t in REFERENCE
+        .iter()
+        .map(|t| t.to_string())
+        .chain(distributed.iter().cloned())
+    {
         everywhere(&format!(
             "ALTER POLICY tenant_isolation ON {t} USING (tenant_id = voucher.current_tenant()) \
              WITH CHECK (tenant_id = voucher.current_tenant())"
@@ -161,12 +178,12 @@ fn distribute_impl() -> Result<i64> {
             n += 1;
         }
     }
-    for (i, t) in DISTRIBUTED.iter().enumerate() {
+    for (i, t) in distributed.iter().enumerate() {
         if !is_citus_table(t) {
-            let colocate = if i == 0 { "default" } else { DISTRIBUTED[0] };
+            let colocate = if i == 0 { "default" } else { ANCHOR };
             Spi::run_with_args(
                 "SELECT create_distributed_table($1::regclass, 'tenant_id', colocate_with => $2)",
-                &[(*t).into(), colocate.into()],
+                &[t.as_str().into(), colocate.into()],
             )
             .expect("create_distributed_table runs");
             n += 1;

@@ -7,9 +7,13 @@
 //!   before row-level security trusts it).
 //! - [`distribute`]: `voucher.distribute()`, the tables made Citus tables by `tenant_id`.
 //! - [`redeem`]: a redemption's claim as single-shard statements on a cluster.
+//! - [`statements`]: the audit, chain and code inserts as single-shard statements.
+//! - [`token`]: the context token's claims, encoding and MAC.
 
 pub mod backtrace;
 pub mod cluster;
 pub mod distribute;
 pub mod redeem;
 pub mod standby;
+pub mod statements;
+pub mod token;

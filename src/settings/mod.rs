@@ -192,7 +192,8 @@ fn configure_impl(setting: Option<&str>, value: Option<&str>) -> Result<()> {
                 c.update(
                     "INSERT INTO voucher.tenant_setting AS s (tenant_id, setting, value, updated_by) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, setting) \
-                     DO UPDATE SET value = $3, updated_at = now(), updated_by = $4",
+                     DO UPDATE SET value = EXCLUDED.value, updated_at = EXCLUDED.updated_at, \
+                                   updated_by = EXCLUDED.updated_by",
                     None,
                     &args,
                 )

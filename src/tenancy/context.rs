@@ -312,7 +312,7 @@ pub fn with_tenant<R>(tenant: [u8; 16], f: impl FnOnce() -> R) -> R {
         }
     }
     let _restore = Restore(OVERRIDE.with(|o| o.replace(Some(tenant))));
-    crate::scale::cluster::ship_tenant(tenant, definer::caller().to_u32()); // scale
+    let _reship = crate::scale::cluster::ship_tenant(tenant, definer::caller().to_u32()); // scale
     f()
 }
 

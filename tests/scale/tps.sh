@@ -16,12 +16,23 @@ secs=${TPS_SECONDS:-20}; clients=${TPS_CLIENTS:-8}
 trap '"$ROOT/scripts/cluster.sh" stop scale-one' EXIT
 "$bin/psql" -X -q -h "$base/scale-one" -p "$one" -U postgres -d postgres -c "CREATE DATABASE voucher_citus"
 "$bin/psql" -X -q -h "$base/scale-one" -p "$one" -U postgres -d voucher_citus -c "CREATE EXTENSION voucher_ext"
-for target in "one node:$base/scale-one:$one" "3-node Citus:$base/scale-coord:$coord"; do
-    IFS=: read -r name host port <<<"$target"
+# CPU seconds a node spent (its postmaster's children, ended and waited for), in clock ticks
+cpu() { awk '{print $16 + $17}' "/proc/$(head -1 "$base/$1/data/postmaster.pid")/stat"; }
+for target in "one node:$base/scale-one:$one:scale-one" "3-node Citus:$base/scale-coord:$coord:scale-coord scale-w1 scale-w2"; do
+    IFS=: read -r name host port nodes <<<"$target"
     "$bin/psql" -X -q -h "$host" -p "$port" -U postgres -d voucher_citus -f "$here/setup.sql" >/dev/null
-    for w in validate redeem; do
-        tps=$("$bin/pgbench" -n -h "$host" -p "$port" -U postgres -c "$clients" -j 2 -T "$secs" \
-              -f "$here/$w.pgbench" voucher_citus 2>&1 | sed -n 's/^tps = \([0-9.]*\).*/\1/p')
-        echo "$name | $w | $tps TPS ($clients clients, $secs s)"
+    for w in validate redeem shop; do
+        declare -A before=()
+        for n in $nodes; do before[$n]=$(cpu "$n"); done
+        out=$("$bin/pgbench" -n -h "$host" -p "$port" -U postgres -c "$clients" -j 2 -T "$secs" \
+              -f "$here/$w.pgbench" voucher_citus 2>&1)
+        sleep 1   # the backends of the run end and are waited for
+        tps=$(sed -n 's/^tps = \([0-9.]*\).*/\1/p' <<<"$out")
+        txns=$(sed -n 's/^number of transactions actually processed: \([0-9]*\).*/\1/p' <<<"$out")
+        per=""
+        for n in $nodes; do
+            per="$per $n $(( ($(cpu "$n") - before[$n]) * 10000 / $(getconf CLK_TCK) / txns ))"
+        done
+        echo "$name | $w | $tps TPS ($clients clients, $secs s) | CPU per transaction, 0.1 ms:$per"
     done
 done

@@ -52,8 +52,8 @@ SELECT count(DISTINCT port) AS workers_holding_a_and_b FROM citus_tenant;
 UPDATE citus_tenant SET admin = voucher.create_api_key('admin', tenant => tenant),
                         redeemer = voucher.create_api_key('redeemer', tenant => tenant),
                         auditor = voucher.create_api_key('auditor', tenant => tenant);
--- each tenant: a hot voucher (limit 100), a few codes and one redemption. No customers: the
--- encrypted customers of issue 14 do not work on a cluster yet (README "Scaling out")
+-- each tenant: a hot voucher (limit 100), a few codes and one redemption (customers:
+-- citus_customers.sql)
 CREATE FUNCTION public.setup_tenant(who text) RETURNS void LANGUAGE plpgsql AS $$
 DECLARE
     r record;

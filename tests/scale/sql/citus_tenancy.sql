@@ -40,6 +40,8 @@ SET ROLE regress_client;
 BEGIN;
 SELECT voucher.authenticate(admin) IS NOT NULL AS authenticated FROM citus_tenant WHERE name = 'a';
 SELECT count(*) AS codes_in_the_real_transaction FROM voucher.vouchers;
+-- the client itself cannot read the token its transaction shipped
+SELECT t($$SELECT current_setting('voucher.cluster_token')$$) AS client_reads_token;
 RESET ROLE;
 SELECT current_setting('voucher.cluster_token') AS captured \gset
 COMMIT;
