@@ -13,7 +13,8 @@
 //! - `migrate`: encrypts a 0.1.0 database's plaintext during ALTER EXTENSION UPDATE.
 //!
 //! Exports to the rest of the crate: `customers::{find_or_create, source_index, seal_for_audit}`,
-//! `redemptions::seal_metadata`, `end_of_transaction`; `store` to `privacy` (forgetting
+//! `redemptions::seal_metadata`, `request_hash` (redeem's idempotency fingerprints),
+//! `end_of_transaction`; `store` to `privacy` (forgetting
 //! re-encrypts a pseudonym and opens a customer's audit data for its export).
 
 pub mod customers;
@@ -25,6 +26,19 @@ mod migrate;
 pub mod redemptions;
 mod rotate;
 pub(crate) mod store;
+
+/// The idempotency fingerprint of a redeem request (its canonical bytes): HMAC-SHA256 under the
+/// tenant's request-hash key (HKDF of its index key, like the blind indexes), so a stored hash
+/// cannot confirm a guessed customer id, code or order. Makes the tenant's keys on first use.
+pub fn request_hash(tenant: &[u8; 16], canonical: &[u8]) -> crate::common::error::Result<Vec<u8>> {
+    let keys = match store::index_keys_cached(tenant) {
+        Some(k) => k,
+        None => crate::tenancy::definer::as_definer(|| {
+            pgrx::Spi::connect_mut(|client| store::index_keys(client, tenant))
+        })?,
+    };
+    Ok(keyring::blind_index_bytes(&keys.request, canonical))
+}
 
 /// Called at the end of every transaction (see lib.rs).
 pub fn end_of_transaction(committed: bool) {

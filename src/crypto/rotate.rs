@@ -10,7 +10,6 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use super::envelope;
 use super::keyring;
 use super::store::{self, Place};
 use crate::common::error::{api, Result, VoucherError};
@@ -102,9 +101,10 @@ fn int_list(client: &mut SpiClient<'_>, sql: &str, tenant: &Tenant) -> Vec<i32> 
         .collect()
 }
 
-type Row = (pgrx::Uuid, [Option<Vec<u8>>; 4]);
+type Row = (pgrx::Uuid, [Option<Vec<u8>>; 5]);
 
-/// Moves up to `limit` customers from the `old` data keys to `new`.
+/// Moves up to `limit` customers from the `old` data keys to the active one: their four
+/// ciphertexts re-encrypted and their own key (audit_key) re-wrapped, in one UPDATE.
 fn move_customers(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
@@ -113,7 +113,8 @@ fn move_customers(
 ) -> Result<i64> {
     let rows: Vec<Row> = client
         .update(
-            "SELECT customer_id, source_id, email, name, metadata FROM voucher.customer \
+            "SELECT customer_id, source_id, email, name, metadata, audit_key \
+               FROM voucher.customer \
               WHERE tenant_id = $1 AND key_id = ANY($2) LIMIT $3 FOR NO KEY UPDATE",
             None,
             &[
@@ -126,12 +127,7 @@ fn move_customers(
         .map(|r| {
             (
                 r.get::<pgrx::Uuid>(1).ok().flatten().expect("customer_id"),
-                [
-                    r.get::<Vec<u8>>(2).ok().flatten(),
-                    r.get::<Vec<u8>>(3).ok().flatten(),
-                    r.get::<Vec<u8>>(4).ok().flatten(),
-                    r.get::<Vec<u8>>(5).ok().flatten(),
-                ],
+                [2, 3, 4, 5, 6].map(|i| r.get::<Vec<u8>>(i).ok().flatten()),
             )
         })
         .collect();
@@ -140,11 +136,13 @@ fn move_customers(
     }
     const COLUMNS: [&str; 4] = ["source_id", "email", "name", "metadata"];
     let mut ids = Vec::with_capacity(rows.len());
-    let mut cols: [Vec<Option<Vec<u8>>>; 4] = Default::default();
+    let mut cols: [Vec<Option<Vec<u8>>>; 5] = Default::default();
     let mut new_key = 0;
     for (id, fields) in &rows {
         let row = id.to_string();
-        for (i, ct) in fields.iter().enumerate() {
+        let (key_id, key) = store::reserve_for(client, tenant, 5)?;
+        new_key = key_id;
+        for (i, ct) in fields[..4].iter().enumerate() {
             let moved = match ct {
                 None => None,
                 Some(ct) => {
@@ -154,25 +152,30 @@ fn move_customers(
                         row: &row,
                     };
                     let plain = store::open(client, tenant, place, ct)?;
-                    let (key_id, key) = store::reserve(client, tenant)?;
-                    new_key = key_id;
                     Some(store::seal_with(key_id, &key, tenant, place, &plain))
                 }
             };
             cols[i].push(moved);
         }
+        let audit_key = match &fields[4] {
+            None => None,
+            Some(w) => {
+                let material = super::customers::open_customer_key(client, tenant, &row, w)?;
+                Some(keyring::wrap_customer_key(
+                    &key, key_id, tenant, &row, &material,
+                ))
+            }
+        };
+        cols[4].push(audit_key);
         ids.push(*id);
     }
-    if new_key == 0 {
-        new_key = store::reserve(client, tenant)?.0;
-    }
-    let [s, e, n, m] = cols;
+    let [s, e, n, m, k] = cols;
     client
         .update(
             "UPDATE voucher.customer c SET key_id = $2, source_id = u.s, email = u.e, name = u.n, \
-                    metadata = u.m \
-               FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[]) \
-                    AS u(id, s, e, n, m) \
+                    metadata = u.m, audit_key = u.k \
+               FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[], \
+                           $8::bytea[]) AS u(id, s, e, n, m, k) \
               WHERE c.tenant_id = $1 AND c.customer_id = u.id",
             None,
             &[
@@ -183,61 +186,10 @@ fn move_customers(
                 e.into(),
                 n.into(),
                 m.into(),
+                k.into(),
             ],
         )
         .expect("customers moved");
-    Ok(rows.len() as i64)
-}
-
-/// Re-wraps up to `limit` customer keys from the `old` data keys under the active one.
-fn move_customer_keys(
-    client: &mut SpiClient<'_>,
-    tenant: &Tenant,
-    old: &[i32],
-    limit: i64,
-) -> Result<i64> {
-    let rows: Vec<(pgrx::Uuid, Vec<u8>)> = client
-        .update(
-            "SELECT customer_id, wrapped FROM voucher.customer_key \
-              WHERE tenant_id = $1 AND key_id = ANY($2) AND wrapped IS NOT NULL \
-              LIMIT $3 FOR UPDATE",
-            None,
-            &[
-                store::uuid(tenant).into(),
-                old.to_vec().into(),
-                limit.into(),
-            ],
-        )
-        .expect("customer keys to move")
-        .filter_map(|r| Some((r.get::<pgrx::Uuid>(1).ok()??, r.get::<Vec<u8>>(2).ok()??)))
-        .collect();
-    for (id, wrapped) in &rows {
-        let cust = id.to_string();
-        let place = Place {
-            table: "customer_key",
-            column: "wrapped",
-            row: &cust,
-        };
-        let old_id = envelope::key_id(wrapped).map_err(|e| place.failed(&e))? as i32;
-        let old_key = store::data_key(client, tenant, old_id)?;
-        let material = keyring::unwrap_customer_key(&old_key, tenant, &cust, wrapped)
-            .map_err(|e| place.failed(&e))?;
-        let (key_id, key) = store::reserve(client, tenant)?;
-        let rewrapped = keyring::wrap_customer_key(&key, key_id, tenant, &cust, &material);
-        client
-            .update(
-                "UPDATE voucher.customer_key SET key_id = $3, wrapped = $4 \
-                  WHERE tenant_id = $1 AND customer_id = $2",
-                None,
-                &[
-                    store::uuid(tenant).into(),
-                    (*id).into(),
-                    key_id.into(),
-                    rewrapped.into(),
-                ],
-            )
-            .expect("customer key moved");
-    }
     Ok(rows.len() as i64)
 }
 
@@ -309,9 +261,6 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
             let limit = i64::from(batch);
             let mut moved = move_customers(client, &tenant, &old, limit)?;
             if moved < limit {
-                moved += move_customer_keys(client, &tenant, &old, limit - moved)?;
-            }
-            if moved < limit {
                 moved += super::redemptions::move_metadata(client, &tenant, &old, limit - moved)?;
             }
             if moved == 0 {
@@ -322,9 +271,6 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                         AND k.superseded_by IS NOT NULL \
                         AND NOT EXISTS (SELECT 1 FROM voucher.customer c \
                                          WHERE c.tenant_id = k.tenant_id AND c.key_id = k.key_id) \
-                        AND NOT EXISTS (SELECT 1 FROM voucher.customer_key ck \
-                                         WHERE ck.tenant_id = k.tenant_id AND ck.key_id = k.key_id \
-                                           AND ck.wrapped IS NOT NULL) \
                         AND NOT EXISTS (SELECT 1 FROM voucher.redemption r \
                                          WHERE r.tenant_id = k.tenant_id AND r.key_id = k.key_id) \
                      RETURNING k.key_id",

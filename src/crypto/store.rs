@@ -33,6 +33,7 @@ struct Active {
 pub struct IndexKeys {
     pub source: Key,
     pub email: Key,
+    pub request: Key,
 }
 
 thread_local! {
@@ -288,9 +289,15 @@ pub fn index_keys_read(client: &SpiClient<'_>, tenant: &Tenant) -> Result<Option
     let keys = Rc::new(IndexKeys {
         source: keyring::derive(&material, tenant, Purpose::SourceIndex),
         email: keyring::derive(&material, tenant, Purpose::EmailIndex),
+        request: keyring::derive(&material, tenant, Purpose::RequestHash),
     });
     INDEX.with(|i| i.borrow_mut().insert(*tenant, keys.clone()));
     Ok(Some(keys))
+}
+
+/// The tenant's blind-index keys if this backend has them cached (no SPI).
+pub fn index_keys_cached(tenant: &Tenant) -> Option<Rc<IndexKeys>> {
+    INDEX.with(|i| i.borrow().get(tenant).cloned())
 }
 
 /// The tenant's blind-index keys, made on first use.
@@ -363,11 +370,18 @@ fn unknown_key(key_id: i32) -> VoucherError {
 
 /// Reserves one encryption under the tenant's active data key: its id and AES key.
 pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<Key>)> {
+    reserve_for(client, tenant, 1)
+}
+
+/// Reserves `n` (at most `BLOCK`) encryptions under the tenant's active data key: the fields
+/// of one row, all under the same key.
+pub fn reserve_for(client: &mut SpiClient<'_>, tenant: &Tenant, n: i64) -> Result<(i32, Rc<Key>)> {
+    debug_assert!((1..=BLOCK).contains(&n));
     let cached = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         match a.get_mut(tenant) {
-            Some(act) if act.left > 0 => {
-                act.left -= 1;
+            Some(act) if act.left >= n => {
+                act.left -= n;
                 Some(act.key_id)
             }
             _ => None,
@@ -410,7 +424,7 @@ pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<K
             *tenant,
             Active {
                 key_id,
-                left: BLOCK - 1,
+                left: BLOCK - n,
             },
         )
     });

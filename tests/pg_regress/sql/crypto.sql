@@ -91,8 +91,10 @@ SELECT details ? 'customer' AS has_customer,
 SELECT kind, state, master_key_id ~ '^[0-9a-f]{16}$' AS wrapped_under_master, length(wrapped) AS wrapped_bytes,
        encryptions > 0 AS counted
   FROM voucher.tenant_key WHERE tenant_id = :'shop' ORDER BY key_id;
-SELECT count(*) AS customer_keys, bool_and(wrapped IS NOT NULL) AS all_wrapped
-  FROM voucher.customer_key WHERE tenant_id = :'shop';
+-- every customer has its own key, wrapped under its row's data key (envelope bytes 2-5)
+SELECT count(*) AS customer_keys, bool_and(substr(audit_key, 2, 4) = int4send(key_id)) AS all_wrapped,
+       bool_and(length(audit_key) = 32 + 33) AS wrapped_bytes
+  FROM voucher.customer WHERE tenant_id = :'shop';
 
 ------------------------------------------------------------------------------------------------
 -- tampered and moved ciphertexts: XX001 naming table, column and row, never a value
