@@ -21,7 +21,8 @@ GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metad
                                audit_key)
     ON voucher.customer TO voucher_definer;
 -- crypto: tenant keys (wrapped); the rotations re-wrap and re-encrypt
-GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
+                               destroyed_at)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
 GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
@@ -87,6 +88,7 @@ GRANT EXECUTE ON FUNCTION
     voucher.lockout_fingerprint(text, text),
     voucher.find_customer(text),
     voucher.rotate_data_key(integer),
+    voucher.destroy_retired_keys(interval),
     voucher.rollback_redemption(uuid, text),
     voucher.verify_audit(),
     voucher.purge_audit(interval),

@@ -236,7 +236,8 @@ CREATE POLICY tenant_isolation ON voucher.tenant_key
     USING (tenant_id = (SELECT voucher.current_tenant()))
     WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
 -- the key store reads them as voucher_definer while the migration below runs
-GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
+                               destroyed_at)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
 
@@ -385,6 +386,14 @@ CREATE FUNCTION voucher."rotate_data_key"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'rotate_data_key_wrapper';
+CREATE FUNCTION voucher."destroy_retired_keys"(
+	"older_than" interval DEFAULT '1 day'
+) RETURNS TABLE (
+	"key_id" INT
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'destroy_retired_keys_wrapper';
 
 -- the views, decrypting (sql/crypto.sql, sql/redeem.sql)
 -- Decrypted for admin and manager keys; 42501 for other key roles (the WHERE raises).
@@ -1239,7 +1248,8 @@ GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
 GRANT EXECUTE ON FUNCTION
     voucher.upsert_customer(text, text, text, jsonb),
     voucher.find_customer(text),
-    voucher.rotate_data_key(integer)
+    voucher.rotate_data_key(integer),
+    voucher.destroy_retired_keys(interval)
 TO voucher_client;
 GRANT SELECT ON voucher.customers, voucher.redemptions, voucher.tenant_keys TO voucher_client;
 GRANT EXECUTE ON FUNCTION voucher._decrypt(text, text, uuid, bytea)

@@ -48,6 +48,7 @@ pub fn end_of_transaction(committed: bool) {
 /// Registers the subtransaction callback (from _PG_init): a rolled-back savepoint drops what
 /// it cached too.
 pub fn init() {
+    store::init_shmem();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pgrx::pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut()) };
 }

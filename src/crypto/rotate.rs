@@ -244,7 +244,7 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                     )
                     .expect("supersede");
                 store::insert_key(client, &tenant, fresh, "data", false)?;
-                store::forget_cached_keys();
+                store::keys_changed();
                 events.push((
                     "data_key.rotation_started",
                     serde_json::json!({ "from": current, "to": fresh }),
@@ -307,4 +307,85 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn rotate_data_key(batch_size: default!(Option<i32>, "10000")) -> i64 {
     api(|| rotate_data_impl(batch_size))
+}
+
+/// The tenant's retired data keys that were retired at least `older_than` ago and that no row
+/// uses, destroyed: their wrapped bytes erased (state `destroyed`), audited. The wait gives a
+/// transaction that reserved encryptions under the key before the rotation time to end (README
+/// "Encryption at rest"); a retired key some row still uses is left for rotate_data_key to move.
+fn destroy_retired_impl(older_than: Option<pgrx::datum::Interval>) -> Result<Vec<i32>> {
+    let ctx = context::authorize(Action::Administer)?;
+    let older_than = older_than.ok_or(VoucherError::NullArgument("older_than"))?;
+    let tenant = ctx.tenant;
+    let destroyed = as_definer(|| {
+        Spi::connect_mut(|client| -> Result<Vec<i32>> {
+            if client
+                .select("SELECT $1 < interval '0'", None, &[older_than.into()])
+                .expect("interval")
+                .first()
+                .get_one::<bool>()
+                .ok()
+                .flatten()
+                == Some(true)
+            {
+                return Err(VoucherError::invalid("older_than must not be negative"));
+            }
+            // not while a rotation of the tenant moves rows
+            client
+                .update(
+                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('voucher.rotate_data_key'), \
+                                                             pg_catalog.hashtext($1::text))",
+                    None,
+                    &[store::uuid(&tenant).into()],
+                )
+                .expect("rotation lock");
+            let ids: Vec<i32> = client
+                .update(
+                    "UPDATE voucher.tenant_key k \
+                        SET state = 'destroyed', wrapped = NULL, master_key_id = NULL, \
+                            destroyed_at = now() \
+                      WHERE k.tenant_id = $1 AND k.kind = 'data' AND k.state = 'retired' \
+                        AND k.retired_at <= now() - $2 \
+                        AND NOT EXISTS (SELECT 1 FROM voucher.customer c \
+                                         WHERE c.tenant_id = k.tenant_id AND c.key_id = k.key_id) \
+                        AND NOT EXISTS (SELECT 1 FROM voucher.redemption r \
+                                         WHERE r.tenant_id = k.tenant_id AND r.key_id = k.key_id) \
+                     RETURNING k.key_id",
+                    None,
+                    &[store::uuid(&tenant).into(), older_than.into()],
+                )
+                .expect("destroy retired keys")
+                .filter_map(|r| r.get::<i32>(1).ok().flatten())
+                .collect();
+            if !ids.is_empty() {
+                store::keys_changed();
+            }
+            Ok(ids)
+        })
+    })?;
+    if !destroyed.is_empty() {
+        events::record(&Event {
+            tenant,
+            actor: context::actor_json(Some(&ctx)),
+            action: "data_key.destroyed",
+            object_type: Some("tenant"),
+            object_id: Some(store::uuid(&tenant).to_string()),
+            details: serde_json::json!({ "key_ids": destroyed }),
+            at: None,
+        });
+    }
+    Ok(destroyed)
+}
+
+/// Destroys the tenant's data keys retired at least `older_than` ago that no row uses: their
+/// wrapped key bytes are erased for good (state `destroyed`), audited. Returns their ids.
+#[pg_extern(volatile, parallel_unsafe)]
+fn destroy_retired_keys(
+    older_than: default!(Option<pgrx::datum::Interval>, "'1 day'"),
+) -> TableIterator<'static, (name!(key_id, i32),)> {
+    TableIterator::new(
+        api(|| destroy_retired_impl(older_than))
+            .into_iter()
+            .map(|k| (k,)),
+    )
 }

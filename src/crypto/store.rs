@@ -6,12 +6,15 @@
 //! each tenant), in `Zeroizing` buffers. Encryptions are counted per data key in blocks reserved
 //! ahead (one UPDATE of the key's row per `BLOCK` encryptions per backend).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::{pg_shmem_init, PgAtomic};
 
 use super::envelope::{self, Aad, EnvelopeError, Key};
 use super::keyring::{self, Purpose, ENCRYPTION_LIMIT};
@@ -27,6 +30,60 @@ type Tenant = [u8; 16];
 struct Active {
     key_id: i32,
     left: i64,
+}
+
+/// Bumped whenever a data key stops being the one to encrypt under (superseded by a rotation,
+/// destroyed): every backend then drops its cached keys and reservations before its next use,
+/// so a cached block never outlives its key. Without shared memory (not preloaded) the caches
+/// are dropped every second instead.
+static KEY_GENERATION: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"voucher_ext crypto key generation") };
+static mut SHARED: bool = false;
+
+thread_local! {
+    /// The generation (or, without shared memory, the instant) the caches were filled at.
+    static SEEN: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+}
+
+/// From `_PG_init`.
+pub fn init_shmem() {
+    // SAFETY: reads a postmaster flag during library load.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(KEY_GENERATION);
+        // SAFETY: written once, in the postmaster, before any backend exists.
+        unsafe { SHARED = true };
+    }
+}
+
+/// Tells every backend that cached keys may be stale (see [`KEY_GENERATION`]).
+pub fn keys_changed() {
+    // SAFETY: set once at load time.
+    if unsafe { SHARED } {
+        KEY_GENERATION.get().fetch_add(1, Ordering::AcqRel);
+    }
+    forget_cached_keys();
+}
+
+/// Drops this backend's caches if another backend changed the keys since they were filled.
+fn revalidate() {
+    let (seen, at) = SEEN.with(Cell::get);
+    // SAFETY: set once at load time.
+    let stale = if unsafe { SHARED } {
+        let now = KEY_GENERATION.get().load(Ordering::Acquire);
+        if now != seen {
+            SEEN.with(|s| s.set((now, at)));
+        }
+        now != seen
+    } else {
+        let stale = at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
+        if stale {
+            SEEN.with(|s| s.set((seen, Some(Instant::now()))));
+        }
+        stale
+    };
+    if stale {
+        forget_cached_keys();
+    }
 }
 
 /// A tenant's blind-index keys.
@@ -330,6 +387,7 @@ pub fn email_index(client: &mut SpiClient<'_>, tenant: &Tenant, email: &str) -> 
 
 /// The AES key of data key `key_id` (for decrypting, or encrypting under a reserved key).
 pub fn data_key(client: &mut SpiClient<'_>, tenant: &Tenant, key_id: i32) -> Result<Rc<Key>> {
+    revalidate();
     if let Some(k) = DATA.with(|d| d.borrow().get(&(*tenant, key_id)).cloned()) {
         return Ok(k);
     }
@@ -377,6 +435,7 @@ pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<K
 /// of one row, all under the same key.
 pub fn reserve_for(client: &mut SpiClient<'_>, tenant: &Tenant, n: i64) -> Result<(i32, Rc<Key>)> {
     debug_assert!((1..=BLOCK).contains(&n));
+    revalidate();
     let cached = ACTIVE.with(|a| {
         let mut a = a.borrow_mut();
         match a.get_mut(tenant) {
