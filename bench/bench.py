@@ -1334,7 +1334,7 @@ LOOKUPS = 20_000 if QUICK else 100_000
 
 
 def lookup_row(tenant):
-    """Row 8c: the one step of a redemption with a customer that encryption changed. Before
+    """Row E3: the one step of a redemption with a customer that encryption changed. Before
     (0.1.0) redeem found the customer by an index probe on (tenant_id, source_id text); now it
     computes the blind index (HMAC-SHA256 of the id, in Rust) and probes (tenant_id,
     source_index bytea). Both look-ups, LOOKUPS of them in one statement (nested loop of index
@@ -1370,21 +1370,22 @@ VACUUM ANALYZE lookup_plain, lookup_blind;
                    "plain": probe("lookup_plain", "c.source_id = 'cust-' || g")})
     us = {k: med([x["v"] for x in v]) * 1000 / n for k, v in r.items()}
     sql(CRYPTO_DB, "DROP TABLE lookup_plain, lookup_blind;")
-    return row("8c", f"redeem with a customer, the step encryption changed: {n:,} look-ups of a customer by its id "
+    return row("E3", f"redeem with a customer, the step encryption changed: {n:,} look-ups of a customer by its id "
                "through the blind index (hash + bytea probe) vs the plaintext text index (0.1.0)", "ms",
                series("blind index", r["blind"]), series("plaintext index", r["plain"]),
                note=f"per look-up {us['blind']:.2f} µs vs {us['plain']:.2f} µs: {us['blind'] - us['plain']:+.2f} µs "
                     "per redemption with a customer (compare with its latency in rows 1-6)")
 
 
-@case("crypto", "8. encryption at rest: upsert_customer vs plaintext INSERT; rotate_data_key", needs=("crypto",))
+@case("crypto", "E. encryption at rest: upsert_customer vs plaintext INSERT; rotate_data_key; the redeem look-up",
+      needs=("crypto",))
 def case_crypto():
     c = STATE["crypto"]
     ours = render_script("upsert_ours", KEY=c["key"], SEQ="crypto_seq_ours")
     bare = render_script("upsert_bare", TENANT=c["tenant"], SEQ="crypto_seq_bare")
     r = alternate({"upsert": lambda: pgbench(CRYPTO_DB, ours), "insert": lambda: pgbench(CRYPTO_DB, bare)},
                   before=reset_crypto)
-    rows = [row("8a", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
+    rows = [row("E1", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
                 "vs plaintext INSERT of the same fields", "TPS", series("upsert (AES-GCM)", r["upsert"]),
                 series("plaintext INSERT", r["insert"]), goal=(">=", 0.7))]
     rows.append(lookup_row(c["tenant"]))
@@ -1426,7 +1427,7 @@ SELECT count(voucher.upsert_customer('r' || g, 'r' || g || '@example.com', 'Rota
             f"RssAnon peak {s['rss']:.1f} MB")
         s.pop("out", None)
         samples.append(s)
-    rows.append(row("8b", f"`rotate_data_key(10000)` until 0 over {n:,} customers (each: 4 ciphertexts "
+    rows.append(row("E2", f"`rotate_data_key(10000)` until 0 over {n:,} customers (each: 4 ciphertexts "
                     "re-encrypted, its own key re-wrapped), rows/s", "TPS", series("rows/s", samples, "rows_per_s"),
                     series("rows/s", samples, "rows_per_s"),
                     note=f"peak backend RssAnon {max(s['rss'] for s in samples):.1f} MB; the {n:,} customers "

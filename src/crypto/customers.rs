@@ -222,6 +222,26 @@ const AUDITED_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::TEXTOID,
 ];
 
+/// An existing customer's fields, all under data key $3 (source_id and the customer's own key
+/// only when they moved to it).
+const UPDATE_CUSTOMER: &str = "\
+UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), email = $5,
+       email_index = $6, name = $7, metadata = $8, updated_at = now(),
+       audit_key = coalesce($9, audit_key)
+ WHERE tenant_id = $1 AND customer_id = $2";
+
+const UPDATE_TYPES: [pg_sys::Oid; 9] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+];
+
 /// The blind index the evaluation statement joins on; without index keys (a tenant that never
 /// stored a customer) a value that matches no row.
 pub fn source_index_read(
@@ -439,13 +459,10 @@ fn upsert_impl(
                     (None, Some(e)) => Some(store::email_index(client, &tenant, e)?),
                     (None, None) => None,
                 };
-                client
-                .update(
-                    "UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), \
-                            email = $5, email_index = $6, name = $7, metadata = $8, updated_at = now(), \
-                            audit_key = coalesce($9, audit_key) \
-                      WHERE tenant_id = $1 AND customer_id = $2",
-                    None,
+                store::kept(
+                    client,
+                    UPDATE_CUSTOMER,
+                    &UPDATE_TYPES,
                     &[
                         store::uuid(&tenant).into(),
                         old.id.into(),
@@ -457,8 +474,7 @@ fn upsert_impl(
                         seal("metadata", &new_meta).into(),
                         audit_key.into(),
                     ],
-                )
-                .expect("customer update");
+                );
                 Ok((old.id, "customer.updated", changed))
             },
         )
