@@ -257,9 +257,14 @@ mod unit {
         let e = derive(&m, &T1, Purpose::Encrypt);
         let s = derive(&m, &T1, Purpose::SourceIndex);
         let x = derive(&m, &T1, Purpose::EmailIndex);
+        let r = derive(&m, &T1, Purpose::RequestHash);
         let e2 = derive(&m, &T2, Purpose::Encrypt);
         assert_ne!(*e, *s);
         assert_ne!(*s, *x);
+        assert_ne!(*r, *s);
+        assert_ne!(*r, *x);
+        assert_ne!(*r, *e);
+        assert_ne!(*r, *derive(&m, &T2, Purpose::RequestHash));
         assert_ne!(*e, *e2);
         assert_ne!(*e, m);
         assert_eq!(*e, *derive(&m, &T1, Purpose::Encrypt));
