@@ -30,19 +30,29 @@ type Tenant = [u8; 16];
 struct Active {
     key_id: i32,
     left: i64,
+    /// When it was last known to be the active key (see [`KEY_GENERATION`]).
+    checked: Instant,
 }
 
 /// Bumped whenever a data key stops being the one to encrypt under (superseded by a rotation,
 /// destroyed): every backend then drops its cached keys and reservations before its next use,
-/// so a cached block never outlives its key. Without shared memory (not preloaded) the caches
-/// are dropped every second instead.
+/// so a cached block never outlives its key. Without shared memory (not preloaded) a reserved
+/// block older than a second is checked against `voucher.tenant_key` before it is used again.
 static KEY_GENERATION: PgAtomic<AtomicU64> =
     unsafe { PgAtomic::new(c"voucher_ext crypto key generation") };
 static mut SHARED: bool = false;
 
+/// How long a reserved block is trusted without the shared counter.
+const UNSHARED_TRUST: Duration = Duration::from_secs(1);
+
 thread_local! {
-    /// The generation (or, without shared memory, the instant) the caches were filled at.
-    static SEEN: Cell<(u64, Option<Instant>)> = const { Cell::new((0, None)) };
+    /// The generation the caches were filled at.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+fn shared() -> bool {
+    // SAFETY: set once at load time.
+    unsafe { SHARED }
 }
 
 /// From `_PG_init`.
@@ -57,8 +67,7 @@ pub fn init_shmem() {
 
 /// Tells every backend that cached keys may be stale (see [`KEY_GENERATION`]).
 pub fn keys_changed() {
-    // SAFETY: set once at load time.
-    if unsafe { SHARED } {
+    if shared() {
         KEY_GENERATION.get().fetch_add(1, Ordering::AcqRel);
     }
     forget_cached_keys();
@@ -66,24 +75,25 @@ pub fn keys_changed() {
 
 /// Drops this backend's caches if another backend changed the keys since they were filled.
 fn revalidate() {
-    let (seen, at) = SEEN.with(Cell::get);
-    // SAFETY: set once at load time.
-    let stale = if unsafe { SHARED } {
-        let now = KEY_GENERATION.get().load(Ordering::Acquire);
-        if now != seen {
-            SEEN.with(|s| s.set((now, at)));
-        }
-        now != seen
-    } else {
-        let stale = at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1));
-        if stale {
-            SEEN.with(|s| s.set((seen, Some(Instant::now()))));
-        }
-        stale
-    };
-    if stale {
+    if !shared() {
+        return;
+    }
+    let now = KEY_GENERATION.get().load(Ordering::Acquire);
+    if SEEN.with(|s| s.replace(now)) != now {
         forget_cached_keys();
     }
+}
+
+/// Without the shared counter: is this reserved key still the tenant's active data key?
+fn still_active(client: &SpiClient<'_>, tenant: &Tenant, key_id: i32) -> bool {
+    !kept(
+        client,
+        "SELECT 1 FROM voucher.tenant_key WHERE tenant_id = $1 AND key_id = $2 \
+            AND kind = 'data' AND state = 'active' AND superseded_by IS NULL",
+        &[pg_sys::UUIDOID, pg_sys::INT4OID],
+        &[uuid(tenant).into(), key_id.into()],
+    )
+    .is_empty()
 }
 
 /// A tenant's blind-index keys.
@@ -436,18 +446,26 @@ pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<K
 pub fn reserve_for(client: &mut SpiClient<'_>, tenant: &Tenant, n: i64) -> Result<(i32, Rc<Key>)> {
     debug_assert!((1..=BLOCK).contains(&n));
     revalidate();
-    let cached = ACTIVE.with(|a| {
-        let mut a = a.borrow_mut();
-        match a.get_mut(tenant) {
-            Some(act) if act.left >= n => {
-                act.left -= n;
-                Some(act.key_id)
-            }
-            _ => None,
-        }
+    let hit = ACTIVE.with(|a| {
+        a.borrow()
+            .get(tenant)
+            .filter(|act| act.left >= n)
+            .map(|act| (act.key_id, act.checked))
     });
-    if let Some(id) = cached {
-        return Ok((id, data_key(client, tenant, id)?));
+    if let Some((id, checked)) = hit {
+        let check = !shared() && checked.elapsed() >= UNSHARED_TRUST;
+        if !check || still_active(client, tenant, id) {
+            ACTIVE.with(|a| {
+                if let Some(act) = a.borrow_mut().get_mut(tenant) {
+                    act.left -= n;
+                    if check {
+                        act.checked = Instant::now();
+                    }
+                }
+            });
+            return Ok((id, data_key(client, tenant, id)?));
+        }
+        forget_cached_keys();
     }
     let sql = "UPDATE voucher.tenant_key SET encryptions = encryptions + $2 \
                 WHERE tenant_id = $1 AND kind = 'data' AND state = 'active' \
@@ -484,6 +502,7 @@ pub fn reserve_for(client: &mut SpiClient<'_>, tenant: &Tenant, n: i64) -> Resul
             Active {
                 key_id,
                 left: BLOCK - n,
+                checked: Instant::now(),
             },
         )
     });
