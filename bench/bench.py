@@ -1285,7 +1285,8 @@ def library_hash():
 # ---------------------------------------------------------------------------------------------
 
 CRYPTO_DB = "voucher_crypto"
-ROTATE_CUSTOMERS = env_int("BENCH_ROTATE_CUSTOMERS", 20_000 if QUICK else 200_000)
+ROTATE_CUSTOMERS = env_int("BENCH_ROTATE_CUSTOMERS", 20_000 if QUICK else 1_000_000)
+ROTATE_SETUP_SESSIONS = 4   # the customers are made by this many sessions at once
 
 
 def setup_crypto():
@@ -1322,50 +1323,115 @@ def reset_crypto(_side=None):
     sql(CRYPTO_DB, """
 SET client_min_messages = warning;
 SET session_replication_role = replica;
-TRUNCATE voucher.customer, voucher.customer_key, voucher.redemption, bare_customer, voucher.audit_event, voucher.audit_chain CASCADE;
+TRUNCATE voucher.customer, voucher.redemption, bare_customer, voucher.audit_event, voucher.audit_chain CASCADE;
 RESET session_replication_role;
-VACUUM ANALYZE voucher.customer, voucher.customer_key, bare_customer;
+VACUUM ANALYZE voucher.customer, bare_customer;
 CHECKPOINT;
 """)
 
 
-@case("crypto", "8. encryption at rest: upsert_customer vs plaintext INSERT; rotate_data_key", needs=("crypto",))
+LOOKUPS = 20_000 if QUICK else 100_000
+
+
+def lookup_row(tenant):
+    """Row E3: the one step of a redemption with a customer that encryption changed. Before
+    (0.1.0) redeem found the customer by an index probe on (tenant_id, source_id text); now it
+    computes the blind index (HMAC-SHA256 of the id, in Rust) and probes (tenant_id,
+    source_index bytea). Both look-ups, LOOKUPS of them in one statement (nested loop of index
+    probes), on two tables of LOOKUPS customers shaped like the two indexes; the hash is SQL's
+    sha256() here, standing in for the HMAC (which is two SHA-256 compressions more per call).
+    Nothing else of redeem changed for a known customer (no decryption)."""
+    n = LOOKUPS
+    sql(CRYPTO_DB, f"""
+SET client_min_messages = warning;
+DROP TABLE IF EXISTS lookup_plain, lookup_blind;
+CREATE TABLE lookup_plain (tenant_id uuid NOT NULL, customer_id uuid NOT NULL, source_id text NOT NULL,
+                           PRIMARY KEY (tenant_id, customer_id), UNIQUE (tenant_id, source_id));
+CREATE TABLE lookup_blind (tenant_id uuid NOT NULL, customer_id uuid NOT NULL, source_index bytea NOT NULL,
+                           PRIMARY KEY (tenant_id, customer_id), UNIQUE (tenant_id, source_index));
+INSERT INTO lookup_plain SELECT '{tenant}', gen_random_uuid(), 'cust-' || g FROM generate_series(1, {n}) g;
+INSERT INTO lookup_blind SELECT '{tenant}', gen_random_uuid(), sha256(convert_to('cust-' || g, 'UTF8'))
+  FROM generate_series(1, {n}) g;
+VACUUM ANALYZE lookup_plain, lookup_blind;
+""")
+    setup = "SET enable_hashjoin = off; SET enable_mergejoin = off; SET max_parallel_workers_per_gather = 0;"
+
+    def probe(table, cond):
+        def run():
+            s = oneshot(CRYPTO_DB, setup, [f"SELECT count(c.customer_id) FROM generate_series(1, {n}) g "
+                                           f"JOIN {table} c ON c.tenant_id = '{tenant}' AND {cond};"])
+            if f"{n}" not in s["out"].split():
+                raise Failure(f"{table}: not every look-up found its customer:\n{s['out'][-300:]}")
+            s.pop("out", None)
+            return s
+        return run
+
+    r = alternate({"blind": probe("lookup_blind", "c.source_index = sha256(convert_to('cust-' || g, 'UTF8'))"),
+                   "plain": probe("lookup_plain", "c.source_id = 'cust-' || g")})
+    us = {k: med([x["v"] for x in v]) * 1000 / n for k, v in r.items()}
+    sql(CRYPTO_DB, "DROP TABLE lookup_plain, lookup_blind;")
+    return row("E3", f"redeem with a customer, the step encryption changed: {n:,} look-ups of a customer by its id "
+               "through the blind index (hash + bytea probe) vs the plaintext text index (0.1.0)", "ms",
+               series("blind index", r["blind"]), series("plaintext index", r["plain"]),
+               note=f"per look-up {us['blind']:.2f} µs vs {us['plain']:.2f} µs: {us['blind'] - us['plain']:+.2f} µs "
+                    "per redemption with a customer (compare with its latency in rows 1-6)")
+
+
+@case("crypto", "E. encryption at rest: upsert_customer vs plaintext INSERT; rotate_data_key; the redeem look-up",
+      needs=("crypto",))
 def case_crypto():
     c = STATE["crypto"]
     ours = render_script("upsert_ours", KEY=c["key"], SEQ="crypto_seq_ours")
     bare = render_script("upsert_bare", TENANT=c["tenant"], SEQ="crypto_seq_bare")
     r = alternate({"upsert": lambda: pgbench(CRYPTO_DB, ours), "insert": lambda: pgbench(CRYPTO_DB, bare)},
                   before=reset_crypto)
-    rows = [row("8a", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
+    rows = [row("E1", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
                 "vs plaintext INSERT of the same fields", "TPS", series("upsert (AES-GCM)", r["upsert"]),
                 series("plaintext INSERT", r["insert"]), goal=(">=", 0.7))]
-    # rotate_data_key over ROTATE_CUSTOMERS customers: each has 4 ciphertexts and a customer key
+    rows.append(lookup_row(c["tenant"]))
+    # rotate_data_key over ROTATE_CUSTOMERS customers: each has 4 ciphertexts and its own key
     reset_crypto()
     n = ROTATE_CUSTOMERS
-    log(f"  creating {n:,} customers for the rotation")
-    sql(CRYPTO_DB, f"""
+    log(f"  creating {n:,} customers for the rotation ({ROTATE_SETUP_SESSIONS} sessions)")
+    started = time.time()
+
+    def create(part):
+        lo, hi = part * n // ROTATE_SETUP_SESSIONS + 1, (part + 1) * n // ROTATE_SETUP_SESSIONS
+        sql(CRYPTO_DB, f"""
 SELECT voucher.act_as((SELECT tenant FROM crypto_key), session => true);
 SELECT count(voucher.upsert_customer('r' || g, 'r' || g || '@example.com', 'Rotated ' || g, '{{"n": 1}}'))
-  FROM generate_series(1, {n}) g;
+  FROM generate_series({lo}, {hi}) g;
 """)
-    calls = -(-(2 * n) // 10_000) + 1   # every batch, then the call that returns 0 (one more would start anew)
+    workers = [threading.Thread(target=create, args=(p,)) for p in range(ROTATE_SETUP_SESSIONS)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    made = int(scalar(CRYPTO_DB, "SELECT count(*) FROM voucher.customer"))
+    if made != n:
+        raise Failure(f"{made} customers made for the rotation, expected {n}")
+    setup_s = time.time() - started
+    log(f"  {n:,} customers in {setup_s:,.0f} s ({n / setup_s:,.0f}/s)")
+    sql(CRYPTO_DB, "VACUUM ANALYZE voucher.customer; CHECKPOINT;")
+    calls = -(-n // 10_000) + 1   # every batch, then the call that returns 0 (one more would start anew)
     timed = ["SELECT voucher.rotate_data_key(10000);"] * calls
     samples = []
     for i in range(max(1, RUNS // 2)):
         s = oneshot(CRYPTO_DB, "SELECT voucher.act_as((SELECT tenant FROM crypto_key), session => true);",
                     timed, monitor=True)
         moved = sum(int(x) for x in s["out"].split() if x.isdigit())
-        if moved != 2 * n:
-            raise Failure(f"rotate_data_key moved {moved} rows, expected {2 * n}")
+        if moved != n:
+            raise Failure(f"rotate_data_key moved {moved} rows, expected {n}")
         s["rows_per_s"] = moved / (s["v"] / 1000.0)
         log(f"    rotation run {i + 1}: {s['v']:,.0f} ms, {s['rows_per_s']:,.0f} rows/s, "
             f"RssAnon peak {s['rss']:.1f} MB")
         s.pop("out", None)
         samples.append(s)
-    rows.append(row("8b", f"`rotate_data_key(10000)` until 0 over {n:,} customers ({2 * n:,} rows: the customer "
-                    "rows and their customer keys), rows/s", "TPS", series("rows/s", samples, "rows_per_s"),
+    rows.append(row("E2", f"`rotate_data_key(10000)` until 0 over {n:,} customers (each: 4 ciphertexts "
+                    "re-encrypted, its own key re-wrapped), rows/s", "TPS", series("rows/s", samples, "rows_per_s"),
                     series("rows/s", samples, "rows_per_s"),
-                    note=f"peak backend RssAnon {max(s['rss'] for s in samples):.1f} MB"))
+                    note=f"peak backend RssAnon {max(s['rss'] for s in samples):.1f} MB; the {n:,} customers "
+                         f"made by {ROTATE_SETUP_SESSIONS} sessions of upsert_customer in {setup_s:,.0f} s"))
     return rows
 
 

@@ -92,7 +92,7 @@ DECLARE
     new_row jsonb;
     changed jsonb := '{}';
     k text;
-    private boolean := TG_TABLE_NAME IN ('customer', 'credential', 'tenant_key', 'customer_key');
+    private boolean := TG_TABLE_NAME IN ('customer', 'credential', 'tenant_key');
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         new_row := to_jsonb(NEW);
@@ -134,7 +134,7 @@ DECLARE
     t text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['tenant', 'credential', 'campaign', 'code', 'code_use', 'customer',
-                             'customer_usage', 'redemption', 'tenant_key', 'customer_key'] LOOP
+                             'customer_usage', 'redemption', 'tenant_key'] LOOP
         EXECUTE pg_catalog.format(
             'CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.%I FOR EACH ROW '
             'WHEN (current_user <> ''voucher_definer'') EXECUTE FUNCTION voucher._audit_direct_dml()', t);

@@ -32,28 +32,10 @@ CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind
     WHERE state = 'active' AND superseded_by IS NULL;
 ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;
 
--- One key per customer, wrapped under the tenant data key key_id: the customer's personal data
--- inside audit rows is encrypted under it before the row is hashed. Destroying it (wrapped :=
--- NULL) forgets that data while verify_audit keeps passing (issue 15).
-CREATE TABLE voucher.customer_key (
-    tenant_id     uuid        NOT NULL,
-    customer_id   uuid        NOT NULL,
-    key_id        integer     NOT NULL,
-    wrapped       bytea,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    destroyed_at  timestamptz,
-    PRIMARY KEY (tenant_id, customer_id),
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE,
-    -- no foreign key to tenant_key: every insert would KEY SHARE-lock the tenant's one active
-    -- key row (a multixact per concurrent writer); the envelope names the key and authenticates
-    CHECK ((wrapped IS NULL) = (destroyed_at IS NOT NULL))
-);
-COMMENT ON TABLE voucher.customer_key IS
-    'Per-customer keys for personal data in audit rows, wrapped under a tenant data key.';
-CREATE INDEX customer_key_key_idx ON voucher.customer_key (tenant_id, key_id);
+-- Each customer's own key (for its personal data in audit rows) is the column
+-- voucher.customer.audit_key (sql/customers.sql), wrapped under the row's data key.
 
 SELECT voucher._isolate_tenant('voucher.tenant_key');
-SELECT voucher._isolate_tenant('voucher.customer_key');
 
 -- Decrypted for admin and manager keys; 42501 for other key roles (the WHERE raises).
 CREATE VIEW voucher.customers WITH (security_barrier) AS

@@ -5,7 +5,10 @@
 -- (src/crypto/customers.rs); the view voucher.customers is in sql/crypto.sql.
 
 CREATE TABLE voucher.customer (
-    tenant_id     uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    -- no foreign key to voucher.tenant: its check would KEY SHARE-lock the tenant's one row for
+    -- every new customer (a multixact per concurrent writer; README "Encryption at rest"). Only
+    -- our functions insert, with the authenticated context's tenant, and RLS checks it
+    tenant_id     uuid        NOT NULL,
     customer_id   uuid        NOT NULL,
     source_id     bytea       NOT NULL,
     email         bytea,
@@ -18,6 +21,7 @@ CREATE TABLE voucher.customer (
     email_index   bytea,
     key_id        integer     NOT NULL,
     forgotten_at  timestamptz,
+    audit_key     bytea,
     PRIMARY KEY (tenant_id, customer_id),
     UNIQUE (tenant_id, source_index)
 );
@@ -28,6 +32,9 @@ COMMENT ON COLUMN voucher.customer.source_index IS
 COMMENT ON COLUMN voucher.customer.email_index IS
     'HMAC-SHA256 of the trimmed, lower-case email under the tenant''s email index key.';
 COMMENT ON COLUMN voucher.customer.key_id IS 'The data key every ciphertext of the row is under.';
+COMMENT ON COLUMN voucher.customer.audit_key IS
+    'The customer''s own key, wrapped under data key key_id: its personal data in audit rows is '
+    'encrypted under it. NULL once forgotten (the key is destroyed).';
 CREATE INDEX customer_email_idx ON voucher.customer (tenant_id, email_index)
     WHERE email_index IS NOT NULL;
 CREATE INDEX customer_key_idx ON voucher.customer (tenant_id, key_id);

@@ -17,13 +17,14 @@ GRANT SELECT, INSERT, UPDATE (revoked_at, last_used_at) ON voucher.credential TO
 GRANT SELECT, INSERT, UPDATE (active) ON voucher.campaign TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (active, redeemed_count, balance) ON voucher.code TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (used) ON voucher.code_use TO voucher_definer;
-GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at)
+GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at,
+                               audit_key)
     ON voucher.customer TO voucher_definer;
--- crypto: tenant keys (wrapped) and per-customer keys; the rotations re-wrap and re-encrypt
-GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+-- crypto: tenant keys (wrapped); the rotations re-wrap and re-encrypt
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
+                               destroyed_at)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
-GRANT SELECT, INSERT, UPDATE (key_id, wrapped) ON voucher.customer_key TO voucher_definer;
 GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (used) ON voucher.customer_usage TO voucher_definer;
 GRANT SELECT, INSERT, UPDATE (rolled_back_at, rollback_reason, rolled_back_by)
@@ -32,7 +33,6 @@ GRANT UPDATE (audit_retention) ON voucher.tenant TO voucher_definer;
 -- privacy: consent history; forgetting replaces the customer's blind index, destroys its key
 GRANT SELECT, INSERT, DELETE ON voucher.consent TO voucher_definer;
 GRANT UPDATE (source_index, forgotten_at) ON voucher.customer TO voucher_definer;
-GRANT UPDATE (destroyed_at) ON voucher.customer_key TO voucher_definer;
 -- the audit log: insert-only for our functions (DELETE only through purge_audit, which the
 -- append-only trigger recognizes); the state row is updated by seal_audit and purge_audit
 GRANT SELECT, INSERT, DELETE ON voucher.audit_event, voucher.audit_chain TO voucher_definer;
@@ -88,6 +88,7 @@ GRANT EXECUTE ON FUNCTION
     voucher.lockout_fingerprint(text, text),
     voucher.find_customer(text),
     voucher.rotate_data_key(integer),
+    voucher.destroy_retired_keys(interval),
     voucher.rollback_redemption(uuid, text),
     voucher.verify_audit(),
     voucher.purge_audit(interval),

@@ -4,7 +4,7 @@
 
 -- A forgotten customer keeps its row in voucher.customer (customer_id is the pseudonymous id its
 -- redemptions, limits and statistics still count under), with forgotten_at set, its personal
--- fields NULL, its source_id a pseudonym and its own key (voucher.customer_key) destroyed.
+-- fields NULL, its source_id a pseudonym and its own key (voucher.customer.audit_key) destroyed.
 
 -- Every consent change, never updated: the current state is the latest row per customer and
 -- purpose. Removed only when the customer is forgotten.

@@ -230,41 +230,16 @@ CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind
     WHERE state = 'active' AND superseded_by IS NULL;
 ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;
 
--- One key per customer, wrapped under the tenant data key key_id: the customer's personal data
--- inside audit rows is encrypted under it before the row is hashed. Destroying it (wrapped :=
--- NULL) forgets that data while verify_audit keeps passing (issue 15).
-CREATE TABLE voucher.customer_key (
-    tenant_id     uuid        NOT NULL,
-    customer_id   uuid        NOT NULL,
-    key_id        integer     NOT NULL,
-    wrapped       bytea,
-    created_at    timestamptz NOT NULL DEFAULT now(),
-    destroyed_at  timestamptz,
-    PRIMARY KEY (tenant_id, customer_id),
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE,
-    -- no foreign key to tenant_key: every insert would KEY SHARE-lock the tenant's one active
-    -- key row (a multixact per concurrent writer); the envelope names the key and authenticates
-    CHECK ((wrapped IS NULL) = (destroyed_at IS NOT NULL))
-);
-COMMENT ON TABLE voucher.customer_key IS
-    'Per-customer keys for personal data in audit rows, wrapped under a tenant data key.';
-CREATE INDEX customer_key_key_idx ON voucher.customer_key (tenant_id, key_id);
-
 ALTER TABLE voucher.tenant_key ENABLE ROW LEVEL SECURITY;
 ALTER TABLE voucher.tenant_key FORCE ROW LEVEL SECURITY;
 CREATE POLICY tenant_isolation ON voucher.tenant_key
     USING (tenant_id = (SELECT voucher.current_tenant()))
     WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
-ALTER TABLE voucher.customer_key ENABLE ROW LEVEL SECURITY;
-ALTER TABLE voucher.customer_key FORCE ROW LEVEL SECURITY;
-CREATE POLICY tenant_isolation ON voucher.customer_key
-    USING (tenant_id = (SELECT voucher.current_tenant()))
-    WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
 -- the key store reads them as voucher_definer while the migration below runs
-GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at)
+GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
+                               destroyed_at)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
-GRANT SELECT, INSERT, UPDATE (key_id, wrapped) ON voucher.customer_key TO voucher_definer;
 
 -- the views over the plaintext columns go first; they come back decrypting
 DROP VIEW voucher.customers;
@@ -273,13 +248,16 @@ DROP FUNCTION voucher.upsert_customer(text, text, text, jsonb);
 
 -- the new columns (after the 0.1.0 ones, as sql/customers.sql and sql/redeem.sql order them) and
 -- temporary ones for the ciphertexts
+-- no foreign key to voucher.tenant any more (sql/customers.sql says why)
 ALTER TABLE voucher.customer
     DROP CONSTRAINT customer_source_id_check,
     DROP CONSTRAINT customer_tenant_id_source_id_key,
+    DROP CONSTRAINT customer_tenant_id_fkey,
     ADD COLUMN source_index bytea,
     ADD COLUMN email_index bytea,
     ADD COLUMN key_id integer,
     ADD COLUMN forgotten_at timestamptz,
+    ADD COLUMN audit_key bytea,
     ADD COLUMN _source_id_ct bytea,
     ADD COLUMN _email_ct bytea,
     ADD COLUMN _name_ct bytea,
@@ -288,7 +266,7 @@ ALTER TABLE voucher.redemption
     ADD COLUMN key_id integer,
     ADD COLUMN _metadata_ct bytea;
 
--- the migration: keys for every tenant, ciphertexts, blind indexes, customer keys. No audit row
+-- the migration: keys for every tenant, ciphertexts, blind indexes, customers' own keys. No audit row
 -- of its own (the direct-DML triggers would record the superuser's UPDATEs).
 CREATE FUNCTION voucher._crypto_migrate_plaintext() RETURNS bigint
 VOLATILE PARALLEL UNSAFE
@@ -326,6 +304,9 @@ COMMENT ON COLUMN voucher.customer.source_index IS
 COMMENT ON COLUMN voucher.customer.email_index IS
     'HMAC-SHA256 of the trimmed, lower-case email under the tenant''s email index key.';
 COMMENT ON COLUMN voucher.customer.key_id IS 'The data key every ciphertext of the row is under.';
+COMMENT ON COLUMN voucher.customer.audit_key IS
+    'The customer''s own key, wrapped under data key key_id: its personal data in audit rows is '
+    'encrypted under it. NULL once forgotten (the key is destroyed).';
 CREATE INDEX customer_email_idx ON voucher.customer (tenant_id, email_index)
     WHERE email_index IS NOT NULL;
 CREATE INDEX customer_key_idx ON voucher.customer (tenant_id, key_id);
@@ -340,7 +321,7 @@ DECLARE
     new_row jsonb;
     changed jsonb := '{}';
     k text;
-    private boolean := TG_TABLE_NAME IN ('customer', 'credential', 'tenant_key', 'customer_key');
+    private boolean := TG_TABLE_NAME IN ('customer', 'credential', 'tenant_key');
 BEGIN
     IF TG_OP = 'UPDATE' THEN
         new_row := to_jsonb(NEW);
@@ -368,10 +349,6 @@ $$;
 CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.tenant_key FOR EACH ROW
     WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
 CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.tenant_key
-    FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
-CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.customer_key FOR EACH ROW
-    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
-CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.customer_key
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
 
 -- the Rust functions (as `cargo pgrx schema` generates them)
@@ -409,6 +386,14 @@ CREATE FUNCTION voucher."rotate_data_key"(
 VOLATILE PARALLEL UNSAFE
 LANGUAGE c
 AS 'MODULE_PATHNAME', 'rotate_data_key_wrapper';
+CREATE FUNCTION voucher."destroy_retired_keys"(
+	"older_than" interval DEFAULT '1 day'
+) RETURNS TABLE (
+	"key_id" INT
+)
+VOLATILE PARALLEL UNSAFE
+LANGUAGE c
+AS 'MODULE_PATHNAME', 'destroy_retired_keys_wrapper';
 
 -- the views, decrypting (sql/crypto.sql, sql/redeem.sql)
 -- Decrypted for admin and manager keys; 42501 for other key roles (the WHERE raises).
@@ -450,7 +435,7 @@ COMMENT ON VIEW voucher.redemptions IS 'The tenant''s redemptions and their roll
 -- end crypto ------------------------------------------------------------------------------------
 
 -- begin privacy (issue 15; sql/privacy.sql; needs the crypto section's customer columns,
--- customer_key and _decrypt before it) ---------------------------------------------------
+-- audit_key and _decrypt before it) ---------------------------------------------------
 -- the internal Rust functions (src/privacy/keys.rs, standby.rs) and run_customer_retention
 -- (src/privacy/retention.rs), as pgrx declares them
 CREATE FUNCTION voucher."_customer_by_source"(
@@ -493,7 +478,7 @@ AS 'MODULE_PATHNAME', 'log_unaudited_export_wrapper';
 
 -- A forgotten customer keeps its row in voucher.customer (customer_id is the pseudonymous id its
 -- redemptions, limits and statistics still count under), with forgotten_at set, its personal
--- fields NULL, its source_id a pseudonym and its own key (voucher.customer_key) destroyed.
+-- fields NULL, its source_id a pseudonym and its own key (voucher.customer.audit_key) destroyed.
 
 -- Every consent change, never updated: the current state is the latest row per customer and
 -- purpose. Removed only when the customer is forgotten.
@@ -1256,13 +1241,15 @@ GRANT EXECUTE ON FUNCTION
 TO voucher_client;
 GRANT SELECT ON voucher.settings, voucher.lockouts TO voucher_client;
 -- crypto
-GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at)
+GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metadata, updated_at,
+                               audit_key)
     ON voucher.customer TO voucher_definer;
 GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;
 GRANT EXECUTE ON FUNCTION
     voucher.upsert_customer(text, text, text, jsonb),
     voucher.find_customer(text),
-    voucher.rotate_data_key(integer)
+    voucher.rotate_data_key(integer),
+    voucher.destroy_retired_keys(interval)
 TO voucher_client;
 GRANT SELECT ON voucher.customers, voucher.redemptions, voucher.tenant_keys TO voucher_client;
 GRANT EXECUTE ON FUNCTION voucher._decrypt(text, text, uuid, bytea)
@@ -1274,7 +1261,6 @@ GRANT EXECUTE ON FUNCTION voucher._setting_registry(), voucher._lockouts()
 -- privacy
 GRANT SELECT, INSERT, DELETE ON voucher.consent TO voucher_definer;
 GRANT UPDATE (source_index, forgotten_at) ON voucher.customer TO voucher_definer;
-GRANT UPDATE (destroyed_at) ON voucher.customer_key TO voucher_definer;
 GRANT EXECUTE ON FUNCTION
     voucher._customer_by_source(uuid, text),
     voucher._open_personal(uuid, uuid, text),

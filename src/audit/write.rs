@@ -169,7 +169,6 @@ fn static_str(s: &str) -> &'static str {
         "customer_usage",
         "tenant_setting",
         "tenant_key",
-        "customer_key",
         "audit",
     ];
     NAMES.iter().find(|n| **n == s).copied().unwrap_or_else(|| {

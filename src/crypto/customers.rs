@@ -7,7 +7,7 @@ use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
 
-use super::envelope::Key;
+use super::envelope::{EnvelopeError, Key};
 use super::keyring;
 use super::store::{self, Place};
 use crate::common::error::{api, Result, VoucherError};
@@ -19,20 +19,41 @@ use crate::tenancy::roles::{Action, KeyRole};
 
 type Tenant = [u8; 16];
 
-/// A fresh key for this customer's personal data in audit rows, wrapped under the tenant's
-/// active data key: (that key's id, the wrapped key). Stored with the customer, in the same
-/// statement ([`INSERT_CUSTOMER`]).
-pub(super) fn new_customer_key(
+/// A fresh key for this customer's personal data in audit rows, wrapped under the data key its
+/// row is encrypted with (`key_id`, one of the encryptions reserved for the row). Stored in the
+/// row itself (voucher.customer.audit_key).
+pub(super) fn new_customer_key(key_id: i32, dk: &Key, tenant: &Tenant, customer: &str) -> Vec<u8> {
+    let material = keyring::random_key();
+    keyring::wrap_customer_key(dk, key_id, tenant, customer, &material)
+}
+
+/// Where a customer's own key is stored.
+fn audit_key_place(customer: &str) -> Place<'_> {
+    Place {
+        table: "customer",
+        column: "audit_key",
+        row: customer,
+    }
+}
+
+/// Opens a customer's wrapped audit key with whichever data key it names.
+pub(super) fn open_customer_key(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     customer: &str,
-) -> Result<(i32, Vec<u8>)> {
-    let (key_id, dk) = store::reserve(client, tenant)?;
-    let material = keyring::random_key();
-    Ok((
-        key_id,
-        keyring::wrap_customer_key(&dk, key_id, tenant, customer, &material),
-    ))
+    wrapped: &[u8],
+) -> Result<Key> {
+    let place = audit_key_place(customer);
+    let key_id = super::envelope::key_id(wrapped).map_err(|e| place.failed(&e))?;
+    let key_id = i32::try_from(key_id).map_err(|_| place.failed(&EnvelopeError::Authentication))?;
+    let dk = match store::data_key(client, tenant, key_id) {
+        Ok(k) => k,
+        Err(VoucherError::Corrupted { .. }) => {
+            return Err(place.failed(&EnvelopeError::Authentication))
+        }
+        Err(e) => return Err(e),
+    };
+    keyring::unwrap_customer_key(&dk, tenant, customer, wrapped).map_err(|e| place.failed(&e))
 }
 
 /// The customer's audit key, or None when it was destroyed (the customer was forgotten).
@@ -42,29 +63,20 @@ pub fn customer_key(
     tenant: &Tenant,
     customer: pgrx::Uuid,
 ) -> Result<Option<Key>> {
-    let row = client
-        .select(
-            "SELECT wrapped FROM voucher.customer_key WHERE tenant_id = $1 AND customer_id = $2",
-            None,
-            &[store::uuid(tenant).into(), customer.into()],
-        )
-        .expect("customer key")
-        .first()
-        .get_one::<Vec<u8>>()
-        .ok()
-        .flatten();
-    let Some(wrapped) = row else { return Ok(None) };
-    let cust = customer.to_string();
-    let place = Place {
-        table: "customer_key",
-        column: "wrapped",
-        row: &cust,
+    let wrapped = store::kept(
+        client,
+        "SELECT audit_key FROM voucher.customer WHERE tenant_id = $1 AND customer_id = $2",
+        &[pg_sys::UUIDOID, pg_sys::UUIDOID],
+        &[store::uuid(tenant).into(), customer.into()],
+    )
+    .first()
+    .get_one::<Vec<u8>>()
+    .ok()
+    .flatten();
+    let Some(wrapped) = wrapped else {
+        return Ok(None);
     };
-    let key_id = super::envelope::key_id(&wrapped).map_err(|e| place.failed(&e))? as i32;
-    let dk = store::data_key(client, tenant, key_id)?;
-    keyring::unwrap_customer_key(&dk, tenant, &cust, &wrapped)
-        .map(Some)
-        .map_err(|e| place.failed(&e))
+    open_customer_key(client, tenant, &customer.to_string(), &wrapped).map(Some)
 }
 
 /// Personal data for an audit row of `customer`: `{"customer_id": ..., "personal": "<hex>"}`,
@@ -112,7 +124,8 @@ pub fn find_or_create(
     }
     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
     let row = id.to_string();
-    let (key_id, key) = store::reserve(client, tenant)?;
+    // two encryptions: the source_id and the customer's own key
+    let (key_id, key) = store::reserve_for(client, tenant, 2)?;
     let ct = store::seal_with(
         key_id,
         &key,
@@ -124,7 +137,7 @@ pub fn find_or_create(
         },
         source_id.as_bytes(),
     );
-    let wrapped = new_customer_key(client, tenant, &row)?;
+    let audit_key = new_customer_key(key_id, &key, tenant, &row);
     let created = store::kept(
         client,
         INSERT_CUSTOMER,
@@ -139,8 +152,7 @@ pub fn find_or_create(
             None::<Vec<u8>>.into(),
             None::<Vec<u8>>.into(),
             None::<Vec<u8>>.into(),
-            wrapped.0.into(),
-            wrapped.1.into(),
+            audit_key.into(),
         ],
     );
     if created.is_empty() {
@@ -150,37 +162,29 @@ pub fn find_or_create(
     Ok((id, true))
 }
 
-/// A customer and its audit key in one statement: $1 tenant, $2 customer, $3 source_index,
-/// $4 email_index, $5 key_id, $6 source_id, $7 email, $8 name, $9 metadata (ciphertexts),
-/// $10 the data key wrapping the customer key, $11 the wrapped customer key.
+/// A customer, its own key included: $1 tenant, $2 customer, $3 source_index, $4 email_index,
+/// $5 key_id, $6 source_id, $7 email, $8 name, $9 metadata (ciphertexts under key_id), $10 the
+/// customer's own key wrapped under key_id. Nothing when the source_id exists already.
 const INSERT_CUSTOMER: &str = "\
-WITH c AS (
-    INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
-                                  source_id, email, name, metadata)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-    ON CONFLICT (tenant_id, source_index) DO NOTHING
-    RETURNING tenant_id, customer_id)
-INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
-SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
+INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
+                              source_id, email, name, metadata, audit_key)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+ON CONFLICT (tenant_id, source_index) DO NOTHING
 RETURNING customer_id";
 
 /// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
-/// row `audit::write` makes: the row hash over the stored values); $12 the actor (jsonb text).
+/// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text).
 const INSERT_CUSTOMER_AUDITED: &str = "\
 WITH c AS (
     INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
-                                  source_id, email, name, metadata)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+                                  source_id, email, name, metadata, audit_key)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (tenant_id, source_index) DO NOTHING
-    RETURNING tenant_id, customer_id),
-k AS (
-    INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped)
-    SELECT c.tenant_id, c.customer_id, $10, $11 FROM c
     RETURNING customer_id),
 e AS (
-    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $12::jsonb AS actor,
+    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $11::jsonb AS actor,
            '{}'::jsonb AS details
-      FROM k),
+      FROM c),
 a AS (
     INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
                                      object_id, details, row_hash)
@@ -191,7 +195,7 @@ a AS (
     RETURNING event_id)
 SELECT event_id FROM a";
 
-const AUDITED_TYPES: [pg_sys::Oid; 12] = [
+const INSERT_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
     pg_sys::BYTEAOID,
@@ -201,22 +205,40 @@ const AUDITED_TYPES: [pg_sys::Oid; 12] = [
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+];
+
+const AUDITED_TYPES: [pg_sys::Oid; 11] = [
+    pg_sys::UUIDOID,
+    pg_sys::UUIDOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
     pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
+    pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::TEXTOID,
 ];
 
-const INSERT_TYPES: [pg_sys::Oid; 11] = [
+/// An existing customer's fields, all under data key $3 (source_id and the customer's own key
+/// only when they moved to it).
+const UPDATE_CUSTOMER: &str = "\
+UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), email = $5,
+       email_index = $6, name = $7, metadata = $8, updated_at = now(),
+       audit_key = coalesce($9, audit_key)
+ WHERE tenant_id = $1 AND customer_id = $2";
+
+const UPDATE_TYPES: [pg_sys::Oid; 9] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
-    pg_sys::BYTEAOID,
-    pg_sys::BYTEAOID,
     pg_sys::INT4OID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
-    pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
 ];
 
@@ -268,6 +290,7 @@ struct Stored {
     email: Option<Vec<u8>>,
     name: Option<Vec<u8>>,
     metadata: Option<Vec<u8>>,
+    audit_key: Option<Vec<u8>>,
 }
 
 fn upsert_impl(
@@ -287,8 +310,9 @@ fn upsert_impl(
             |client| -> Result<(pgrx::Uuid, &'static str, Vec<&'static str>)> {
                 let index = store::source_index(client, &tenant, source_id)?;
                 // privacy (sql/privacy.sql): personal fields only with the 'profile' consent
-                // where the tenant requires it
+                // where the tenant requires it (the setting is cached: no statement otherwise)
                 if (email.is_some() || name.is_some() || metadata.is_some())
+                    && crate::settings::get(tenant, "require_profile_consent") == "true"
                     && !profile_allowed(client, &tenant, &index)
                 {
                     return Err(VoucherError::rule("VC014"));
@@ -299,8 +323,9 @@ fn upsert_impl(
                 let existing = |client: &mut SpiClient<'_>| -> Option<Stored> {
                     let t = store::kept(
                         client,
-                        "SELECT customer_id, key_id, email, name, metadata FROM voucher.customer \
-                      WHERE tenant_id = $1 AND source_index = $2 FOR NO KEY UPDATE",
+                        "SELECT customer_id, key_id, email, name, metadata, audit_key \
+                           FROM voucher.customer \
+                          WHERE tenant_id = $1 AND source_index = $2 FOR NO KEY UPDATE",
                         &[pg_sys::UUIDOID, pg_sys::BYTEAOID],
                         &[store::uuid(&tenant).into(), index.clone().into()],
                     );
@@ -314,6 +339,7 @@ fn upsert_impl(
                         email: r.get(3).ok().flatten(),
                         name: r.get(4).ok().flatten(),
                         metadata: r.get(5).ok().flatten(),
+                        audit_key: r.get(6).ok().flatten(),
                     })
                 };
                 // INSERT first (one statement writes a new customer, its audit key and its
@@ -323,7 +349,8 @@ fn upsert_impl(
                     unsafe { pg_sys::GetTopTransactionId() };
                     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
                     let row = id.to_string();
-                    let (key_id, key) = store::reserve(client, &tenant)?;
+                    // the four fields and the customer's own key
+                    let (key_id, key) = store::reserve_for(client, &tenant, 5)?;
                     let seal = |column: &str, v: &[u8]| {
                         store::seal_with(
                             key_id,
@@ -338,7 +365,7 @@ fn upsert_impl(
                         )
                     };
                     let meta = metadata_text.as_deref().unwrap_or("{}");
-                    let wrapped = new_customer_key(client, &tenant, &row)?;
+                    let audit_key = new_customer_key(key_id, &key, &tenant, &row);
                     let args = [
                         store::uuid(&tenant).into(),
                         id.into(),
@@ -349,8 +376,7 @@ fn upsert_impl(
                         email.map(|e| seal("email", e.as_bytes())).into(),
                         name.map(|n| seal("name", n.as_bytes())).into(),
                         seal("metadata", meta.as_bytes()).into(),
-                        wrapped.0.into(),
-                        wrapped.1.into(),
+                        audit_key.into(),
                         actor.as_str().into(),
                     ];
                     let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
@@ -401,7 +427,7 @@ fn upsert_impl(
                 if changed.is_empty() {
                     return Ok((old.id, "customer.updated", changed));
                 }
-                let (key_id, key) = store::reserve(client, &tenant)?;
+                let (key_id, key) = store::reserve_for(client, &tenant, 5)?;
                 let seal = |column: &'static str, v: &Option<String>| {
                     v.as_ref().map(|v| {
                         store::seal_with(key_id, &key, &tenant, place(column), v.as_bytes())
@@ -418,17 +444,25 @@ fn upsert_impl(
                         source_id.as_bytes(),
                     ))
                 };
+                // the customer's own key follows the row to the active data key
+                let audit_key = match (&old.audit_key, key_id == old.key_id) {
+                    (Some(w), false) => {
+                        let material = open_customer_key(client, &tenant, &row, w)?;
+                        Some(keyring::wrap_customer_key(
+                            &key, key_id, &tenant, &row, &material,
+                        ))
+                    }
+                    _ => None,
+                };
                 let email_index = match (&email_index, &new_email) {
                     (Some(i), _) => Some(i.clone()),
                     (None, Some(e)) => Some(store::email_index(client, &tenant, e)?),
                     (None, None) => None,
                 };
-                client
-                .update(
-                    "UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), \
-                            email = $5, email_index = $6, name = $7, metadata = $8, updated_at = now() \
-                      WHERE tenant_id = $1 AND customer_id = $2",
-                    None,
+                store::kept(
+                    client,
+                    UPDATE_CUSTOMER,
+                    &UPDATE_TYPES,
                     &[
                         store::uuid(&tenant).into(),
                         old.id.into(),
@@ -438,9 +472,9 @@ fn upsert_impl(
                         email_index.into(),
                         seal("name", &new_name).into(),
                         seal("metadata", &new_meta).into(),
+                        audit_key.into(),
                     ],
-                )
-                .expect("customer update");
+                );
                 Ok((old.id, "customer.updated", changed))
             },
         )

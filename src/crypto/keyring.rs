@@ -4,8 +4,9 @@
 //! master key (file beside the audit key, or printed by voucher.master_key_command)
 //!  └─ wraps every tenant key (voucher.tenant_key.wrapped, AES-256-GCM, AAD = tenant + key id)
 //!      ├─ data key   --HKDF "aes-256-gcm"--> encrypts personal fields; wraps customer keys
-//!      │   └─ customer key (voucher.customer_key): that customer's personal data in audit rows
+//!      │   └─ customer key (voucher.customer.audit_key): that customer's personal data in audit rows
 //!      └─ index key  --HKDF "blind-index/<field>"--> HMAC-SHA256 blind indexes (source_id, email)
+//!                    --HKDF "request-hash"--> HMAC-SHA256 of redeem requests (idempotency)
 //! ```
 //!
 //! Tenant key material is 32 random bytes. It is never used directly: each use gets its own
@@ -32,6 +33,8 @@ pub enum Purpose {
     SourceIndex,
     /// HMAC key of the email blind index.
     EmailIndex,
+    /// HMAC key of the idempotency fingerprints of redeem requests (redemption.request_hash).
+    RequestHash,
 }
 
 impl Purpose {
@@ -40,6 +43,7 @@ impl Purpose {
             Purpose::Encrypt => b"voucher_ext/1/aes-256-gcm",
             Purpose::SourceIndex => b"voucher_ext/1/blind-index/source_id",
             Purpose::EmailIndex => b"voucher_ext/1/blind-index/email",
+            Purpose::RequestHash => b"voucher_ext/1/request-hash",
         }
     }
 }
@@ -62,8 +66,13 @@ pub fn derive(material: &[u8; 32], tenant: &[u8; 16], purpose: Purpose) -> Key {
 
 /// The blind index of a value: HMAC-SHA256 under a field's index key.
 pub fn blind_index(field_key: &[u8; 32], value: &str) -> Vec<u8> {
+    blind_index_bytes(field_key, value.as_bytes())
+}
+
+/// HMAC-SHA256 of bytes under a derived key.
+pub fn blind_index_bytes(field_key: &[u8; 32], value: &[u8]) -> Vec<u8> {
     let mut m = <Hmac<Sha256>>::new_from_slice(field_key).expect("HMAC takes any key length");
-    m.update(value.as_bytes());
+    m.update(value);
     m.finalize().into_bytes().to_vec()
 }
 
@@ -162,7 +171,8 @@ pub fn unwrap_tenant_key(
     to_key(envelope::open(master, &aad, wrapped)?)
 }
 
-/// Wraps a customer key under the tenant's data key (its derived encryption key).
+/// Wraps a customer key under the tenant's data key (its derived encryption key), bound to the
+/// tenant and the customer's row.
 pub fn wrap_customer_key(
     data_key: &[u8; 32],
     data_key_id: i32,
@@ -172,8 +182,8 @@ pub fn wrap_customer_key(
 ) -> Vec<u8> {
     let aad = Aad {
         tenant: *tenant,
-        table: "customer_key",
-        column: "wrapped",
+        table: "customer",
+        column: "audit_key",
         row: customer,
     };
     envelope::seal(data_key, data_key_id as u32, &aad, material)
@@ -187,8 +197,8 @@ pub fn unwrap_customer_key(
 ) -> Result<Key, EnvelopeError> {
     let aad = Aad {
         tenant: *tenant,
-        table: "customer_key",
-        column: "wrapped",
+        table: "customer",
+        column: "audit_key",
         row: customer,
     };
     to_key(envelope::open(data_key, &aad, wrapped)?)
@@ -247,9 +257,14 @@ mod unit {
         let e = derive(&m, &T1, Purpose::Encrypt);
         let s = derive(&m, &T1, Purpose::SourceIndex);
         let x = derive(&m, &T1, Purpose::EmailIndex);
+        let r = derive(&m, &T1, Purpose::RequestHash);
         let e2 = derive(&m, &T2, Purpose::Encrypt);
         assert_ne!(*e, *s);
         assert_ne!(*s, *x);
+        assert_ne!(*r, *s);
+        assert_ne!(*r, *x);
+        assert_ne!(*r, *e);
+        assert_ne!(*r, *derive(&m, &T2, Purpose::RequestHash));
         assert_ne!(*e, *e2);
         assert_ne!(*e, m);
         assert_eq!(*e, *derive(&m, &T1, Purpose::Encrypt));

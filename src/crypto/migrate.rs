@@ -8,7 +8,7 @@
 //! (`source_index IS NULL`): the ciphertexts of source_id, email, name and metadata (each bound to
 //! its tenant, table, column and row like upsert_customer writes them) into the script's
 //! temporary columns `_source_id_ct`, `_email_ct`, `_name_ct`, `_metadata_ct`, the two blind
-//! indexes, `key_id`, and the customer's audit key (`voucher.customer_key`); for every redemption
+//! indexes, `key_id`, and the customer's own key (`audit_key`); for every redemption
 //! with metadata not migrated yet (`_metadata_ct IS NULL`): its ciphertext and `key_id`. The
 //! script then replaces the plaintext columns by the ciphertexts and drops the temporary ones.
 //! Idempotent (done rows are skipped); superuser and the extension script only; writes no audit
@@ -136,24 +136,19 @@ fn customers(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<i64> {
             let email_index = email
                 .as_deref()
                 .map(|e| keyring::blind_index(&keys.email, &keyring::normalize_email(e)));
-            let (ck_id, wrapped) = super::customers::new_customer_key(client, tenant, &row)?;
-            client
-                .update(
-                    "INSERT INTO voucher.customer_key (tenant_id, customer_id, key_id, wrapped) \
-                     VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, customer_id) DO NOTHING",
-                    None,
-                    &[
-                        store::uuid(tenant).into(),
-                        id.into(),
-                        ck_id.into(),
-                        wrapped.into(),
-                    ],
-                )
-                .expect("customer key");
+            // the customer's own key, under the same data key as its fields
+            let (ck_id, dk) = store::reserve(client, tenant)?;
+            if key_id.is_some_and(|k| k != ck_id) {
+                return Err(VoucherError::NotReady(
+                    "voucher_ext: the tenant's data key changed during the migration".into(),
+                ));
+            }
+            let audit_key = super::customers::new_customer_key(ck_id, &dk, tenant, &row);
             client
                 .update(
                     "UPDATE voucher.customer SET source_index = $3, email_index = $4, key_id = $5, \
-                            _source_id_ct = $6, _email_ct = $7, _name_ct = $8, _metadata_ct = $9 \
+                            _source_id_ct = $6, _email_ct = $7, _name_ct = $8, _metadata_ct = $9, \
+                            audit_key = $10 \
                       WHERE tenant_id = $1 AND customer_id = $2",
                     None,
                     &[
@@ -166,6 +161,7 @@ fn customers(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<i64> {
                         email_ct.into(),
                         name_ct.into(),
                         metadata_ct.into(),
+                        audit_key.into(),
                     ],
                 )
                 .expect("customer encrypted");

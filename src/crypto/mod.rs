@@ -13,7 +13,8 @@
 //! - `migrate`: encrypts a 0.1.0 database's plaintext during ALTER EXTENSION UPDATE.
 //!
 //! Exports to the rest of the crate: `customers::{find_or_create, source_index, seal_for_audit}`,
-//! `redemptions::seal_metadata`, `end_of_transaction`; `store` to `privacy` (forgetting
+//! `redemptions::seal_metadata`, `request_hash` (redeem's idempotency fingerprints),
+//! `end_of_transaction`; `store` to `privacy` (forgetting
 //! re-encrypts a pseudonym and opens a customer's audit data for its export).
 
 pub mod customers;
@@ -26,6 +27,19 @@ pub mod redemptions;
 mod rotate;
 pub(crate) mod store;
 
+/// The idempotency fingerprint of a redeem request (its canonical bytes): HMAC-SHA256 under the
+/// tenant's request-hash key (HKDF of its index key, like the blind indexes), so a stored hash
+/// cannot confirm a guessed customer id, code or order. Makes the tenant's keys on first use.
+pub fn request_hash(tenant: &[u8; 16], canonical: &[u8]) -> crate::common::error::Result<Vec<u8>> {
+    let keys = match store::index_keys_cached(tenant) {
+        Some(k) => k,
+        None => crate::tenancy::definer::as_definer(|| {
+            pgrx::Spi::connect_mut(|client| store::index_keys(client, tenant))
+        })?,
+    };
+    Ok(keyring::blind_index_bytes(&keys.request, canonical))
+}
+
 /// Called at the end of every transaction (see lib.rs).
 pub fn end_of_transaction(committed: bool) {
     store::end_of_transaction(committed, true);
@@ -34,6 +48,7 @@ pub fn end_of_transaction(committed: bool) {
 /// Registers the subtransaction callback (from _PG_init): a rolled-back savepoint drops what
 /// it cached too.
 pub fn init() {
+    store::init_shmem();
     // SAFETY: registered once per backend, when the library is loaded.
     unsafe { pgrx::pg_sys::RegisterSubXactCallback(Some(subxact_callback), std::ptr::null_mut()) };
 }

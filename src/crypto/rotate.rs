@@ -10,7 +10,6 @@
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 
-use super::envelope;
 use super::keyring;
 use super::store::{self, Place};
 use crate::common::error::{api, Result, VoucherError};
@@ -102,9 +101,10 @@ fn int_list(client: &mut SpiClient<'_>, sql: &str, tenant: &Tenant) -> Vec<i32> 
         .collect()
 }
 
-type Row = (pgrx::Uuid, [Option<Vec<u8>>; 4]);
+type Row = (pgrx::Uuid, [Option<Vec<u8>>; 5]);
 
-/// Moves up to `limit` customers from the `old` data keys to `new`.
+/// Moves up to `limit` customers from the `old` data keys to the active one: their four
+/// ciphertexts re-encrypted and their own key (audit_key) re-wrapped, in one UPDATE.
 fn move_customers(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
@@ -113,7 +113,8 @@ fn move_customers(
 ) -> Result<i64> {
     let rows: Vec<Row> = client
         .update(
-            "SELECT customer_id, source_id, email, name, metadata FROM voucher.customer \
+            "SELECT customer_id, source_id, email, name, metadata, audit_key \
+               FROM voucher.customer \
               WHERE tenant_id = $1 AND key_id = ANY($2) LIMIT $3 FOR NO KEY UPDATE",
             None,
             &[
@@ -126,12 +127,7 @@ fn move_customers(
         .map(|r| {
             (
                 r.get::<pgrx::Uuid>(1).ok().flatten().expect("customer_id"),
-                [
-                    r.get::<Vec<u8>>(2).ok().flatten(),
-                    r.get::<Vec<u8>>(3).ok().flatten(),
-                    r.get::<Vec<u8>>(4).ok().flatten(),
-                    r.get::<Vec<u8>>(5).ok().flatten(),
-                ],
+                [2, 3, 4, 5, 6].map(|i| r.get::<Vec<u8>>(i).ok().flatten()),
             )
         })
         .collect();
@@ -140,11 +136,13 @@ fn move_customers(
     }
     const COLUMNS: [&str; 4] = ["source_id", "email", "name", "metadata"];
     let mut ids = Vec::with_capacity(rows.len());
-    let mut cols: [Vec<Option<Vec<u8>>>; 4] = Default::default();
+    let mut cols: [Vec<Option<Vec<u8>>>; 5] = Default::default();
     let mut new_key = 0;
     for (id, fields) in &rows {
         let row = id.to_string();
-        for (i, ct) in fields.iter().enumerate() {
+        let (key_id, key) = store::reserve_for(client, tenant, 5)?;
+        new_key = key_id;
+        for (i, ct) in fields[..4].iter().enumerate() {
             let moved = match ct {
                 None => None,
                 Some(ct) => {
@@ -154,25 +152,30 @@ fn move_customers(
                         row: &row,
                     };
                     let plain = store::open(client, tenant, place, ct)?;
-                    let (key_id, key) = store::reserve(client, tenant)?;
-                    new_key = key_id;
                     Some(store::seal_with(key_id, &key, tenant, place, &plain))
                 }
             };
             cols[i].push(moved);
         }
+        let audit_key = match &fields[4] {
+            None => None,
+            Some(w) => {
+                let material = super::customers::open_customer_key(client, tenant, &row, w)?;
+                Some(keyring::wrap_customer_key(
+                    &key, key_id, tenant, &row, &material,
+                ))
+            }
+        };
+        cols[4].push(audit_key);
         ids.push(*id);
     }
-    if new_key == 0 {
-        new_key = store::reserve(client, tenant)?.0;
-    }
-    let [s, e, n, m] = cols;
+    let [s, e, n, m, k] = cols;
     client
         .update(
             "UPDATE voucher.customer c SET key_id = $2, source_id = u.s, email = u.e, name = u.n, \
-                    metadata = u.m \
-               FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[]) \
-                    AS u(id, s, e, n, m) \
+                    metadata = u.m, audit_key = u.k \
+               FROM unnest($3::uuid[], $4::bytea[], $5::bytea[], $6::bytea[], $7::bytea[], \
+                           $8::bytea[]) AS u(id, s, e, n, m, k) \
               WHERE c.tenant_id = $1 AND c.customer_id = u.id",
             None,
             &[
@@ -183,61 +186,10 @@ fn move_customers(
                 e.into(),
                 n.into(),
                 m.into(),
+                k.into(),
             ],
         )
         .expect("customers moved");
-    Ok(rows.len() as i64)
-}
-
-/// Re-wraps up to `limit` customer keys from the `old` data keys under the active one.
-fn move_customer_keys(
-    client: &mut SpiClient<'_>,
-    tenant: &Tenant,
-    old: &[i32],
-    limit: i64,
-) -> Result<i64> {
-    let rows: Vec<(pgrx::Uuid, Vec<u8>)> = client
-        .update(
-            "SELECT customer_id, wrapped FROM voucher.customer_key \
-              WHERE tenant_id = $1 AND key_id = ANY($2) AND wrapped IS NOT NULL \
-              LIMIT $3 FOR UPDATE",
-            None,
-            &[
-                store::uuid(tenant).into(),
-                old.to_vec().into(),
-                limit.into(),
-            ],
-        )
-        .expect("customer keys to move")
-        .filter_map(|r| Some((r.get::<pgrx::Uuid>(1).ok()??, r.get::<Vec<u8>>(2).ok()??)))
-        .collect();
-    for (id, wrapped) in &rows {
-        let cust = id.to_string();
-        let place = Place {
-            table: "customer_key",
-            column: "wrapped",
-            row: &cust,
-        };
-        let old_id = envelope::key_id(wrapped).map_err(|e| place.failed(&e))? as i32;
-        let old_key = store::data_key(client, tenant, old_id)?;
-        let material = keyring::unwrap_customer_key(&old_key, tenant, &cust, wrapped)
-            .map_err(|e| place.failed(&e))?;
-        let (key_id, key) = store::reserve(client, tenant)?;
-        let rewrapped = keyring::wrap_customer_key(&key, key_id, tenant, &cust, &material);
-        client
-            .update(
-                "UPDATE voucher.customer_key SET key_id = $3, wrapped = $4 \
-                  WHERE tenant_id = $1 AND customer_id = $2",
-                None,
-                &[
-                    store::uuid(tenant).into(),
-                    (*id).into(),
-                    key_id.into(),
-                    rewrapped.into(),
-                ],
-            )
-            .expect("customer key moved");
-    }
     Ok(rows.len() as i64)
 }
 
@@ -292,7 +244,7 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                     )
                     .expect("supersede");
                 store::insert_key(client, &tenant, fresh, "data", false)?;
-                store::forget_cached_keys();
+                store::keys_changed();
                 events.push((
                     "data_key.rotation_started",
                     serde_json::json!({ "from": current, "to": fresh }),
@@ -309,9 +261,6 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
             let limit = i64::from(batch);
             let mut moved = move_customers(client, &tenant, &old, limit)?;
             if moved < limit {
-                moved += move_customer_keys(client, &tenant, &old, limit - moved)?;
-            }
-            if moved < limit {
                 moved += super::redemptions::move_metadata(client, &tenant, &old, limit - moved)?;
             }
             if moved == 0 {
@@ -322,9 +271,6 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                         AND k.superseded_by IS NOT NULL \
                         AND NOT EXISTS (SELECT 1 FROM voucher.customer c \
                                          WHERE c.tenant_id = k.tenant_id AND c.key_id = k.key_id) \
-                        AND NOT EXISTS (SELECT 1 FROM voucher.customer_key ck \
-                                         WHERE ck.tenant_id = k.tenant_id AND ck.key_id = k.key_id \
-                                           AND ck.wrapped IS NOT NULL) \
                         AND NOT EXISTS (SELECT 1 FROM voucher.redemption r \
                                          WHERE r.tenant_id = k.tenant_id AND r.key_id = k.key_id) \
                      RETURNING k.key_id",
@@ -361,4 +307,85 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
 #[pg_extern(volatile, parallel_unsafe)]
 fn rotate_data_key(batch_size: default!(Option<i32>, "10000")) -> i64 {
     api(|| rotate_data_impl(batch_size))
+}
+
+/// The tenant's retired data keys that were retired at least `older_than` ago and that no row
+/// uses, destroyed: their wrapped bytes erased (state `destroyed`), audited. The wait gives a
+/// transaction that reserved encryptions under the key before the rotation time to end (README
+/// "Encryption at rest"); a retired key some row still uses is left for rotate_data_key to move.
+fn destroy_retired_impl(older_than: Option<pgrx::datum::Interval>) -> Result<Vec<i32>> {
+    let ctx = context::authorize(Action::Administer)?;
+    let older_than = older_than.ok_or(VoucherError::NullArgument("older_than"))?;
+    let tenant = ctx.tenant;
+    let destroyed = as_definer(|| {
+        Spi::connect_mut(|client| -> Result<Vec<i32>> {
+            if client
+                .select("SELECT $1 < interval '0'", None, &[older_than.into()])
+                .expect("interval")
+                .first()
+                .get_one::<bool>()
+                .ok()
+                .flatten()
+                == Some(true)
+            {
+                return Err(VoucherError::invalid("older_than must not be negative"));
+            }
+            // not while a rotation of the tenant moves rows
+            client
+                .update(
+                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('voucher.rotate_data_key'), \
+                                                             pg_catalog.hashtext($1::text))",
+                    None,
+                    &[store::uuid(&tenant).into()],
+                )
+                .expect("rotation lock");
+            let ids: Vec<i32> = client
+                .update(
+                    "UPDATE voucher.tenant_key k \
+                        SET state = 'destroyed', wrapped = NULL, master_key_id = NULL, \
+                            destroyed_at = now() \
+                      WHERE k.tenant_id = $1 AND k.kind = 'data' AND k.state = 'retired' \
+                        AND k.retired_at <= now() - $2 \
+                        AND NOT EXISTS (SELECT 1 FROM voucher.customer c \
+                                         WHERE c.tenant_id = k.tenant_id AND c.key_id = k.key_id) \
+                        AND NOT EXISTS (SELECT 1 FROM voucher.redemption r \
+                                         WHERE r.tenant_id = k.tenant_id AND r.key_id = k.key_id) \
+                     RETURNING k.key_id",
+                    None,
+                    &[store::uuid(&tenant).into(), older_than.into()],
+                )
+                .expect("destroy retired keys")
+                .filter_map(|r| r.get::<i32>(1).ok().flatten())
+                .collect();
+            if !ids.is_empty() {
+                store::keys_changed();
+            }
+            Ok(ids)
+        })
+    })?;
+    if !destroyed.is_empty() {
+        events::record(&Event {
+            tenant,
+            actor: context::actor_json(Some(&ctx)),
+            action: "data_key.destroyed",
+            object_type: Some("tenant"),
+            object_id: Some(store::uuid(&tenant).to_string()),
+            details: serde_json::json!({ "key_ids": destroyed }),
+            at: None,
+        });
+    }
+    Ok(destroyed)
+}
+
+/// Destroys the tenant's data keys retired at least `older_than` ago that no row uses: their
+/// wrapped key bytes are erased for good (state `destroyed`), audited. Returns their ids.
+#[pg_extern(volatile, parallel_unsafe)]
+fn destroy_retired_keys(
+    older_than: default!(Option<pgrx::datum::Interval>, "'1 day'"),
+) -> TableIterator<'static, (name!(key_id, i32),)> {
+    TableIterator::new(
+        api(|| destroy_retired_impl(older_than))
+            .into_iter()
+            .map(|k| (k,)),
+    )
 }

@@ -6,12 +6,15 @@
 //! each tenant), in `Zeroizing` buffers. Encryptions are counted per data key in blocks reserved
 //! ahead (one UPDATE of the key's row per `BLOCK` encryptions per backend).
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
+use pgrx::{pg_shmem_init, PgAtomic};
 
 use super::envelope::{self, Aad, EnvelopeError, Key};
 use super::keyring::{self, Purpose, ENCRYPTION_LIMIT};
@@ -27,12 +30,77 @@ type Tenant = [u8; 16];
 struct Active {
     key_id: i32,
     left: i64,
+    /// When it was last known to be the active key (see [`KEY_GENERATION`]).
+    checked: Instant,
+}
+
+/// Bumped whenever a data key stops being the one to encrypt under (superseded by a rotation,
+/// destroyed): every backend then drops its cached keys and reservations before its next use,
+/// so a cached block never outlives its key. Without shared memory (not preloaded) a reserved
+/// block older than a second is checked against `voucher.tenant_key` before it is used again.
+static KEY_GENERATION: PgAtomic<AtomicU64> =
+    unsafe { PgAtomic::new(c"voucher_ext crypto key generation") };
+static mut SHARED: bool = false;
+
+/// How long a reserved block is trusted without the shared counter.
+const UNSHARED_TRUST: Duration = Duration::from_secs(1);
+
+thread_local! {
+    /// The generation the caches were filled at.
+    static SEEN: Cell<u64> = const { Cell::new(0) };
+}
+
+fn shared() -> bool {
+    // SAFETY: set once at load time.
+    unsafe { SHARED }
+}
+
+/// From `_PG_init`.
+pub fn init_shmem() {
+    // SAFETY: reads a postmaster flag during library load.
+    if unsafe { pg_sys::process_shared_preload_libraries_in_progress } {
+        pg_shmem_init!(KEY_GENERATION);
+        // SAFETY: written once, in the postmaster, before any backend exists.
+        unsafe { SHARED = true };
+    }
+}
+
+/// Tells every backend that cached keys may be stale (see [`KEY_GENERATION`]).
+pub fn keys_changed() {
+    if shared() {
+        KEY_GENERATION.get().fetch_add(1, Ordering::AcqRel);
+    }
+    forget_cached_keys();
+}
+
+/// Drops this backend's caches if another backend changed the keys since they were filled.
+fn revalidate() {
+    if !shared() {
+        return;
+    }
+    let now = KEY_GENERATION.get().load(Ordering::Acquire);
+    if SEEN.with(|s| s.replace(now)) != now {
+        forget_cached_keys();
+    }
+}
+
+/// Without the shared counter: is this reserved key still the tenant's active data key?
+fn still_active(client: &SpiClient<'_>, tenant: &Tenant, key_id: i32) -> bool {
+    !kept(
+        client,
+        "SELECT 1 FROM voucher.tenant_key WHERE tenant_id = $1 AND key_id = $2 \
+            AND kind = 'data' AND state = 'active' AND superseded_by IS NULL",
+        &[pg_sys::UUIDOID, pg_sys::INT4OID],
+        &[uuid(tenant).into(), key_id.into()],
+    )
+    .is_empty()
 }
 
 /// A tenant's blind-index keys.
 pub struct IndexKeys {
     pub source: Key,
     pub email: Key,
+    pub request: Key,
 }
 
 thread_local! {
@@ -288,9 +356,15 @@ pub fn index_keys_read(client: &SpiClient<'_>, tenant: &Tenant) -> Result<Option
     let keys = Rc::new(IndexKeys {
         source: keyring::derive(&material, tenant, Purpose::SourceIndex),
         email: keyring::derive(&material, tenant, Purpose::EmailIndex),
+        request: keyring::derive(&material, tenant, Purpose::RequestHash),
     });
     INDEX.with(|i| i.borrow_mut().insert(*tenant, keys.clone()));
     Ok(Some(keys))
+}
+
+/// The tenant's blind-index keys if this backend has them cached (no SPI).
+pub fn index_keys_cached(tenant: &Tenant) -> Option<Rc<IndexKeys>> {
+    INDEX.with(|i| i.borrow().get(tenant).cloned())
 }
 
 /// The tenant's blind-index keys, made on first use.
@@ -323,6 +397,7 @@ pub fn email_index(client: &mut SpiClient<'_>, tenant: &Tenant, email: &str) -> 
 
 /// The AES key of data key `key_id` (for decrypting, or encrypting under a reserved key).
 pub fn data_key(client: &mut SpiClient<'_>, tenant: &Tenant, key_id: i32) -> Result<Rc<Key>> {
+    revalidate();
     if let Some(k) = DATA.with(|d| d.borrow().get(&(*tenant, key_id)).cloned()) {
         return Ok(k);
     }
@@ -363,18 +438,34 @@ fn unknown_key(key_id: i32) -> VoucherError {
 
 /// Reserves one encryption under the tenant's active data key: its id and AES key.
 pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<Key>)> {
-    let cached = ACTIVE.with(|a| {
-        let mut a = a.borrow_mut();
-        match a.get_mut(tenant) {
-            Some(act) if act.left > 0 => {
-                act.left -= 1;
-                Some(act.key_id)
-            }
-            _ => None,
-        }
+    reserve_for(client, tenant, 1)
+}
+
+/// Reserves `n` (at most `BLOCK`) encryptions under the tenant's active data key: the fields
+/// of one row, all under the same key.
+pub fn reserve_for(client: &mut SpiClient<'_>, tenant: &Tenant, n: i64) -> Result<(i32, Rc<Key>)> {
+    debug_assert!((1..=BLOCK).contains(&n));
+    revalidate();
+    let hit = ACTIVE.with(|a| {
+        a.borrow()
+            .get(tenant)
+            .filter(|act| act.left >= n)
+            .map(|act| (act.key_id, act.checked))
     });
-    if let Some(id) = cached {
-        return Ok((id, data_key(client, tenant, id)?));
+    if let Some((id, checked)) = hit {
+        let check = !shared() && checked.elapsed() >= UNSHARED_TRUST;
+        if !check || still_active(client, tenant, id) {
+            ACTIVE.with(|a| {
+                if let Some(act) = a.borrow_mut().get_mut(tenant) {
+                    act.left -= n;
+                    if check {
+                        act.checked = Instant::now();
+                    }
+                }
+            });
+            return Ok((id, data_key(client, tenant, id)?));
+        }
+        forget_cached_keys();
     }
     let sql = "UPDATE voucher.tenant_key SET encryptions = encryptions + $2 \
                 WHERE tenant_id = $1 AND kind = 'data' AND state = 'active' \
@@ -410,7 +501,8 @@ pub fn reserve(client: &mut SpiClient<'_>, tenant: &Tenant) -> Result<(i32, Rc<K
             *tenant,
             Active {
                 key_id,
-                left: BLOCK - 1,
+                left: BLOCK - n,
+                checked: Instant::now(),
             },
         )
     });

@@ -94,16 +94,14 @@ fn open_personal(t: pgrx::Uuid, customer: pgrx::Uuid, sealed: &str) -> Option<pg
 }
 
 /// The statement of `_pseudonymize`, prepared once per backend (retention runs it per customer):
-/// the customer row and its key in one statement. $1 tenant, $2 customer, $3 data key, $4 the
-/// pseudonym's ciphertext, $5 the blind index: 32 random bytes (made here, not by a volatile
-/// function in the statement, which Citus refuses in an UPDATE of a distributed table).
+/// the customer row and its own key (crypto: the audit_key column) in one statement. $1 tenant,
+/// $2 customer, $3 data key, $4 the pseudonym's ciphertext, $5 the blind index: 32 random bytes
+/// (made here, not by a volatile function in the statement, which Citus refuses in an UPDATE of
+/// a distributed table).
 const PSEUDONYMIZE: &str = "\
-WITH k AS (
-    UPDATE voucher.customer_key SET wrapped = NULL, destroyed_at = now()
-     WHERE tenant_id = $1 AND customer_id = $2 AND wrapped IS NOT NULL)
 UPDATE voucher.customer
    SET source_index = $5, key_id = $3, source_id = $4, email = NULL, email_index = NULL, name = NULL,
-       metadata = NULL, forgotten_at = now(), updated_at = now()
+       metadata = NULL, audit_key = NULL, forgotten_at = now(), updated_at = now()
  WHERE tenant_id = $1 AND customer_id = $2";
 
 thread_local! {

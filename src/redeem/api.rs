@@ -20,7 +20,6 @@ use std::rc::Rc;
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB};
-use sha2::{Digest, Sha256};
 
 use super::hot;
 use super::rules::{canonical_number, judge, Request, Verdict};
@@ -38,16 +37,16 @@ use crate::throttle;
 /// redemption_id, voucher_id, discount, balance_after, replayed
 type RedeemRow = (pgrx::Uuid, pgrx::Uuid, AnyNumeric, Option<AnyNumeric>, bool);
 
-/// SHA-256 over the canonical arguments: a replay under the same idempotency key must match.
-fn fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) -> Vec<u8> {
-    let mut h = Sha256::new();
+/// The canonical bytes of a request's arguments, what its idempotency fingerprint covers.
+fn canonical(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) -> Vec<u8> {
+    let mut h = Vec::new();
     let mut field = |v: Option<String>| match v {
         Some(s) => {
-            h.update([1u8]);
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
+            h.push(1u8);
+            h.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            h.extend_from_slice(s.as_bytes());
         }
-        None => h.update([0u8]),
+        None => h.push(0u8),
     };
     field(Some(req.code.clone()));
     field(req.customer.map(str::to_string));
@@ -55,7 +54,25 @@ fn fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) 
     field(req.amount.as_ref().map(canonical_number));
     field(order_id.map(str::to_string));
     field(metadata.map(|m| m.0.to_string()));
-    h.finalize().to_vec()
+    h
+}
+
+/// A keyed hash (crypto: HMAC-SHA256 under the tenant's request-hash key) of the canonical
+/// arguments: a replay under the same idempotency key must match, and the stored hash confirms
+/// no guessed customer id.
+fn fingerprint(
+    tenant: &[u8; 16],
+    req: &Request,
+    order_id: Option<&str>,
+    metadata: Option<&JsonB>,
+) -> Result<Vec<u8>> {
+    crate::crypto::request_hash(tenant, &canonical(req, order_id, metadata))
+}
+
+/// The unkeyed SHA-256 0.1.0 stored: a retry of a request made before the upgrade still matches.
+fn legacy_fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(canonical(req, order_id, metadata)).to_vec()
 }
 
 thread_local! {
@@ -137,7 +154,9 @@ fn redeem_impl(
         return Err(VoucherError::invalid("idempotency_key must not be empty"));
     }
     check_metadata(metadata.as_ref())?;
-    let hash = idempotency_key.map(|_| fingerprint(&req, order_id, metadata.as_ref()));
+    let hash = idempotency_key
+        .map(|_| fingerprint(&ctx.tenant, &req, order_id, metadata.as_ref()))
+        .transpose()?;
     let tenant = ctx.tenant_uuid();
     let actors = actor_strings(&ctx);
     let (actor, actor_json) = (&actors.0, &actors.1);
@@ -176,7 +195,11 @@ fn redeem_impl(
                 );
                 if !prior.is_empty() {
                     let p = prior.first();
-                    if p.get::<Vec<u8>>(5).ok().flatten() != hash {
+                    let stored = p.get::<Vec<u8>>(5).ok().flatten();
+                    // crypto: a request stored by 0.1.0 holds the unkeyed SHA-256
+                    if stored != hash
+                        && stored != Some(legacy_fingerprint(&req, order_id, metadata.as_ref()))
+                    {
                         return Err(VoucherError::rule("VC009"));
                     }
                     return Ok((

@@ -90,9 +90,9 @@ SELECT voucher.act_as(tenant_id) FROM voucher.tenant WHERE name = 'forget scan' 
 SELECT customer_id AS id FROM voucher.customers WHERE source_id = :'who' \gset
 COMMIT;
 SELECT encode(b, 'hex') FROM (
-    SELECT unnest(ARRAY[c.source_id, c.email, c.name, c.metadata, c.email_index, c.source_index]) b
+    SELECT unnest(ARRAY[c.source_id, c.email, c.name, c.metadata, c.email_index, c.source_index,
+                        c.audit_key]) b
       FROM voucher.customer c WHERE c.customer_id = :'id'
-    UNION ALL SELECT k.wrapped FROM voucher.customer_key k WHERE k.customer_id = :'id'
     UNION ALL SELECT r.metadata FROM voucher.redemption r WHERE r.customer_id = :'id') x
  WHERE b IS NOT NULL;
 SQL

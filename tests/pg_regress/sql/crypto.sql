@@ -91,8 +91,10 @@ SELECT details ? 'customer' AS has_customer,
 SELECT kind, state, master_key_id ~ '^[0-9a-f]{16}$' AS wrapped_under_master, length(wrapped) AS wrapped_bytes,
        encryptions > 0 AS counted
   FROM voucher.tenant_key WHERE tenant_id = :'shop' ORDER BY key_id;
-SELECT count(*) AS customer_keys, bool_and(wrapped IS NOT NULL) AS all_wrapped
-  FROM voucher.customer_key WHERE tenant_id = :'shop';
+-- every customer has its own key, wrapped under its row's data key (envelope bytes 2-5)
+SELECT count(*) AS customer_keys, bool_and(substr(audit_key, 2, 4) = int4send(key_id)) AS all_wrapped,
+       bool_and(length(audit_key) = 32 + 33) AS wrapped_bytes
+  FROM voucher.customer WHERE tenant_id = :'shop';
 
 ------------------------------------------------------------------------------------------------
 -- tampered and moved ciphertexts: XX001 naming table, column and row, never a value
@@ -196,6 +198,83 @@ SELECT voucher.rotate_data_key() > 0 AS moved;
 SELECT voucher.rotate_data_key() AS done;
 SELECT voucher.upsert_customer('cust-eve', 'eve@example.com') IS NOT NULL AS created_after_rotation;
 COMMIT;
+
+------------------------------------------------------------------------------------------------
+-- retired data keys are destroyed (wrapped bytes erased, audited) once retired for older_than
+-- and used by no row; a retired key a row still uses is kept
+------------------------------------------------------------------------------------------------
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT state, count(*) FROM voucher.tenant_keys WHERE kind = 'data' GROUP BY state ORDER BY state;
+-- retired less than a day ago (the default): kept
+SELECT count(*) AS destroyed_at_once FROM voucher.destroy_retired_keys();
+SELECT try($$SELECT * FROM voucher.destroy_retired_keys(NULL)$$) AS null_age,
+       try($$SELECT * FROM voucher.destroy_retired_keys(interval '-1 hour')$$) AS negative_age;
+COMMIT;
+SELECT try(format($$SELECT voucher.authenticate(%L); SELECT * FROM voucher.destroy_retired_keys(interval '0')$$,
+                  :'manager')) AS manager_destroys;
+-- a row still under one of the retired keys (as a backend that reserved before the rotation
+-- may leave): that key stays
+\c - postgres
+SELECT min(key_id) AS straggler_key FROM voucher.tenant_key
+ WHERE tenant_id = :'shop' AND kind = 'data' AND state = 'retired' \gset
+UPDATE voucher.customer SET key_id = :straggler_key
+ WHERE tenant_id = :'shop' AND customer_id = :'bob' RETURNING key_id AS straggler \gset
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT count(*) AS destroyed, bool_and(key_id <> :straggler_key) AS straggler_kept
+  FROM voucher.destroy_retired_keys(interval '0');
+COMMIT;
+\c - postgres
+UPDATE voucher.customer c SET key_id = (SELECT key_id FROM voucher.tenant_key k
+                                          WHERE k.tenant_id = c.tenant_id AND k.kind = 'data'
+                                            AND k.state = 'active' AND k.superseded_by IS NULL)
+ WHERE tenant_id = :'shop' AND customer_id = :'bob';
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT array_agg(key_id) = ARRAY[:straggler_key] AS destroyed_now
+  FROM voucher.destroy_retired_keys(interval '0');
+SELECT state, count(*), bool_and(destroyed_at IS NOT NULL) = (state = 'destroyed') AS dated,
+       bool_and(master_key_id IS NULL) AS no_master
+  FROM voucher.tenant_keys WHERE kind = 'data' GROUP BY state ORDER BY state;
+SELECT action, jsonb_array_length(details -> 'key_ids') AS keys FROM voucher.audit_log
+ WHERE action = 'data_key.destroyed' ORDER BY id;
+-- every customer still reads (all under the active key)
+SELECT count(*) AS readable, count(email) AS emails FROM voucher.customers;
+COMMIT;
+\c - postgres
+SELECT count(*) AS destroyed_keys, bool_and(wrapped IS NULL) AS bytes_erased
+  FROM voucher.tenant_key WHERE tenant_id = :'shop' AND state = 'destroyed';
+
+------------------------------------------------------------------------------------------------
+-- idempotency fingerprints (redemption.request_hash) are keyed per tenant: the same request
+-- (code, customer, order, key) in two tenants hashes differently; a replay still matches and a
+-- changed request is still refused
+------------------------------------------------------------------------------------------------
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'other_admin') IS NOT NULL AS ok;
+SELECT voucher.add_code(voucher.create_campaign('other', redemption_limit => NULL), 'CRYPTO-1') IS NOT NULL AS added;
+SELECT discount FROM voucher.redeem('crypto-1', customer => 'cust-same', order_id => 'o-same',
+                                    idempotency_key => 'same-request');
+COMMIT;
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT discount, replayed FROM voucher.redeem('crypto-1', customer => 'cust-same', order_id => 'o-same',
+                                              idempotency_key => 'same-request');
+SELECT discount, replayed FROM voucher.redeem('crypto-1', customer => 'cust-same', order_id => 'o-same',
+                                              idempotency_key => 'same-request');
+COMMIT;
+SELECT try(format($$SELECT voucher.authenticate(%L);
+                    SELECT voucher.redeem('crypto-1', customer => 'cust-other', order_id => 'o-same',
+                                          idempotency_key => 'same-request')$$, :'admin')) AS changed_request;
+\c - postgres
+SELECT count(*) AS redemptions, count(DISTINCT request_hash) AS hashes,
+       bool_and(length(request_hash) = 32) AS hmac_sha256
+  FROM voucher.redemption WHERE idempotency_key = 'same-request';
+\c - regress_client
 
 -- every audit row written above (customer.created in the customer's own statement, the refused
 -- redemption with its encrypted customer, the rotations) verifies

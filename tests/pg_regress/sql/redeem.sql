@@ -306,9 +306,8 @@ SELECT r.voucher_id AS redeemed_voucher, r.redemption_id AS a_redemption
 SELECT r.customer_id AS redeeming_customer FROM voucher.redemption r
  WHERE r.tenant_id = :'shop' AND r.customer_id IS NOT NULL
  ORDER BY r.redeemed_at, r.redemption_id LIMIT 1 \gset
--- (its per-customer counters and its key would refuse on their own foreign keys first)
+-- (its per-customer counters would refuse on their own foreign key first)
 DELETE FROM voucher.customer_usage WHERE tenant_id = :'shop' AND customer_id = :'redeeming_customer';
-DELETE FROM voucher.customer_key WHERE tenant_id = :'shop' AND customer_id = :'redeeming_customer';
 SELECT try(format('DELETE FROM voucher.code WHERE tenant_id = %L AND voucher_id = %L',
                   :'shop', :'redeemed_voucher')) AS delete_redeemed_voucher,
        try(format('UPDATE voucher.code SET voucher_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
