@@ -179,30 +179,48 @@ pub(super) fn install(
     scope: Scope,
     key_state: Option<&KeyState>,
 ) {
-    let hex: String = rng::os_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let token = CString::new(hex).expect("hex has no NUL");
-    set_token(&token, scope);
-    CONTEXTS.with(|c| {
-        let mut c = c.borrow_mut();
-        c.push(Context {
+    push(
+        Context {
             tenant,
             key_id,
             role,
             operator,
             scope,
-            token,
+            token: CString::default(),
             verified_generation: key_state.and_then(|k| k.generation),
             expires_at: key_state.and_then(|k| k.expires_at),
-        });
-        let excess = c.len().saturating_sub(REMEMBERED);
-        c.drain(..excess);
-    });
+        },
+        true,
+    );
+    ship_current();
+}
+
+/// Ships the current context to a cluster's workers (scale).
+fn ship_current() {
     if let Some(ctx) = current() {
-        ship(&ctx); // scale
+        ship(&ctx);
     }
+}
+
+/// Gives `ctx` a fresh random token, sets it for `ctx.scope` and remembers the context (past
+/// `REMEMBERED` the oldest are forgotten when `evict`); returns the token.
+fn push(mut ctx: Context, evict: bool) -> CString {
+    let hex: String = rng::os_bytes::<16>()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let token = CString::new(hex).expect("hex has no NUL");
+    set_token(&token, ctx.scope);
+    ctx.token = token.clone();
+    CONTEXTS.with(|c| {
+        let mut c = c.borrow_mut();
+        c.push(ctx);
+        if evict {
+            let excess = c.len().saturating_sub(REMEMBERED);
+            c.drain(..excess);
+        }
+    });
+    token
 }
 
 // --- privacy (issue 15): operator maintenance that works tenant by tenant ---
@@ -226,29 +244,22 @@ pub fn acting_for<R>(
     let previous = gucs::context_token()
         .map(std::ffi::CStr::to_owned)
         .unwrap_or_default();
-    let hex: String = rng::os_bytes::<16>()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let token = CString::new(hex).expect("hex has no NUL");
-    set_token(&token, Scope::Transaction);
     // pushed without evicting: the caller's own contexts stay remembered
-    CONTEXTS.with(|c| {
-        c.borrow_mut().push(Context {
+    let token = push(
+        Context {
             tenant,
             key_id: None,
             role,
             operator: Some(operator),
             scope: Scope::Transaction,
-            token: token.clone(),
+            token: CString::default(),
             verified_generation: None,
             expires_at: None,
-        })
-    });
+        },
+        false,
+    );
     let _forget = Forget(token);
-    if let Some(ctx) = current() {
-        ship(&ctx); // scale
-    }
+    ship_current();
     let out = f();
     set_token(&previous, Scope::Transaction);
     out
