@@ -93,6 +93,19 @@ fn rotate_master_key() -> i64 {
     api(rotate_master_impl)
 }
 
+/// The tenant's rotation lock (transaction-scoped): rotations of one tenant, and the destruction
+/// of its retired keys, run one at a time.
+fn rotation_lock(client: &mut SpiClient<'_>, tenant: &Tenant) {
+    client
+        .update(
+            "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('voucher.rotate_data_key'), \
+                                                     pg_catalog.hashtext($1::text))",
+            None,
+            &[store::uuid(tenant).into()],
+        )
+        .expect("rotation lock");
+}
+
 fn int_list(client: &mut SpiClient<'_>, sql: &str, tenant: &Tenant) -> Vec<i32> {
     client
         .update(sql, None, &[store::uuid(tenant).into()])
@@ -206,15 +219,7 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
     let mut events = vec![];
     let moved = as_definer(|| {
         Spi::connect_mut(|client| -> Result<i64> {
-            // one rotation of a tenant at a time
-            client
-                .update(
-                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('voucher.rotate_data_key'), \
-                                                             pg_catalog.hashtext($1::text))",
-                    None,
-                    &[store::uuid(&tenant).into()],
-                )
-                .expect("rotation lock");
+            rotation_lock(client, &tenant); // one rotation of a tenant at a time
             store::index_keys(client, &tenant)?; // makes the tenant's keys on first use
             let in_progress = !int_list(
                 client,
@@ -330,15 +335,7 @@ fn destroy_retired_impl(older_than: Option<pgrx::datum::Interval>) -> Result<Vec
             {
                 return Err(VoucherError::invalid("older_than must not be negative"));
             }
-            // not while a rotation of the tenant moves rows
-            client
-                .update(
-                    "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext('voucher.rotate_data_key'), \
-                                                             pg_catalog.hashtext($1::text))",
-                    None,
-                    &[store::uuid(&tenant).into()],
-                )
-                .expect("rotation lock");
+            rotation_lock(client, &tenant); // not while a rotation of the tenant moves rows
             let ids: Vec<i32> = client
                 .update(
                     "UPDATE voucher.tenant_key k \
