@@ -89,37 +89,48 @@ pub extern "C-unwind" fn voucher_seal_launcher(_arg: pg_sys::Datum) {
             retention_due = rescheduled(retention_due, retention_interval());
         }
         if due.is_some_and(|d| Instant::now() >= d) {
-            every_database("voucher_seal_database");
+            every_database(&SEAL);
             due = interval().map(|i| Instant::now() + i);
         }
         if retention_due.is_some_and(|d| Instant::now() >= d) {
-            every_database("voucher_retention_database"); // privacy
+            every_database(&RETENTION); // privacy
             retention_due = retention_interval().map(|i| Instant::now() + i);
         }
     }
     log!("voucher_ext audit sealer stopped");
 }
 
-/// Starts `function` in a worker for each database in turn, waiting for each.
-fn every_database(function: &str) {
+/// A per-database worker the launcher starts: its entry point, name and type.
+struct Job {
+    function: &'static str,
+    name: &'static str,
+    kind: &'static str,
+}
+
+const SEAL: Job = Job {
+    function: "voucher_seal_database",
+    name: "voucher_ext audit sealer (database)",
+    kind: "voucher_ext sealer",
+};
+
+const RETENTION: Job = Job {
+    function: "voucher_retention_database",
+    name: "voucher_ext customer retention (database)",
+    kind: "voucher_ext retention",
+};
+
+/// Starts `job` in a worker for each database in turn, waiting for each.
+fn every_database(job: &Job) {
     // SAFETY: a catalog scan inside a transaction.
     let databases = BackgroundWorker::transaction(|| unsafe { databases() });
     for db in databases {
         if BackgroundWorker::sigterm_received() {
             return;
         }
-        let (name, kind) = if function == "voucher_retention_database" {
-            (
-                "voucher_ext customer retention (database)",
-                "voucher_ext retention",
-            )
-        } else {
-            ("voucher_ext audit sealer (database)", "voucher_ext sealer")
-        };
-        let started = BackgroundWorkerBuilder::new(name)
-            .set_type(kind)
+        let started = BackgroundWorkerBuilder::new(job.name)
+            .set_type(job.kind)
             .set_library(LIBRARY)
-            .set_function(function)
+            .set_function(job.function)
             .enable_spi_access()
             .set_argument(Some(pg_sys::Datum::from(u32::from(db))))
             // SAFETY: reads this process's pid.
