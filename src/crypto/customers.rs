@@ -174,26 +174,24 @@ RETURNING customer_id";
 
 /// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
 /// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text).
+/// The audit INSERT is the statement itself (no CTE scan around it); the subquery keeps nextval
+/// to one call per row.
 const INSERT_CUSTOMER_AUDITED: &str = "\
 WITH c AS (
     INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
                                   source_id, email, name, metadata, audit_key)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (tenant_id, source_index) DO NOTHING
-    RETURNING customer_id),
-e AS (
-    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $11::jsonb AS actor,
-           '{}'::jsonb AS details
-      FROM c),
-a AS (
-    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
-                                     object_id, details, row_hash)
-    SELECT $1, e.id, e.at, e.actor, 'customer.created', 'customer', $2::text, e.details,
-           voucher._audit_hash($1, e.id, e.at, e.actor::text, 'customer.created', 'customer',
-                               $2::text, e.details::text)
-      FROM e
-    RETURNING event_id)
-SELECT event_id FROM a";
+    RETURNING customer_id)
+INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, object_id,
+                                 details, row_hash)
+SELECT $1, e.id, e.at, e.actor, 'customer.created', 'customer', $2::text, e.details,
+       voucher._audit_hash($1, e.id, e.at, e.actor::text, 'customer.created', 'customer',
+                           $2::text, e.details::text)
+  FROM (SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $11::jsonb AS actor,
+               '{}'::jsonb AS details
+          FROM c) e
+RETURNING event_id";
 
 const INSERT_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::UUIDOID,
