@@ -28,6 +28,20 @@ pub fn take_xid() {
     unsafe { pg_sys::GetTopTransactionId() };
 }
 
+/// The next event id, taken after the transaction id ([`take_xid`]): for a writer whose own
+/// statement inserts the row and needs the id twice (column and row hash) without a subquery.
+pub fn take_event_id() -> i64 {
+    take_xid();
+    // SAFETY: catalog look-ups; then the function SQL's nextval(regclass) runs, which checks the
+    // current user's privileges on the sequence and raises a normal ERROR if it is missing.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"voucher".as_ptr(), false);
+        let seq = pg_sys::get_relname_relid(c"audit_event_id_seq".as_ptr(), ns);
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+            .expect("nextval returns a value")
+    }
+}
+
 pub fn insert(client: &mut SpiClient<'_>, e: &Event) {
     take_xid();
     let at = e.at.and_then(|t| TimestampWithTimeZone::try_from(t).ok());
