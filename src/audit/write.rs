@@ -42,6 +42,37 @@ pub fn take_event_id() -> i64 {
     }
 }
 
+thread_local! {
+    /// jsonb text -> `::jsonb::text` of it, for [`jsonb_text`].
+    static JSONB_TEXT: std::cell::RefCell<std::collections::HashMap<String, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `value::jsonb::text`, what the row hash covers for a jsonb column, for a writer that hashes a
+/// value it passes as text: computed by PostgreSQL once per distinct value and backend (actors
+/// repeat: one per API key).
+pub fn jsonb_text(client: &SpiClient<'_>, value: &str) -> String {
+    if let Some(t) = JSONB_TEXT.with(|c| c.borrow().get(value).cloned()) {
+        return t;
+    }
+    let t = client
+        .select("SELECT $1::jsonb::text", None, &[value.into()])
+        .expect("jsonb text")
+        .first()
+        .get_one::<String>()
+        .ok()
+        .flatten()
+        .expect("a jsonb value has a text");
+    JSONB_TEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 256 {
+            c.clear();
+        }
+        c.insert(value.to_string(), t.clone());
+    });
+    t
+}
+
 pub fn insert(client: &mut SpiClient<'_>, e: &Event) {
     take_xid();
     let at = e.at.and_then(|t| TimestampWithTimeZone::try_from(t).ok());

@@ -174,8 +174,8 @@ RETURNING customer_id";
 
 /// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
 /// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text),
-/// $12 the event id (`audit::write::take_event_id`: taken before the statement, so that the
-/// audit INSERT needs no subquery to use it twice; a conflict leaves a gap, as a rollback does).
+/// $12 the event id (`audit::write::take_event_id`, taken first: no subquery needs to use it twice;
+/// a conflict leaves a gap, as a rollback does), $13 `$11::jsonb::text` (cached per backend).
 const INSERT_CUSTOMER_AUDITED: &str = "\
 WITH c AS (
     INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
@@ -186,8 +186,7 @@ WITH c AS (
 INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, object_id,
                                  details, row_hash)
 SELECT $1, $12, now(), $11::jsonb, 'customer.created', 'customer', $2::text, '{}'::jsonb,
-       voucher._audit_hash($1, $12, now(), $11::jsonb::text, 'customer.created', 'customer',
-                           $2::text, '{}')
+       voucher._audit_hash($1, $12, now(), $13, 'customer.created', 'customer', $2::text, '{}')
   FROM c
 RETURNING event_id";
 
@@ -204,7 +203,7 @@ const INSERT_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::BYTEAOID,
 ];
 
-const AUDITED_TYPES: [pg_sys::Oid; 12] = [
+const AUDITED_TYPES: [pg_sys::Oid; 13] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
     pg_sys::BYTEAOID,
@@ -217,6 +216,7 @@ const AUDITED_TYPES: [pg_sys::Oid; 12] = [
     pg_sys::BYTEAOID,
     pg_sys::TEXTOID,
     pg_sys::INT8OID,
+    pg_sys::TEXTOID,
 ];
 
 /// An existing customer's fields, all under data key $3 (source_id and the customer's own key
@@ -376,6 +376,7 @@ fn upsert_impl(
                         audit_key.into(),
                         actor.as_str().into(),
                         event_id.into(),
+                        crate::audit::write::jsonb_text(client, &actor).into(),
                     ];
                     let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
                     if !made.is_empty() {
