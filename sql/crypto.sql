@@ -20,6 +20,7 @@ CREATE TABLE voucher.tenant_key (
     created_at     timestamptz NOT NULL DEFAULT now(),
     retired_at     timestamptz,
     destroyed_at   timestamptz,
+    rotated_through uuid,
     PRIMARY KEY (tenant_id, key_id),
     CHECK ((state = 'destroyed') = (wrapped IS NULL)),
     CHECK ((wrapped IS NULL) = (master_key_id IS NULL))
@@ -28,6 +29,8 @@ COMMENT ON TABLE voucher.tenant_key IS
     'Per-tenant keys, wrapped under the master key (fingerprint master_key_id); never plaintext.';
 COMMENT ON COLUMN voucher.tenant_key.encryptions IS
     'Encryptions reserved under this key; refused past 2^31 (NIST SP 800-38D random nonces: 2^32).';
+COMMENT ON COLUMN voucher.tenant_key.rotated_through IS
+    'rotate_data_key to this key: the customer_id it has walked through (primary key order).';
 CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind)
     WHERE state = 'active' AND superseded_by IS NULL;
 ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;

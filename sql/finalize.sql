@@ -22,7 +22,7 @@ GRANT SELECT, INSERT, UPDATE (key_id, source_id, email, email_index, name, metad
     ON voucher.customer TO voucher_definer;
 -- crypto: tenant keys (wrapped); the rotations re-wrap and re-encrypt
 GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
-                               destroyed_at)
+                               destroyed_at, rotated_through)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
 GRANT UPDATE (key_id, metadata) ON voucher.redemption TO voucher_definer;

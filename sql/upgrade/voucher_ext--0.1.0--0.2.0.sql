@@ -218,6 +218,7 @@ CREATE TABLE voucher.tenant_key (
     created_at     timestamptz NOT NULL DEFAULT now(),
     retired_at     timestamptz,
     destroyed_at   timestamptz,
+    rotated_through uuid,
     PRIMARY KEY (tenant_id, key_id),
     CHECK ((state = 'destroyed') = (wrapped IS NULL)),
     CHECK ((wrapped IS NULL) = (master_key_id IS NULL))
@@ -226,6 +227,8 @@ COMMENT ON TABLE voucher.tenant_key IS
     'Per-tenant keys, wrapped under the master key (fingerprint master_key_id); never plaintext.';
 COMMENT ON COLUMN voucher.tenant_key.encryptions IS
     'Encryptions reserved under this key; refused past 2^31 (NIST SP 800-38D random nonces: 2^32).';
+COMMENT ON COLUMN voucher.tenant_key.rotated_through IS
+    'rotate_data_key to this key: the customer_id it has walked through (primary key order).';
 CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind)
     WHERE state = 'active' AND superseded_by IS NULL;
 ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;
@@ -237,7 +240,7 @@ CREATE POLICY tenant_isolation ON voucher.tenant_key
     WITH CHECK (tenant_id = (SELECT voucher.current_tenant()));
 -- the key store reads them as voucher_definer while the migration below runs
 GRANT SELECT, INSERT, UPDATE (superseded_by, state, master_key_id, wrapped, encryptions, retired_at,
-                               destroyed_at)
+                               destroyed_at, rotated_through)
     ON voucher.tenant_key TO voucher_definer;
 GRANT USAGE ON SEQUENCE voucher.tenant_key_id_seq TO voucher_definer;
 
@@ -309,7 +312,6 @@ COMMENT ON COLUMN voucher.customer.audit_key IS
     'encrypted under it. NULL once forgotten (the key is destroyed).';
 CREATE INDEX customer_email_idx ON voucher.customer (tenant_id, email_index)
     WHERE email_index IS NOT NULL;
-CREATE INDEX customer_key_idx ON voucher.customer (tenant_id, key_id);
 COMMENT ON COLUMN voucher.redemption.metadata IS
     'Encrypted (AES-256-GCM) under the tenant data key key_id: metadata often holds personal data.';
 CREATE INDEX redemption_key_idx ON voucher.redemption (tenant_id, key_id) WHERE key_id IS NOT NULL;

@@ -28,6 +28,51 @@ pub fn take_xid() {
     unsafe { pg_sys::GetTopTransactionId() };
 }
 
+/// The next event id, taken after the transaction id ([`take_xid`]): for a writer whose own
+/// statement inserts the row and needs the id twice (column and row hash) without a subquery.
+pub fn take_event_id() -> i64 {
+    take_xid();
+    // SAFETY: catalog look-ups; then the function SQL's nextval(regclass) runs, which checks the
+    // current user's privileges on the sequence and raises a normal ERROR if it is missing.
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"voucher".as_ptr(), false);
+        let seq = pg_sys::get_relname_relid(c"audit_event_id_seq".as_ptr(), ns);
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+            .expect("nextval returns a value")
+    }
+}
+
+thread_local! {
+    /// jsonb text -> `::jsonb::text` of it, for [`jsonb_text`].
+    static JSONB_TEXT: std::cell::RefCell<std::collections::HashMap<String, String>> =
+        std::cell::RefCell::new(std::collections::HashMap::new());
+}
+
+/// `value::jsonb::text`, what the row hash covers for a jsonb column, for a writer that hashes a
+/// value it passes as text: computed by PostgreSQL once per distinct value and backend (actors
+/// repeat: one per API key).
+pub fn jsonb_text(client: &SpiClient<'_>, value: &str) -> String {
+    if let Some(t) = JSONB_TEXT.with(|c| c.borrow().get(value).cloned()) {
+        return t;
+    }
+    let t = client
+        .select("SELECT $1::jsonb::text", None, &[value.into()])
+        .expect("jsonb text")
+        .first()
+        .get_one::<String>()
+        .ok()
+        .flatten()
+        .expect("a jsonb value has a text");
+    JSONB_TEXT.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.len() >= 256 {
+            c.clear();
+        }
+        c.insert(value.to_string(), t.clone());
+    });
+    t
+}
+
 pub fn insert(client: &mut SpiClient<'_>, e: &Event) {
     take_xid();
     let at = e.at.and_then(|t| TimestampWithTimeZone::try_from(t).ok());

@@ -173,27 +173,22 @@ ON CONFLICT (tenant_id, source_index) DO NOTHING
 RETURNING customer_id";
 
 /// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
-/// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text).
+/// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text),
+/// $12 the event id (`audit::write::take_event_id`, taken first: no subquery needs to use it twice;
+/// a conflict leaves a gap, as a rollback does), $13 `$11::jsonb::text` (cached per backend).
 const INSERT_CUSTOMER_AUDITED: &str = "\
 WITH c AS (
     INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
                                   source_id, email, name, metadata, audit_key)
     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
     ON CONFLICT (tenant_id, source_index) DO NOTHING
-    RETURNING customer_id),
-e AS (
-    SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, $11::jsonb AS actor,
-           '{}'::jsonb AS details
-      FROM c),
-a AS (
-    INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
-                                     object_id, details, row_hash)
-    SELECT $1, e.id, e.at, e.actor, 'customer.created', 'customer', $2::text, e.details,
-           voucher._audit_hash($1, e.id, e.at, e.actor::text, 'customer.created', 'customer',
-                               $2::text, e.details::text)
-      FROM e
-    RETURNING event_id)
-SELECT event_id FROM a";
+    RETURNING customer_id)
+INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, object_id,
+                                 details, row_hash)
+SELECT $1, $12, now(), $11::jsonb, 'customer.created', 'customer', $2::text, '{}'::jsonb,
+       voucher._audit_hash($1, $12, now(), $13, 'customer.created', 'customer', $2::text, '{}')
+  FROM c
+RETURNING event_id";
 
 const INSERT_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::UUIDOID,
@@ -208,7 +203,7 @@ const INSERT_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::BYTEAOID,
 ];
 
-const AUDITED_TYPES: [pg_sys::Oid; 11] = [
+const AUDITED_TYPES: [pg_sys::Oid; 13] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
     pg_sys::BYTEAOID,
@@ -219,6 +214,8 @@ const AUDITED_TYPES: [pg_sys::Oid; 11] = [
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
+    pg_sys::TEXTOID,
+    pg_sys::INT8OID,
     pg_sys::TEXTOID,
 ];
 
@@ -345,8 +342,8 @@ fn upsert_impl(
                 // INSERT first (one statement writes a new customer, its audit key and its
                 // audit row); on a conflict, the existing row, locked
                 let old = {
-                    // the sealing horizon of the audit log: the transaction id before the event id
-                    unsafe { pg_sys::GetTopTransactionId() };
+                    // the transaction id, then the event id (the sealing horizon of the audit log)
+                    let event_id = crate::audit::write::take_event_id();
                     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
                     let row = id.to_string();
                     // the four fields and the customer's own key
@@ -378,6 +375,8 @@ fn upsert_impl(
                         seal("metadata", meta.as_bytes()).into(),
                         audit_key.into(),
                         actor.as_str().into(),
+                        event_id.into(),
+                        crate::audit::write::jsonb_text(client, &actor).into(),
                     ];
                     let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
                     if !made.is_empty() {

@@ -116,24 +116,30 @@ fn int_list(client: &mut SpiClient<'_>, sql: &str, tenant: &Tenant) -> Vec<i32> 
 
 type Row = (pgrx::Uuid, [Option<Vec<u8>>; 5]);
 
-/// Moves up to `limit` customers from the `old` data keys to the active one: their four
-/// ciphertexts re-encrypted and their own key (audit_key) re-wrapped, in one UPDATE.
-fn move_customers(
+/// Up to `limit` customers under the `old` data keys, in primary key order after `after` (and
+/// not after `up_to`), locked. There is no index on key_id (every new customer would pay for
+/// one): the walk follows the primary key and skips rows already under the active key.
+fn next_customers(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     old: &[i32],
+    (after, up_to): (Option<pgrx::Uuid>, Option<pgrx::Uuid>),
     limit: i64,
-) -> Result<i64> {
-    let rows: Vec<Row> = client
+) -> Vec<Row> {
+    client
         .update(
             "SELECT customer_id, source_id, email, name, metadata, audit_key \
                FROM voucher.customer \
-              WHERE tenant_id = $1 AND key_id = ANY($2) LIMIT $3 FOR NO KEY UPDATE",
+              WHERE tenant_id = $1 AND ($4::uuid IS NULL OR customer_id > $4) \
+                AND ($5::uuid IS NULL OR customer_id <= $5) AND key_id = ANY($2) \
+              ORDER BY customer_id LIMIT $3 FOR NO KEY UPDATE",
             None,
             &[
                 store::uuid(tenant).into(),
                 old.to_vec().into(),
                 limit.into(),
+                after.into(),
+                up_to.into(),
             ],
         )
         .expect("customers to move")
@@ -143,7 +149,47 @@ fn move_customers(
                 [2, 3, 4, 5, 6].map(|i| r.get::<Vec<u8>>(i).ok().flatten()),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// Moves up to `limit` customers from the `old` data keys to the active key `to`, from where
+/// the previous call stopped (`tenant_key.rotated_through` of `to`, committed with each batch:
+/// a cancel or crash resumes there). At the end of the walk, rows still under an old key behind
+/// it (written by a transaction that reserved encryptions before the rotation started) send the
+/// walk back to the start.
+fn move_customers(
+    client: &mut SpiClient<'_>,
+    tenant: &Tenant,
+    old: &[i32],
+    to: i32,
+    limit: i64,
+) -> Result<i64> {
+    let from = client
+        .update(
+            "SELECT rotated_through FROM voucher.tenant_key WHERE tenant_id = $1 AND key_id = $2",
+            None,
+            &[store::uuid(tenant).into(), to.into()],
+        )
+        .expect("rotation position")
+        .first()
+        .get_one::<pgrx::Uuid>()
+        .ok()
+        .flatten();
+    let mut rows = next_customers(client, tenant, old, (from, None), limit);
+    if (rows.len() as i64) < limit && from.is_some() {
+        let more = limit - rows.len() as i64;
+        rows.extend(next_customers(client, tenant, old, (None, from), more));
+    }
+    if let Some((last, _)) = rows.last() {
+        client
+            .update(
+                "UPDATE voucher.tenant_key SET rotated_through = $3 \
+                  WHERE tenant_id = $1 AND key_id = $2",
+                None,
+                &[store::uuid(tenant).into(), to.into(), (*last).into()],
+            )
+            .expect("rotation position");
+    }
     if rows.is_empty() {
         return Ok(0);
     }
@@ -263,8 +309,20 @@ fn rotate_data_impl(batch_size: Option<i32>) -> Result<i64> {
                    AND state <> 'destroyed' AND superseded_by IS NOT NULL ORDER BY key_id",
                 &tenant,
             );
+            // the key rows move to (the tenant's one active data key), which keeps the position
+            let to = int_list(
+                client,
+                "SELECT key_id FROM voucher.tenant_key WHERE tenant_id = $1 AND kind = 'data' \
+                   AND state = 'active' AND superseded_by IS NULL",
+                &tenant,
+            )
+            .first()
+            .copied()
+            .ok_or_else(|| {
+                VoucherError::NotReady("voucher_ext: the tenant has no data key".into())
+            })?;
             let limit = i64::from(batch);
-            let mut moved = move_customers(client, &tenant, &old, limit)?;
+            let mut moved = move_customers(client, &tenant, &old, to, limit)?;
             if moved < limit {
                 moved += super::redemptions::move_metadata(client, &tenant, &old, limit - moved)?;
             }

@@ -337,3 +337,55 @@ SELECT count(email) AS emails FROM voucher.customers;
 SELECT count(name) AS again_without_warning FROM voucher.customers;
 COMMIT;
 RESET log_min_duration_statement;
+
+------------------------------------------------------------------------------------------------
+-- rotate_data_key walks the customers in primary-key order from a stored position (there is no
+-- index on key_id): a rolled-back batch leaves the position, a row left under the old key behind
+-- the walk sends it back to the start, the old key retires only once no row uses it
+------------------------------------------------------------------------------------------------
+\c - regress_op
+SELECT voucher.create_tenant('crypto walk') AS walk \gset
+SELECT voucher.create_api_key('admin', tenant => :'walk') AS walk_admin \gset
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'walk_admin') IS NOT NULL AS ok;
+SELECT count(voucher.upsert_customer('walk-' || g, 'walk' || g || '@example.com')) AS made
+  FROM generate_series(1, 3) g;
+SELECT voucher.rotate_data_key(1) AS first_batch;
+COMMIT;
+\c - postgres
+SELECT customer_id AS walk_first FROM voucher.customer WHERE tenant_id = :'walk'
+ ORDER BY customer_id LIMIT 1 \gset
+SELECT key_id AS walk_old FROM voucher.tenant_key
+ WHERE tenant_id = :'walk' AND kind = 'data' AND superseded_by IS NOT NULL \gset
+SELECT rotated_through = :'walk_first' AS at_first_customer FROM voucher.tenant_key
+ WHERE tenant_id = :'walk' AND kind = 'data' AND superseded_by IS NULL;
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'walk_admin') IS NOT NULL AS ok;
+SELECT voucher.rotate_data_key(1) AS rolled_back;
+ROLLBACK;
+\c - postgres
+SELECT rotated_through = :'walk_first' AS still_at_first_customer FROM voucher.tenant_key
+ WHERE tenant_id = :'walk' AND kind = 'data' AND superseded_by IS NULL;
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'walk_admin') IS NOT NULL AS ok;
+SELECT voucher.rotate_data_key(1) AS second_batch;
+COMMIT;
+-- the first customer back under the old key, behind the walk (as a transaction that reserved
+-- encryptions before the rotation started may leave it)
+\c - postgres
+UPDATE voucher.customer SET key_id = :walk_old WHERE tenant_id = :'walk' AND customer_id = :'walk_first';
+\c - regress_client
+BEGIN;
+SELECT voucher.authenticate(:'walk_admin') IS NOT NULL AS ok;
+SELECT voucher.rotate_data_key(1) AS third_batch;
+SELECT voucher.rotate_data_key(1) AS behind_the_walk;
+SELECT voucher.rotate_data_key(1) AS done;
+SELECT kind, state FROM voucher.tenant_keys WHERE kind = 'data' ORDER BY key_id;
+SELECT count(*) AS readable, count(email) AS emails FROM voucher.customers;
+COMMIT;
+\c - postgres
+SELECT count(*) AS rows_under_old_key FROM voucher.customer
+ WHERE tenant_id = :'walk' AND key_id = :walk_old;
