@@ -29,7 +29,7 @@ use crate::tenancy::context;
 
 /// What the look-up found, or that it could not answer.
 pub enum Found {
-    Row(Columns),
+    Row(Box<Columns>),
     NoSuchCode,
     /// the statement must answer (see the module comment)
     Fallback,
@@ -371,7 +371,7 @@ pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
         pg_sys::table_close(campaign_rel, pg_sys::NoLock as i32);
         // the inner join: a code whose campaign is not visible is no code
         match columns.flatten() {
-            Some(c) => Found::Row(c),
+            Some(c) => Found::Row(Box::new(c)),
             None => Found::NoSuchCode,
         }
     }

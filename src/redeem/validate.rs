@@ -55,7 +55,7 @@ fn validate_impl(
     let row = as_definer(|| {
         Spi::connect(|client| {
             let found = match lookup::find(tenant, &req.code) {
-                Found::Row(columns) => Some(voucher_of(client, tenant, &req, columns, false)),
+                Found::Row(columns) => Some(voucher_of(client, tenant, &req, *columns, false)),
                 Found::NoSuchCode => None,
                 Found::Fallback => evaluate(client, tenant, &req, false),
             };
