@@ -376,3 +376,64 @@ pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
         }
     }
 }
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::{find, Found};
+    use crate::tenancy::definer::as_definer;
+
+    fn authenticate(tenant: &str) -> pgrx::Uuid {
+        Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('{tenant}')), session => true)"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn voucher_id(found: Found) -> Option<pgrx::Uuid> {
+        match found {
+            Found::Row(c) => Some(c.voucher_id),
+            _ => None,
+        }
+    }
+
+    /// The probes find what the statement finds, each tenant only its own code, and leave the
+    /// answer to the statement when their index is gone.
+    #[pg_test]
+    fn the_probes_find_only_the_tenants_own_code() {
+        let a = authenticate("probe a");
+        let a_code = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.add_code(voucher.create_campaign('a', redemption_limit => 3), 'SAME-1')",
+        )
+        .unwrap();
+        assert_eq!(as_definer(|| voucher_id(find(a, "SAME1"))), a_code);
+        assert!(matches!(as_definer(|| find(a, "NOPE")), Found::NoSuchCode));
+        let b = authenticate("probe b");
+        let b_code = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.add_code(voucher.create_campaign('b'), 'SAME-1')",
+        )
+        .unwrap();
+        assert_ne!(a_code, b_code);
+        assert_eq!(as_definer(|| voucher_id(find(b, "SAME1"))), b_code);
+        // asked for another tenant than the context's, the probe does not answer
+        assert!(matches!(as_definer(|| find(a, "SAME1")), Found::Fallback));
+        // validate returns the same through the probes and through the statement
+        let verdict = || {
+            Spi::get_one::<String>(
+                "SELECT format('%s %s %s', valid, voucher_id, balance) FROM voucher.validate('same-1')",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let probed = verdict();
+        assert!(probed.starts_with("true "), "{probed}");
+        assert!(probed.contains(&b_code.unwrap().to_string()), "{probed}");
+        Spi::run("ALTER TABLE voucher.code DROP CONSTRAINT code_tenant_id_code_key").unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
+    }
+}
