@@ -311,6 +311,30 @@ pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
         if !may_read(r.code) || !may_read(r.campaign) {
             return Found::Fallback;
         }
+        with_statement_snapshot(|| probes(&r, tenant, code))
+    }
+}
+
+/// Runs `f` under the snapshot the kept statement ran with: pgrx runs a statement read-only, on
+/// the caller's snapshot, while the transaction has no id; once it has one, as SPI does, after a
+/// command counter increment on a fresh snapshot that sees the transaction's own changes.
+unsafe fn with_statement_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    let fresh = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
+    if fresh {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    // (an error unwinds past the pop: (sub)transaction abort pops the snapshot, as for SPI)
+    let out = f();
+    if fresh {
+        pg_sys::PopActiveSnapshot();
+    }
+    out
+}
+
+/// The two probes: the code, then its campaign.
+unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
+    {
         let code_rel = pg_sys::table_open(r.code, pg_sys::AccessShareLock as i32);
         let key = code.into_datum().expect("a text datum");
         let a = r.code_atts;

@@ -336,3 +336,19 @@ SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
        try('TRUNCATE voucher.customer CASCADE') AS truncate_customers,
        try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions;
 ROLLBACK;
+
+------------------------------------------------------------------------------------------------
+-- validate reads a code and its campaign by index probes keyed by the context's tenant
+-- (src/redeem/lookup.rs): the same code in two tenants is each tenant's own (rolled back)
+------------------------------------------------------------------------------------------------
+BEGIN;
+SELECT voucher.authenticate(:'other_admin') IS NOT NULL AS ok;
+SELECT voucher.add_code(voucher.create_campaign('other twenty', discount_type => 'percent',
+                                                discount_value => 20, currency => 'EUR'),
+                        'PCT-1') AS other_pct_1 \gset
+SELECT valid, discount, voucher_id = :'other_pct_1' AS others_own
+  FROM voucher.validate('pct-1', order_amount => 80);
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT valid, discount, voucher_id <> :'other_pct_1' AS shops_own
+  FROM voucher.validate('pct-1', order_amount => 80);
+ROLLBACK;
