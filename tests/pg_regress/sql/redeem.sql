@@ -339,16 +339,17 @@ ROLLBACK;
 
 ------------------------------------------------------------------------------------------------
 -- validate reads a code and its campaign by index probes keyed by the context's tenant
--- (src/redeem/lookup.rs): the same code in two tenants is each tenant's own (rolled back)
+-- (src/redeem/lookup.rs): the same code in two tenants is each tenant's own: valid in the other
+-- tenant, used up (VC004) in the shop (rolled back)
 ------------------------------------------------------------------------------------------------
 BEGIN;
 SELECT voucher.authenticate(:'other_admin') IS NOT NULL AS ok;
 SELECT voucher.add_code(voucher.create_campaign('other twenty', discount_type => 'percent',
                                                 discount_value => 20, currency => 'EUR'),
                         'PCT-1') AS other_pct_1 \gset
-SELECT valid, discount, voucher_id = :'other_pct_1' AS others_own
+SELECT valid, sqlstate, discount, voucher_id = :'other_pct_1' AS others_own
   FROM voucher.validate('pct-1', order_amount => 80);
 SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
-SELECT valid, discount, voucher_id <> :'other_pct_1' AS shops_own
+SELECT valid, sqlstate, discount, voucher_id <> :'other_pct_1' AS shops_own
   FROM voucher.validate('pct-1', order_amount => 80);
 ROLLBACK;
