@@ -245,23 +245,24 @@ pub fn evaluate(
         max_discount: r.get(14).ok().flatten(),
         currency: r.get(15).ok().flatten(),
     };
-    Some(voucher_of(client, tenant, req, columns, mutating))
+    Some(voucher_of(req, columns, |campaign, customer| {
+        used(client, tenant, campaign, customer, mutating)
+    }))
 }
 
 /// The voucher as the rules see it: the looked-up columns compared with the request and the
-/// clock (and the customer's uses, for a per-customer limit).
+/// clock, and for a per-customer limit the customer's uses of the campaign (`used`, asked only
+/// then).
 pub fn voucher_of(
-    client: &SpiClient<'_>,
-    tenant: pgrx::Uuid,
     req: &Request,
     c: Columns,
-    mutating: bool,
+    used: impl FnOnce(pgrx::Uuid, &str) -> i32,
 ) -> Voucher {
     // now(): the transaction's start, as the SQL rules used to compare against
     // SAFETY: reads backend-local state.
     let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let used = match (c.per_customer_limit, req.customer) {
-        (Some(_), Some(customer)) => used(client, tenant, c.campaign_id, customer, mutating),
+        (Some(_), Some(customer)) => used(c.campaign_id, customer),
         _ => 0,
     };
     Voucher {
@@ -293,7 +294,7 @@ pub fn voucher_of(
 }
 
 /// The customer's uses of a campaign (0: none yet, or no such customer).
-fn used(
+pub fn used(
     client: &SpiClient<'_>,
     tenant: pgrx::Uuid,
     campaign: pgrx::Uuid,
