@@ -62,14 +62,87 @@ struct CampaignAtts {
     currency: i16,
 }
 
+/// A table's one row-level security policy as verified when resolved (a copy, in
+/// TopMemoryContext): each call compares the relcache's current policy with it.
+#[derive(Clone, Copy)]
+struct Policy {
+    qual: *mut pg_sys::Node,
+    roles: *mut pg_sys::varlena,
+}
+
 #[derive(Clone, Copy)]
 struct Resolved {
     code: pg_sys::Oid,
     code_index: pg_sys::Oid,
     code_atts: CodeAtts,
+    code_policy: Policy,
     campaign: pg_sys::Oid,
     campaign_index: pg_sys::Oid,
     campaign_atts: CampaignAtts,
+    campaign_policy: Policy,
+}
+
+/// The policy `_isolate_tenant` creates, as pg_get_expr prints it with only pg_catalog on the
+/// search path.
+const TENANT_POLICY: &str = "(tenant_id = ( SELECT voucher.current_tenant() AS current_tenant))";
+
+/// The only policy of `rel`, if it has exactly one, permissive, for every command, to PUBLIC,
+/// named tenant_isolation, and row-level security is enabled and forced.
+unsafe fn only_policy(rel: pg_sys::Relation) -> Option<*mut pg_sys::RowSecurityPolicy> {
+    let class = (*rel).rd_rel;
+    let desc = (*rel).rd_rsdesc;
+    if !(*class).relrowsecurity || !(*class).relforcerowsecurity || desc.is_null() {
+        return None;
+    }
+    let list = (*desc).policies;
+    if list.is_null() || (*list).length != 1 {
+        return None;
+    }
+    let p = pg_sys::list_nth(list, 0).cast::<pg_sys::RowSecurityPolicy>();
+    let fits = (*p).permissive
+        && (*p).polcmd as u8 == b'*'
+        && !(*p).qual.is_null()
+        && CStr::from_ptr((*p).policy_name).to_bytes() == b"tenant_isolation";
+    fits.then_some(p)
+}
+
+/// Row-level security applies to this read exactly as the verified policy `want` says: it is
+/// enabled for the current role (voucher_definer: not a superuser, no BYPASSRLS, row_security
+/// on), and the relation's only policy is still the one verified.
+unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
+    if pg_sys::check_enable_rls((*rel).rd_id, pg_sys::InvalidOid, true)
+        != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    {
+        return false;
+    }
+    let Some(p) = only_policy(rel) else {
+        return false;
+    };
+    let roles = (*p).roles.cast::<pg_sys::varlena>();
+    let n = pgrx::varlena::varsize_any(roles);
+    n == pgrx::varlena::varsize_any(want.roles)
+        && std::slice::from_raw_parts(roles.cast::<u8>(), n)
+            == std::slice::from_raw_parts(want.roles.cast::<u8>(), n)
+        && pg_sys::equal((*p).qual.cast(), want.qual.cast())
+}
+
+/// Verifies the catalog's policy of `rel` against `TENANT_POLICY` (and PUBLIC as its roles),
+/// and copies the relcache's version of it for `policy_holds`.
+unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
+    let p = only_policy(rel)?;
+    let ok = Spi::get_one_with_args::<bool>(
+        "SELECT count(*) = 1 AND bool_and(polroles = '{0}' AND pg_get_expr(polqual, polrelid) = $2) \
+           FROM pg_catalog.pg_policy WHERE polrelid = $1",
+        &[(*rel).rd_id.into(), TENANT_POLICY.into()],
+    );
+    if ok != Ok(Some(true)) {
+        return None;
+    }
+    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let qual = pg_sys::copyObjectImpl((*p).qual.cast()).cast::<pg_sys::Node>();
+    let roles = pg_sys::pg_detoast_datum_copy((*p).roles.cast());
+    pg_sys::MemoryContextSwitchTo(old);
+    Some(Policy { qual, roles })
 }
 
 thread_local! {
@@ -165,6 +238,7 @@ unsafe fn resolve() -> Option<Resolved> {
         (Some(c), Some(code_col)) => unique_index(rel, &[c.tenant_id, code_col]),
         _ => None,
     };
+    let code_policy = verified_policy(rel);
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     let rel = pg_sys::table_open(campaign, pg_sys::AccessShareLock as i32);
     let a = |n| attnum(rel, n);
@@ -188,14 +262,17 @@ unsafe fn resolve() -> Option<Resolved> {
         (Some(c), Some(id)) => unique_index(rel, &[c.tenant_id, id]),
         _ => None,
     };
+    let campaign_policy = verified_policy(rel);
     pg_sys::table_close(rel, pg_sys::NoLock as i32);
     Some(Resolved {
         code,
         code_index: code_index?,
         code_atts: code_atts?,
+        code_policy: code_policy?,
         campaign,
         campaign_index: campaign_index?,
         campaign_atts: campaign_atts?,
+        campaign_policy: campaign_policy?,
     })
 }
 
@@ -334,70 +411,87 @@ unsafe fn with_statement_snapshot<R>(f: impl FnOnce() -> R) -> R {
 
 /// The two probes: the code, then its campaign.
 unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
+    // both opened (and their locks taken, which applies pending invalidations) before their
+    // policies are compared: what is compared is what the probes read under
+    let code_rel = pg_sys::table_open(r.code, pg_sys::AccessShareLock as i32);
+    let campaign_rel = pg_sys::table_open(r.campaign, pg_sys::AccessShareLock as i32);
+    let found = if policy_holds(code_rel, &r.code_policy)
+        && policy_holds(campaign_rel, &r.campaign_policy)
     {
-        let code_rel = pg_sys::table_open(r.code, pg_sys::AccessShareLock as i32);
-        let key = code.into_datum().expect("a text datum");
-        let a = r.code_atts;
-        let voucher = probe(
-            code_rel,
-            r.code_index,
-            a.tenant_id,
-            &tenant,
-            key,
-            pg_sys::F_TEXTEQ,
-            |row| {
-                (
-                    row.get::<pgrx::Uuid>(a.voucher_id),
-                    row.get::<pgrx::Uuid>(a.campaign_id),
-                    row.get::<bool>(a.active),
-                    row.get::<i32>(a.redeemed_count),
-                    row.get::<AnyNumeric>(a.balance),
-                )
-            },
-        );
-        pg_sys::table_close(code_rel, pg_sys::NoLock as i32);
-        let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance)) = voucher else {
-            return Found::NoSuchCode;
-        };
-        let campaign_rel = pg_sys::table_open(r.campaign, pg_sys::AccessShareLock as i32);
-        let c = r.campaign_atts;
-        let time = |row: &Row, att| {
-            row.get::<TimestampWithTimeZone>(att)
-                .map(pg_sys::TimestampTz::from)
-        };
-        let columns = probe(
-            campaign_rel,
-            r.campaign_index,
-            c.tenant_id,
-            &tenant,
-            campaign_id.into_datum().expect("a uuid datum"),
-            pg_sys::F_UUID_EQ,
-            |row| {
-                Some(Columns {
-                    voucher_id,
-                    campaign_id,
-                    kind: row.get(c.kind)?,
-                    balance,
-                    redemption_limit: row.get(c.redemption_limit),
-                    per_customer_limit: row.get(c.per_customer_limit),
-                    active: active.unwrap_or(false) && row.get::<bool>(c.active).unwrap_or(false),
-                    starts_at: time(row, c.starts_at),
-                    expires_at: time(row, c.expires_at),
-                    redeemed_count: redeemed.unwrap_or(0),
-                    min_order_amount: row.get(c.min_order_amount),
-                    discount_type: row.get(c.discount_type),
-                    discount_value: row.get(c.discount_value),
-                    max_discount: row.get(c.max_discount),
-                    currency: row.get(c.currency),
-                })
-            },
-        );
-        pg_sys::table_close(campaign_rel, pg_sys::NoLock as i32);
-        // the inner join: a code whose campaign is not visible is no code
-        match columns.flatten() {
-            Some(c) => Found::Row(Box::new(c)),
-            None => Found::NoSuchCode,
-        }
+        probe_both(r, code_rel, campaign_rel, tenant, code)
+    } else {
+        Found::Fallback
+    };
+    pg_sys::table_close(campaign_rel, pg_sys::NoLock as i32);
+    pg_sys::table_close(code_rel, pg_sys::NoLock as i32);
+    found
+}
+
+unsafe fn probe_both(
+    r: &Resolved,
+    code_rel: pg_sys::Relation,
+    campaign_rel: pg_sys::Relation,
+    tenant: pgrx::Uuid,
+    code: &str,
+) -> Found {
+    let key = code.into_datum().expect("a text datum");
+    let a = r.code_atts;
+    let voucher = probe(
+        code_rel,
+        r.code_index,
+        a.tenant_id,
+        &tenant,
+        key,
+        pg_sys::F_TEXTEQ,
+        |row| {
+            (
+                row.get::<pgrx::Uuid>(a.voucher_id),
+                row.get::<pgrx::Uuid>(a.campaign_id),
+                row.get::<bool>(a.active),
+                row.get::<i32>(a.redeemed_count),
+                row.get::<AnyNumeric>(a.balance),
+            )
+        },
+    );
+    let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance)) = voucher else {
+        return Found::NoSuchCode;
+    };
+    let c = r.campaign_atts;
+    let time = |row: &Row, att| {
+        row.get::<TimestampWithTimeZone>(att)
+            .map(pg_sys::TimestampTz::from)
+    };
+    let columns = probe(
+        campaign_rel,
+        r.campaign_index,
+        c.tenant_id,
+        &tenant,
+        campaign_id.into_datum().expect("a uuid datum"),
+        pg_sys::F_UUID_EQ,
+        |row| {
+            Some(Columns {
+                voucher_id,
+                campaign_id,
+                kind: row.get(c.kind)?,
+                balance,
+                redemption_limit: row.get(c.redemption_limit),
+                per_customer_limit: row.get(c.per_customer_limit),
+                active: active.unwrap_or(false) && row.get::<bool>(c.active).unwrap_or(false),
+                starts_at: time(row, c.starts_at),
+                expires_at: time(row, c.expires_at),
+                redeemed_count: redeemed.unwrap_or(0),
+                min_order_amount: row.get(c.min_order_amount),
+                discount_type: row.get(c.discount_type),
+                discount_value: row.get(c.discount_value),
+                max_discount: row.get(c.max_discount),
+                currency: row.get(c.currency),
+            })
+        },
+    );
+    // the inner join: a code whose campaign is not visible is no code
+    match columns.flatten() {
+        Some(c) => Found::Row(Box::new(c)),
+        None => Found::NoSuchCode,
     }
 }
 
@@ -456,6 +550,21 @@ mod tests {
         let probed = verdict();
         assert!(probed.starts_with("t "), "{probed}");
         assert!(probed.contains(&b_code.unwrap().to_string()), "{probed}");
+        // a policy added by a DBA: the statement answers (and applies it); dropped: the probes
+        Spi::run("CREATE POLICY extra ON voucher.code AS RESTRICTIVE USING (code <> 'OTHER')")
+            .unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
+        Spi::run("DROP POLICY extra ON voucher.code").unwrap();
+        assert_eq!(as_definer(|| voucher_id(find(b, "SAME1"))), b_code);
+        // the tenant policy changed: the statement answers
+        Spi::run(
+            "ALTER POLICY tenant_isolation ON voucher.campaign \
+             USING (tenant_id = voucher.current_tenant())",
+        )
+        .unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
         Spi::run("ALTER TABLE voucher.code DROP CONSTRAINT code_tenant_id_code_key").unwrap();
         assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
         assert_eq!(verdict(), probed);
