@@ -130,11 +130,18 @@ unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
 /// and copies the relcache's version of it for `policy_holds`.
 unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
     let p = only_policy(rel)?;
-    let ok = Spi::get_one_with_args::<bool>(
-        "SELECT count(*) = 1 AND bool_and(polroles = '{0}' AND pg_get_expr(polqual, polrelid) = $2) \
-           FROM pg_catalog.pg_policy WHERE polrelid = $1",
-        &[(*rel).rd_id.into(), TENANT_POLICY.into()],
-    );
+    // (read-only: Spi::get_one_with_args would assign a transaction id, refused on a standby)
+    let ok = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT count(*) = 1 AND bool_and(polroles = '{0}' \
+                                              AND pg_get_expr(polqual, polrelid) = $2) \
+                   FROM pg_catalog.pg_policy WHERE polrelid = $1",
+                Some(1),
+                &[(*rel).rd_id.into(), TENANT_POLICY.into()],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+    });
     if ok != Ok(Some(true)) {
         return None;
     }
