@@ -420,17 +420,26 @@ unsafe fn with_statement_snapshot<R>(f: impl FnOnce() -> R) -> R {
 unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
     // both opened (and their locks taken, which applies pending invalidations) before their
     // policies are compared: what is compared is what the probes read under
-    let code_rel = pg_sys::table_open(r.code, pg_sys::AccessShareLock as i32);
-    let campaign_rel = pg_sys::table_open(r.campaign, pg_sys::AccessShareLock as i32);
-    let found = if policy_holds(code_rel, &r.code_policy)
+    // (a relation dropped since it was resolved: the statement raises what it raises)
+    let code_rel = pg_sys::try_table_open(r.code, pg_sys::AccessShareLock as i32);
+    let campaign_rel = pg_sys::try_table_open(r.campaign, pg_sys::AccessShareLock as i32);
+    // an invalidation taken in with the locks forgot `r`: its index ids may be stale
+    let current = RESOLVED.with(|x| x.get()).is_some();
+    let found = if current
+        && !code_rel.is_null()
+        && !campaign_rel.is_null()
+        && policy_holds(code_rel, &r.code_policy)
         && policy_holds(campaign_rel, &r.campaign_policy)
     {
         probe_both(r, code_rel, campaign_rel, tenant, code)
     } else {
         Found::Fallback
     };
-    pg_sys::table_close(campaign_rel, pg_sys::NoLock as i32);
-    pg_sys::table_close(code_rel, pg_sys::NoLock as i32);
+    for rel in [campaign_rel, code_rel] {
+        if !rel.is_null() {
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+    }
     found
 }
 
