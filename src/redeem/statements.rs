@@ -174,6 +174,28 @@ pub fn run<'c>(
     })
 }
 
+/// A code's voucher and campaign columns, in `EVALUATE_SQL`'s order: what the look-up found,
+/// before the rules are judged. Filled from the kept statement, or by validate's direct index
+/// look-up (`super::lookup`).
+pub struct Columns {
+    pub voucher_id: pgrx::Uuid,
+    pub campaign_id: pgrx::Uuid,
+    pub kind: String,
+    pub balance: Option<AnyNumeric>,
+    pub redemption_limit: Option<i32>,
+    pub per_customer_limit: Option<i32>,
+    /// the voucher's and the campaign's `active`, both
+    pub active: bool,
+    pub starts_at: Option<pg_sys::TimestampTz>,
+    pub expires_at: Option<pg_sys::TimestampTz>,
+    pub redeemed_count: i32,
+    pub min_order_amount: Option<AnyNumeric>,
+    pub discount_type: Option<String>,
+    pub discount_value: Option<AnyNumeric>,
+    pub max_discount: Option<AnyNumeric>,
+    pub currency: Option<String>,
+}
+
 pub fn evaluate(
     client: &SpiClient<'_>,
     tenant: pgrx::Uuid,
@@ -200,56 +222,79 @@ pub fn evaluate(
         return None;
     }
     let r = rows.first();
-    // now(): the transaction's start, as the SQL rules used to compare against
-    // SAFETY: reads backend-local state.
-    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
     let time = |i| {
         r.get::<TimestampWithTimeZone>(i)
             .ok()
             .flatten()
             .map(pg_sys::TimestampTz::from)
     };
-    let campaign_id: pgrx::Uuid = r.get(2).ok().flatten()?;
-    let redemption_limit: Option<i32> = r.get(5).ok().flatten();
-    let per_customer_limit: Option<i32> = r.get(6).ok().flatten();
-    let redeemed: i32 = r.get(10).ok().flatten().unwrap_or(0);
-    let minimum: Option<AnyNumeric> = r.get(11).ok().flatten();
-    let discount_type: Option<String> = r.get(12).ok().flatten();
-    let currency: Option<String> = r.get(15).ok().flatten();
-    let used = match (per_customer_limit, req.customer) {
-        (Some(_), Some(customer)) => used(client, tenant, campaign_id, customer, mutating),
-        _ => 0,
-    };
-    Some(Voucher {
+    let columns = Columns {
         voucher_id: r.get(1).ok().flatten()?,
-        campaign_id,
+        campaign_id: r.get(2).ok().flatten()?,
         kind: r.get(3).ok().flatten()?,
         balance: r.get(4).ok().flatten(),
-        redemption_limit,
-        per_customer_limit,
-        disabled: !r.get::<bool>(7).ok().flatten().unwrap_or(false),
-        not_started: time(8).is_some_and(|t| t > now),
-        expired: time(9).is_some_and(|t| t <= now),
-        used_up: redemption_limit.is_some_and(|l| redeemed >= l),
-        has_minimum: minimum.is_some(),
-        below_minimum: match (&req.order_amount, &minimum) {
+        redemption_limit: r.get(5).ok().flatten(),
+        per_customer_limit: r.get(6).ok().flatten(),
+        active: r.get::<bool>(7).ok().flatten().unwrap_or(false),
+        starts_at: time(8),
+        expires_at: time(9),
+        redeemed_count: r.get(10).ok().flatten().unwrap_or(0),
+        min_order_amount: r.get(11).ok().flatten(),
+        discount_type: r.get(12).ok().flatten(),
+        discount_value: r.get(13).ok().flatten(),
+        max_discount: r.get(14).ok().flatten(),
+        currency: r.get(15).ok().flatten(),
+    };
+    Some(voucher_of(req, columns, |campaign, customer| {
+        used(client, tenant, campaign, customer, mutating)
+    }))
+}
+
+/// The voucher as the rules see it: the looked-up columns compared with the request and the
+/// clock, and for a per-customer limit the customer's uses of the campaign (`used`, asked only
+/// then).
+pub fn voucher_of(
+    req: &Request,
+    c: Columns,
+    used: impl FnOnce(pgrx::Uuid, &str) -> i32,
+) -> Voucher {
+    // now(): the transaction's start, as the SQL rules used to compare against
+    // SAFETY: reads backend-local state.
+    let now = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+    let used = match (c.per_customer_limit, req.customer) {
+        (Some(_), Some(customer)) => used(c.campaign_id, customer),
+        _ => 0,
+    };
+    Voucher {
+        voucher_id: c.voucher_id,
+        campaign_id: c.campaign_id,
+        kind: c.kind,
+        balance: c.balance,
+        redemption_limit: c.redemption_limit,
+        per_customer_limit: c.per_customer_limit,
+        disabled: !c.active,
+        not_started: c.starts_at.is_some_and(|t| t > now),
+        expired: c.expires_at.is_some_and(|t| t <= now),
+        used_up: c.redemption_limit.is_some_and(|l| c.redeemed_count >= l),
+        has_minimum: c.min_order_amount.is_some(),
+        below_minimum: match (&req.order_amount, &c.min_order_amount) {
             (Some(o), Some(m)) => o < m,
             _ => false,
         },
         discount: discount(
-            discount_type.as_deref(),
-            r.get(13).ok().flatten(),
-            r.get(14).ok().flatten(),
-            currency.as_deref(),
+            c.discount_type.as_deref(),
+            c.discount_value,
+            c.max_discount,
+            c.currency.as_deref(),
             req.order_amount.clone(),
         ),
-        discount_type,
-        customer_used_up: per_customer_limit.is_some_and(|l| used >= l),
-    })
+        discount_type: c.discount_type,
+        customer_used_up: c.per_customer_limit.is_some_and(|l| used >= l),
+    }
 }
 
 /// The customer's uses of a campaign (0: none yet, or no such customer).
-fn used(
+pub fn used(
     client: &SpiClient<'_>,
     tenant: pgrx::Uuid,
     campaign: pgrx::Uuid,

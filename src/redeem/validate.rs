@@ -3,8 +3,9 @@
 use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
+use super::lookup::{self, Found};
 use super::rules::{judge, Request, Verdict};
-use super::statements::{evaluate, looks_mistyped, MISTYPED};
+use super::statements::{evaluate, looks_mistyped, used, voucher_of, MISTYPED};
 use crate::common::error::{api, Result, VoucherError};
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
@@ -51,32 +52,36 @@ fn validate_impl(
         Err(e) => return Err(e),
     }
     let tenant = ctx.tenant_uuid();
+    // SPI only where the probes cannot answer alone: a per-customer limit, a code not found
+    // (the typo check), or the statement as the fallback
     let row = as_definer(|| {
-        Spi::connect(|client| {
-            Ok(
-                match judge(evaluate(client, tenant, &req, false), &req, false)? {
-                    Verdict::Valid { v, discount, .. } => (
-                        true,
-                        "ok".to_string(),
-                        None,
-                        Some(v.voucher_id),
-                        discount,
-                        v.balance,
-                    ),
-                    Verdict::Refused { sqlstate, v } => {
-                        let mut reason = crate::common::error::entry(sqlstate)
-                            .expect("catalogued")
-                            .message
-                            .to_string();
-                        if v.is_none() && looks_mistyped(client, tenant, &req.code) {
-                            reason = format!("{reason}: {MISTYPED}");
-                        }
-                        let (id, balance) =
-                            v.map_or((None, None), |v| (Some(v.voucher_id), v.balance));
-                        (false, reason, Some(sqlstate.to_string()), id, None, balance)
-                    }
-                },
-            )
+        let found = match lookup::find(tenant, &req.code) {
+            Found::Row(columns) => Some(voucher_of(&req, *columns, |campaign, customer| {
+                Spi::connect(|client| used(client, tenant, campaign, customer, false))
+            })),
+            Found::NoSuchCode => None,
+            Found::Fallback => Spi::connect(|client| evaluate(client, tenant, &req, false)),
+        };
+        Ok(match judge(found, &req, false)? {
+            Verdict::Valid { v, discount, .. } => (
+                true,
+                "ok".to_string(),
+                None,
+                Some(v.voucher_id),
+                discount,
+                v.balance,
+            ),
+            Verdict::Refused { sqlstate, v } => {
+                let mut reason = crate::common::error::entry(sqlstate)
+                    .expect("catalogued")
+                    .message
+                    .to_string();
+                if v.is_none() && Spi::connect(|client| looks_mistyped(client, tenant, &req.code)) {
+                    reason = format!("{reason}: {MISTYPED}");
+                }
+                let (id, balance) = v.map_or((None, None), |v| (Some(v.voucher_id), v.balance));
+                (false, reason, Some(sqlstate.to_string()), id, None, balance)
+            }
         })
     })?;
     // a failed look-up counts towards a lock-out

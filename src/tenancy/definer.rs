@@ -7,6 +7,7 @@
 //! who called them, switch explicitly here, exactly as `fmgr_security_definer` does: a pinned
 //! `search_path` and a local user-id change, both undone on return and by (sub)transaction abort.
 
+use std::cell::Cell;
 use std::ffi::CStr;
 
 use pgrx::pg_sys;
@@ -17,6 +18,37 @@ pub const OPERATOR: &CStr = c"voucher_operator";
 fn role_oid(name: &CStr) -> pg_sys::Oid {
     // SAFETY: a syscache lookup; raises a normal ERROR if the role is missing.
     unsafe { pg_sys::get_role_oid(name.as_ptr(), false) }
+}
+
+thread_local! {
+    /// voucher_definer's id, looked up once per backend (every call of ours switches to it) and
+    /// forgotten when any role changes (pg_authid invalidation: a DROP EXTENSION and CREATE
+    /// EXTENSION re-create the role with another id).
+    static DEFINER_OID: Cell<Option<pg_sys::Oid>> = const { Cell::new(None) };
+    static DEFINER_CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe extern "C-unwind" fn forget_definer(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
+    DEFINER_OID.with(|d| d.set(None));
+}
+
+fn definer_oid() -> pg_sys::Oid {
+    if let Some(oid) = DEFINER_OID.with(Cell::get) {
+        return oid;
+    }
+    if !DEFINER_CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe {
+            pg_sys::CacheRegisterSyscacheCallback(
+                pg_sys::SysCacheIdentifier::AUTHOID as i32,
+                Some(forget_definer),
+                pg_sys::Datum::from(0),
+            )
+        };
+    }
+    let oid = role_oid(DEFINER);
+    DEFINER_OID.with(|d| d.set(Some(oid)));
+    oid
 }
 
 /// The role the current SQL function was called by (`current_user` of the caller).
@@ -55,7 +87,7 @@ pub fn role_name(role: pg_sys::Oid) -> String {
 /// schema-qualified, and the override keeps a caller's search_path from resolving an operator
 /// or function of ours to one of theirs, for the price of a list push, with no GUC churn.
 pub fn as_definer<R>(f: impl FnOnce() -> R) -> R {
-    let definer = role_oid(DEFINER);
+    let definer = definer_oid();
     let mut saved_user = pg_sys::InvalidOid;
     let mut saved_sec: i32 = 0;
     let mut path = pg_sys::OverrideSearchPath {

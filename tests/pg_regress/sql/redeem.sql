@@ -336,3 +336,35 @@ SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
        try('TRUNCATE voucher.customer CASCADE') AS truncate_customers,
        try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions;
 ROLLBACK;
+
+------------------------------------------------------------------------------------------------
+-- validate reads a code and its campaign by index probes keyed by the context's tenant
+-- (src/redeem/lookup.rs): the same code in two tenants is each tenant's own: valid in the other
+-- tenant, used up (VC004) in the shop (rolled back)
+------------------------------------------------------------------------------------------------
+BEGIN;
+SELECT voucher.authenticate(:'other_admin') IS NOT NULL AS ok;
+SELECT voucher.add_code(voucher.create_campaign('other twenty', discount_type => 'percent',
+                                                discount_value => 20, currency => 'EUR'),
+                        'PCT-1') AS other_pct_1 \gset
+SELECT valid, sqlstate, discount, voucher_id = :'other_pct_1' AS others_own
+  FROM voucher.validate('pct-1', order_amount => 80);
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT valid, sqlstate, discount, voucher_id <> :'other_pct_1' AS shops_own
+  FROM voucher.validate('pct-1', order_amount => 80);
+ROLLBACK;
+-- the probes answer only while each table's one policy is tenant_isolation as installed: a
+-- policy a DBA adds is obeyed (validate answers through the statement, which applies it); once
+-- dropped, the code is back (rolled back)
+\c - postgres
+BEGIN;
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT v.code, x.valid, x.sqlstate, x.voucher_id IS NOT NULL AS found
+  FROM (VALUES ('pct-2'), ('five-2')) v(code), LATERAL voucher.validate(v.code, order_amount => 10) x;
+CREATE POLICY hide_pct_2 ON voucher.code AS RESTRICTIVE USING (code <> 'PCT2');
+SELECT v.code, x.valid, x.sqlstate, x.voucher_id IS NOT NULL AS found
+  FROM (VALUES ('pct-2'), ('five-2')) v(code), LATERAL voucher.validate(v.code, order_amount => 10) x;
+DROP POLICY hide_pct_2 ON voucher.code;
+SELECT v.code, x.valid, x.sqlstate, x.voucher_id IS NOT NULL AS found
+  FROM (VALUES ('pct-2'), ('five-2')) v(code), LATERAL voucher.validate(v.code, order_amount => 10) x;
+ROLLBACK;

@@ -1,0 +1,588 @@
+//! validate's look-up of a code and its campaign by their unique indexes, without a statement.
+//!
+//! Why: the look-up as a kept SPI statement (`EVALUATE_SQL`) cost more than a third of a
+//! validate call's backend time (issue 17 profile): plan-cache revalidation, executor start-up
+//! and shut-down of a gating Result, a nested loop, two scans and the two row-level security
+//! init plans, for one index probe and one row of a tiny table. Here the same rows are read with
+//! two index probes: (tenant_id, code) of voucher.code, then (tenant_id, campaign_id) of
+//! voucher.campaign, with the caller's snapshot, as `voucher_definer` (its SELECT privilege is
+//! checked), under the locks the executor would take.
+//!
+//! Row-level security: both tables keep their forced `tenant_isolation` policy
+//! (`tenant_id = voucher.current_tenant()`). This path only runs when `current_tenant()` is the
+//! tenant it probes for, the tenant is the first column of both index keys, and every row read
+//! is checked against it again: it returns exactly the rows the policy lets through. Anything
+//! unexpected (no such index, a column missing, no privilege, no snapshot, Citus loaded) makes it
+//! answer `Fallback`, and validate runs the statement instead, with RLS applied by PostgreSQL.
+//!
+//! The relation and index ids are resolved once per backend and forgotten on any relcache
+//! invalidation of them (ALTER, DROP, REINDEX, DROP EXTENSION).
+
+use std::cell::Cell;
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::AnyNumeric;
+
+use super::statements::Columns;
+use crate::tenancy::context;
+
+/// What the look-up found, or that it could not answer.
+pub enum Found {
+    Row(Box<Columns>),
+    NoSuchCode,
+    /// the statement must answer (see the module comment)
+    Fallback,
+}
+
+/// Attribute numbers (1-based) of the columns read.
+#[derive(Clone, Copy)]
+struct CodeAtts {
+    tenant_id: i16,
+    voucher_id: i16,
+    campaign_id: i16,
+    active: i16,
+    redeemed_count: i16,
+    balance: i16,
+}
+
+#[derive(Clone, Copy)]
+struct CampaignAtts {
+    tenant_id: i16,
+    kind: i16,
+    redemption_limit: i16,
+    per_customer_limit: i16,
+    active: i16,
+    starts_at: i16,
+    expires_at: i16,
+    min_order_amount: i16,
+    discount_type: i16,
+    discount_value: i16,
+    max_discount: i16,
+    currency: i16,
+}
+
+/// A table's one row-level security policy as verified when resolved (a copy, in
+/// TopMemoryContext): each call compares the relcache's current policy with it.
+#[derive(Clone, Copy)]
+struct Policy {
+    qual: *mut pg_sys::Node,
+    roles: *mut pg_sys::varlena,
+}
+
+#[derive(Clone, Copy)]
+struct Resolved {
+    code: pg_sys::Oid,
+    code_index: pg_sys::Oid,
+    code_atts: CodeAtts,
+    code_policy: Policy,
+    campaign: pg_sys::Oid,
+    campaign_index: pg_sys::Oid,
+    campaign_atts: CampaignAtts,
+    campaign_policy: Policy,
+}
+
+/// The policy `_isolate_tenant` creates, as pg_get_expr prints it with only pg_catalog on the
+/// search path.
+const TENANT_POLICY: &str = "(tenant_id = ( SELECT voucher.current_tenant() AS current_tenant))";
+
+/// The only policy of `rel`, if it has exactly one, permissive, for every command, to PUBLIC,
+/// named tenant_isolation, and row-level security is enabled and forced.
+unsafe fn only_policy(rel: pg_sys::Relation) -> Option<*mut pg_sys::RowSecurityPolicy> {
+    let class = (*rel).rd_rel;
+    let desc = (*rel).rd_rsdesc;
+    if !(*class).relrowsecurity || !(*class).relforcerowsecurity || desc.is_null() {
+        return None;
+    }
+    let list = (*desc).policies;
+    if list.is_null() || (*list).length != 1 {
+        return None;
+    }
+    let p = pg_sys::list_nth(list, 0).cast::<pg_sys::RowSecurityPolicy>();
+    let fits = (*p).permissive
+        && (*p).polcmd as u8 == b'*'
+        && !(*p).qual.is_null()
+        && CStr::from_ptr((*p).policy_name).to_bytes() == b"tenant_isolation";
+    fits.then_some(p)
+}
+
+/// Row-level security applies to this read exactly as the verified policy `want` says: it is
+/// enabled for the current role (voucher_definer: not a superuser, no BYPASSRLS, row_security
+/// on), and the relation's only policy is still the one verified.
+unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
+    if pg_sys::check_enable_rls((*rel).rd_id, pg_sys::InvalidOid, true)
+        != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
+    {
+        return false;
+    }
+    let Some(p) = only_policy(rel) else {
+        return false;
+    };
+    let roles = (*p).roles.cast::<pg_sys::varlena>();
+    let n = pgrx::varlena::varsize_any(roles);
+    n == pgrx::varlena::varsize_any(want.roles)
+        && std::slice::from_raw_parts(roles.cast::<u8>(), n)
+            == std::slice::from_raw_parts(want.roles.cast::<u8>(), n)
+        && pg_sys::equal((*p).qual.cast(), want.qual.cast())
+}
+
+/// Verifies the catalog's policy of `rel` against `TENANT_POLICY` (and PUBLIC as its roles),
+/// and copies the relcache's version of it for `policy_holds`.
+unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
+    let p = only_policy(rel)?;
+    // (read-only: Spi::get_one_with_args would assign a transaction id, refused on a standby)
+    let ok = Spi::connect(|client| {
+        client
+            .select(
+                "SELECT count(*) = 1 AND bool_and(polroles = '{0}' \
+                                              AND pg_get_expr(polqual, polrelid) = $2) \
+                   FROM pg_catalog.pg_policy WHERE polrelid = $1",
+                Some(1),
+                &[(*rel).rd_id.into(), TENANT_POLICY.into()],
+            )
+            .and_then(|rows| rows.first().get_one::<bool>())
+    });
+    if ok != Ok(Some(true)) {
+        return None;
+    }
+    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let qual = pg_sys::copyObjectImpl((*p).qual.cast()).cast::<pg_sys::Node>();
+    let roles = pg_sys::pg_detoast_datum_copy((*p).roles.cast());
+    pg_sys::MemoryContextSwitchTo(old);
+    Some(Policy { qual, roles })
+}
+
+thread_local! {
+    /// None: not resolved yet (or invalidated); Some(None): this schema has no such indexes.
+    static RESOLVED: Cell<Option<Option<Resolved>>> = const { Cell::new(None) };
+    static CALLBACK: Cell<bool> = const { Cell::new(false) };
+}
+
+unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    RESOLVED.with(|r| {
+        let stale = match r.get() {
+            Some(Some(x)) => {
+                relid == pg_sys::InvalidOid
+                    || [x.code, x.code_index, x.campaign, x.campaign_index].contains(&relid)
+            }
+            Some(None) => true, // a schema change may have created what was missing
+            None => false,
+        };
+        if stale {
+            r.set(None);
+        }
+    });
+}
+
+/// The attribute number of a live column `name` of `rel`.
+unsafe fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i16> {
+    let desc = (*rel).rd_att;
+    let atts = (*desc).attrs.as_slice((*desc).natts as usize);
+    atts.iter()
+        .find(|a| {
+            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+        })
+        .map(|a| a.attnum)
+}
+
+/// A valid, unique, plain btree index of `rel` whose keys are exactly `keys`, in this order.
+unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys::Oid> {
+    let list = pg_sys::RelationGetIndexList(rel);
+    let n = if list.is_null() { 0 } else { (*list).length };
+    let mut found = None;
+    for i in 0..n {
+        let oid = pg_sys::list_nth_oid(list, i);
+        let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+        let form = (*idx).rd_index;
+        let indkey = (*form).indkey.values.as_slice((*form).indnatts as usize);
+        let fits = (*(*idx).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && (*form).indisunique
+            && (*form).indisvalid
+            && (*form).indnkeyatts as usize == keys.len()
+            && indkey[..keys.len()] == *keys
+            && pg_sys::heap_attisnull(
+                (*idx).rd_indextuple,
+                pg_sys::Anum_pg_index_indpred as i32,
+                std::ptr::null_mut(),
+            )
+            && pg_sys::heap_attisnull(
+                (*idx).rd_indextuple,
+                pg_sys::Anum_pg_index_indexprs as i32,
+                std::ptr::null_mut(),
+            );
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+        if fits {
+            found = Some(oid);
+            break;
+        }
+    }
+    found
+}
+
+unsafe fn resolve() -> Option<Resolved> {
+    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
+    if schema == pg_sys::InvalidOid {
+        return None;
+    }
+    let code = pg_sys::get_relname_relid(c"code".as_ptr(), schema);
+    let campaign = pg_sys::get_relname_relid(c"campaign".as_ptr(), schema);
+    if code == pg_sys::InvalidOid || campaign == pg_sys::InvalidOid {
+        return None;
+    }
+    let rel = pg_sys::table_open(code, pg_sys::AccessShareLock as i32);
+    let a = |n| attnum(rel, n);
+    let code_atts = (|| {
+        Some(CodeAtts {
+            tenant_id: a("tenant_id")?,
+            voucher_id: a("voucher_id")?,
+            campaign_id: a("campaign_id")?,
+            active: a("active")?,
+            redeemed_count: a("redeemed_count")?,
+            balance: a("balance")?,
+        })
+    })();
+    let code_index = match (code_atts, a("code")) {
+        (Some(c), Some(code_col)) => unique_index(rel, &[c.tenant_id, code_col]),
+        _ => None,
+    };
+    let code_policy = verified_policy(rel);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    let rel = pg_sys::table_open(campaign, pg_sys::AccessShareLock as i32);
+    let a = |n| attnum(rel, n);
+    let campaign_atts = (|| {
+        Some(CampaignAtts {
+            tenant_id: a("tenant_id")?,
+            kind: a("kind")?,
+            redemption_limit: a("redemption_limit")?,
+            per_customer_limit: a("per_customer_limit")?,
+            active: a("active")?,
+            starts_at: a("starts_at")?,
+            expires_at: a("expires_at")?,
+            min_order_amount: a("min_order_amount")?,
+            discount_type: a("discount_type")?,
+            discount_value: a("discount_value")?,
+            max_discount: a("max_discount")?,
+            currency: a("currency")?,
+        })
+    })();
+    let campaign_index = match (campaign_atts, a("campaign_id")) {
+        (Some(c), Some(id)) => unique_index(rel, &[c.tenant_id, id]),
+        _ => None,
+    };
+    let campaign_policy = verified_policy(rel);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    Some(Resolved {
+        code,
+        code_index: code_index?,
+        code_atts: code_atts?,
+        code_policy: code_policy?,
+        campaign,
+        campaign_index: campaign_index?,
+        campaign_atts: campaign_atts?,
+        campaign_policy: campaign_policy?,
+    })
+}
+
+fn resolved() -> Option<Resolved> {
+    if !CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    RESOLVED.with(|r| {
+        r.get().unwrap_or_else(|| {
+            // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+            let x = unsafe { resolve() };
+            r.set(Some(x));
+            x
+        })
+    })
+}
+
+/// One row of `rel` by its unique index `index` on (tenant_id, `key`), read into `slot`'s values.
+/// Calls `read` with the slot while its tuple is valid; None if there is no such row.
+unsafe fn probe<R>(
+    rel: pg_sys::Relation,
+    index: pg_sys::Oid,
+    tenant_att: i16,
+    tenant: &pgrx::Uuid,
+    key: pg_sys::Datum,
+    key_proc: u32,
+    read: impl FnOnce(&Row) -> R,
+) -> Option<R> {
+    let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
+    let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
+    let collation = |i: usize| *(*idx).rd_indcollation.add(i);
+    pg_sys::ScanKeyEntryInitialize(
+        &mut keys[0],
+        0,
+        1,
+        pg_sys::BTEqualStrategyNumber as u16,
+        pg_sys::InvalidOid,
+        collation(0),
+        pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+        tenant.into_datum().expect("a uuid datum"),
+    );
+    pg_sys::ScanKeyEntryInitialize(
+        &mut keys[1],
+        0,
+        2,
+        pg_sys::BTEqualStrategyNumber as u16,
+        pg_sys::InvalidOid,
+        collation(1),
+        pg_sys::Oid::from(key_proc),
+        key,
+    );
+    let scan = pg_sys::index_beginscan(rel, idx, pg_sys::GetActiveSnapshot(), 2, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let mut out = None;
+    if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
+        pg_sys::slot_getallattrs(slot);
+        let row = Row { slot };
+        // the policy's predicate, once more on the row itself
+        if row.get::<pgrx::Uuid>(tenant_att).as_ref() == Some(tenant) {
+            out = Some(read(&row));
+        }
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    out
+}
+
+struct Row {
+    slot: *mut pg_sys::TupleTableSlot,
+}
+
+impl Row {
+    /// The value of attribute `att` (1-based), copied out of the buffer.
+    fn get<T: FromDatum>(&self, att: i16) -> Option<T> {
+        let i = (att - 1) as usize;
+        // SAFETY: slot_getallattrs filled tts_values/tts_isnull for every attribute; the
+        // conversions copy what they read.
+        unsafe {
+            let s = &*self.slot;
+            T::from_datum(*s.tts_values.add(i), *s.tts_isnull.add(i))
+        }
+    }
+}
+
+/// voucher_definer may read the table (the executor would check this).
+unsafe fn may_read(rel: pg_sys::Oid) -> bool {
+    pg_sys::pg_class_aclcheck(
+        rel,
+        pg_sys::GetUserId(),
+        pg_sys::ACL_SELECT as pg_sys::AclMode,
+    ) == pg_sys::AclResult::ACLCHECK_OK
+}
+
+/// The code `code` of `tenant` with its campaign's columns. Call as voucher_definer.
+pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
+    if crate::scale::cluster::citus_loaded()
+        || context::current_tenant() != Some(*tenant)
+        // SAFETY: reads backend-local state.
+        || !unsafe { pg_sys::ActiveSnapshotSet() }
+    {
+        return Found::Fallback;
+    }
+    let Some(r) = resolved() else {
+        return Found::Fallback;
+    };
+    // SAFETY: relation ids resolved above (forgotten on invalidation), opened with the lock the
+    // executor takes for a read and kept until the transaction ends; datums are copied out
+    // before the slot is dropped.
+    unsafe {
+        if !may_read(r.code) || !may_read(r.campaign) {
+            return Found::Fallback;
+        }
+        with_statement_snapshot(|| probes(&r, tenant, code))
+    }
+}
+
+/// Runs `f` under the snapshot the kept statement ran with: pgrx runs a statement read-only, on
+/// the caller's snapshot, while the transaction has no id; once it has one, as SPI does, after a
+/// command counter increment on a fresh snapshot that sees the transaction's own changes.
+unsafe fn with_statement_snapshot<R>(f: impl FnOnce() -> R) -> R {
+    let fresh = pg_sys::GetCurrentTransactionIdIfAny() != pg_sys::InvalidTransactionId;
+    if fresh {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+    }
+    // (an error unwinds past the pop: (sub)transaction abort pops the snapshot, as for SPI)
+    let out = f();
+    if fresh {
+        pg_sys::PopActiveSnapshot();
+    }
+    out
+}
+
+/// The two probes: the code, then its campaign.
+unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
+    // both opened (and their locks taken, which applies pending invalidations) before their
+    // policies are compared: what is compared is what the probes read under
+    // (a relation dropped since it was resolved: the statement raises what it raises)
+    let code_rel = pg_sys::try_table_open(r.code, pg_sys::AccessShareLock as i32);
+    let campaign_rel = pg_sys::try_table_open(r.campaign, pg_sys::AccessShareLock as i32);
+    // an invalidation taken in with the locks forgot `r`: its index ids may be stale
+    let current = RESOLVED.with(|x| x.get()).is_some();
+    let found = if current
+        && !code_rel.is_null()
+        && !campaign_rel.is_null()
+        && policy_holds(code_rel, &r.code_policy)
+        && policy_holds(campaign_rel, &r.campaign_policy)
+    {
+        probe_both(r, code_rel, campaign_rel, tenant, code)
+    } else {
+        Found::Fallback
+    };
+    for rel in [campaign_rel, code_rel] {
+        if !rel.is_null() {
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+    }
+    found
+}
+
+unsafe fn probe_both(
+    r: &Resolved,
+    code_rel: pg_sys::Relation,
+    campaign_rel: pg_sys::Relation,
+    tenant: pgrx::Uuid,
+    code: &str,
+) -> Found {
+    let key = code.into_datum().expect("a text datum");
+    let a = r.code_atts;
+    let voucher = probe(
+        code_rel,
+        r.code_index,
+        a.tenant_id,
+        &tenant,
+        key,
+        pg_sys::F_TEXTEQ,
+        |row| {
+            (
+                row.get::<pgrx::Uuid>(a.voucher_id),
+                row.get::<pgrx::Uuid>(a.campaign_id),
+                row.get::<bool>(a.active),
+                row.get::<i32>(a.redeemed_count),
+                row.get::<AnyNumeric>(a.balance),
+            )
+        },
+    );
+    let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance)) = voucher else {
+        return Found::NoSuchCode;
+    };
+    let c = r.campaign_atts;
+    let time = |row: &Row, att| {
+        row.get::<TimestampWithTimeZone>(att)
+            .map(pg_sys::TimestampTz::from)
+    };
+    let columns = probe(
+        campaign_rel,
+        r.campaign_index,
+        c.tenant_id,
+        &tenant,
+        campaign_id.into_datum().expect("a uuid datum"),
+        pg_sys::F_UUID_EQ,
+        |row| {
+            Some(Columns {
+                voucher_id,
+                campaign_id,
+                kind: row.get(c.kind)?,
+                balance,
+                redemption_limit: row.get(c.redemption_limit),
+                per_customer_limit: row.get(c.per_customer_limit),
+                active: active.unwrap_or(false) && row.get::<bool>(c.active).unwrap_or(false),
+                starts_at: time(row, c.starts_at),
+                expires_at: time(row, c.expires_at),
+                redeemed_count: redeemed.unwrap_or(0),
+                min_order_amount: row.get(c.min_order_amount),
+                discount_type: row.get(c.discount_type),
+                discount_value: row.get(c.discount_value),
+                max_discount: row.get(c.max_discount),
+                currency: row.get(c.currency),
+            })
+        },
+    );
+    // the inner join: a code whose campaign is not visible is no code
+    match columns.flatten() {
+        Some(c) => Found::Row(Box::new(c)),
+        None => Found::NoSuchCode,
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::{find, Found};
+    use crate::tenancy::definer::as_definer;
+
+    fn authenticate(tenant: &str) -> pgrx::Uuid {
+        Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('{tenant}')), session => true)"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn voucher_id(found: Found) -> Option<pgrx::Uuid> {
+        match found {
+            Found::Row(c) => Some(c.voucher_id),
+            _ => None,
+        }
+    }
+
+    /// The probes find what the statement finds, each tenant only its own code, and leave the
+    /// answer to the statement when their index is gone.
+    #[pg_test]
+    fn the_probes_find_only_the_tenants_own_code() {
+        let a = authenticate("probe a");
+        let a_code = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.add_code(voucher.create_campaign('a', redemption_limit => 3), 'SAME-1')",
+        )
+        .unwrap();
+        assert_eq!(as_definer(|| voucher_id(find(a, "SAME1"))), a_code);
+        assert!(matches!(as_definer(|| find(a, "NOPE")), Found::NoSuchCode));
+        let b = authenticate("probe b");
+        let b_code = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.add_code(voucher.create_campaign('b'), 'SAME-1')",
+        )
+        .unwrap();
+        assert_ne!(a_code, b_code);
+        assert_eq!(as_definer(|| voucher_id(find(b, "SAME1"))), b_code);
+        // asked for another tenant than the context's, the probe does not answer
+        assert!(matches!(as_definer(|| find(a, "SAME1")), Found::Fallback));
+        // validate returns the same through the probes and through the statement
+        let verdict = || {
+            Spi::get_one::<String>(
+                "SELECT format('%s %s %s', valid, voucher_id, balance) FROM voucher.validate('same-1')",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let probed = verdict();
+        assert!(probed.starts_with("t "), "{probed}");
+        assert!(probed.contains(&b_code.unwrap().to_string()), "{probed}");
+        // a policy added by a DBA: the statement answers (and applies it); dropped: the probes
+        Spi::run("CREATE POLICY extra ON voucher.code AS RESTRICTIVE USING (code <> 'OTHER')")
+            .unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
+        Spi::run("DROP POLICY extra ON voucher.code").unwrap();
+        assert_eq!(as_definer(|| voucher_id(find(b, "SAME1"))), b_code);
+        // the tenant policy changed: the statement answers
+        Spi::run(
+            "ALTER POLICY tenant_isolation ON voucher.campaign \
+             USING (tenant_id = voucher.current_tenant())",
+        )
+        .unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
+        Spi::run("ALTER TABLE voucher.code DROP CONSTRAINT code_tenant_id_code_key").unwrap();
+        assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
+        assert_eq!(verdict(), probed);
+    }
+}
