@@ -12,6 +12,12 @@ SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
 SELECT voucher.configure('customer_retention_days', '7');
 SELECT count(voucher.upsert_customer('w' || i, 'w' || i || '@example.com')) AS customers
   FROM generate_series(1, 3) i;
+-- a later transaction: its customer's created_at is later than the three aged below (customers
+-- created in one transaction share created_at, and the ORDER BY created_at LIMIT 3 below
+-- then picked any 3 of the 4)
+COMMIT;
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
 SELECT voucher.upsert_customer('w-recent', 'recent@example.com') IS NOT NULL AS recent;
 COMMIT;
 \c - postgres
