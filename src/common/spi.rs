@@ -32,3 +32,66 @@ pub fn run_kept<'c>(
         .select(slot.as_ref().expect("prepared above"), limit, args)
         .expect("statement runs")
 }
+
+/// Runs `f` with sequential scans off, as a function's `SET enable_seqscan = off` would, undone
+/// on return (and by a (sub)transaction abort if `f` raises).
+///
+/// For kept look-ups by a unique key of a table that grows: a plan made while the table was
+/// nearly empty (a fresh install, a new tenant, right after a purge) scans it, and a backend
+/// keeps that plan until something invalidates it, while each scan grows with the table. A
+/// plan made here cannot pick the scan, whatever the statistics said at that moment.
+pub fn without_seqscans<R>(f: impl FnOnce() -> R) -> R {
+    // SAFETY: a GUC nest level, exactly as fmgr_security_definer opens one for a SET clause;
+    // enable_seqscan is a USERSET setting.
+    unsafe {
+        let level = pg_sys::NewGUCNestLevel();
+        pg_sys::set_config_option(
+            c"enable_seqscan".as_ptr(),
+            c"off".as_ptr(),
+            pg_sys::GucContext::PGC_USERSET,
+            pg_sys::GucSource::PGC_S_SESSION,
+            pg_sys::GucAction::GUC_ACTION_SAVE,
+            true,
+            0,
+            false,
+        );
+        let result = f();
+        pg_sys::AtEOXact_GUC(true, level);
+        result
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    fn plan() -> String {
+        Spi::connect(|c| {
+            c.select(
+                "EXPLAIN (COSTS OFF) SELECT * FROM seq_probe WHERE k = 7",
+                None,
+                &[],
+            )
+            .unwrap()
+            .map(|r| r.get::<String>(1).unwrap().unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n")
+        })
+    }
+
+    /// On a table of one row the planner scans it; inside without_seqscans it takes the unique
+    /// index, and the setting is back afterwards.
+    #[pg_test]
+    fn without_seqscans_plans_by_the_index_and_restores_the_setting() {
+        Spi::run("CREATE TEMP TABLE seq_probe (k int PRIMARY KEY, v text)").unwrap();
+        Spi::run("INSERT INTO seq_probe VALUES (1, 'one'); ANALYZE seq_probe").unwrap();
+        assert!(plan().contains("Seq Scan"), "{}", plan());
+        let inside = super::without_seqscans(plan);
+        assert!(inside.contains("seq_probe_pkey"), "{inside}");
+        assert_eq!(
+            Spi::get_one::<String>("SELECT current_setting('enable_seqscan')"),
+            Ok(Some("on".into()))
+        );
+    }
+}

@@ -22,7 +22,8 @@ use pgrx::prelude::*;
 use pgrx::{AnyNumeric, JsonB};
 
 use super::hot;
-use super::rules::{canonical_number, judge, Request, Verdict};
+use super::idempotency::{self, RedeemRow};
+use super::rules::{judge, Request, Verdict};
 use super::statements::{claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, MISTYPED};
 use crate::audit;
 use crate::common::error::{api, Result, VoucherError};
@@ -33,47 +34,6 @@ use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
 use crate::throttle;
-
-/// redemption_id, voucher_id, discount, balance_after, replayed
-type RedeemRow = (pgrx::Uuid, pgrx::Uuid, AnyNumeric, Option<AnyNumeric>, bool);
-
-/// The canonical bytes of a request's arguments, what its idempotency fingerprint covers.
-fn canonical(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) -> Vec<u8> {
-    let mut h = Vec::new();
-    let mut field = |v: Option<String>| match v {
-        Some(s) => {
-            h.push(1u8);
-            h.extend_from_slice(&(s.len() as u64).to_le_bytes());
-            h.extend_from_slice(s.as_bytes());
-        }
-        None => h.push(0u8),
-    };
-    field(Some(req.code.clone()));
-    field(req.customer.map(str::to_string));
-    field(req.order_amount.as_ref().map(canonical_number));
-    field(req.amount.as_ref().map(canonical_number));
-    field(order_id.map(str::to_string));
-    field(metadata.map(|m| m.0.to_string()));
-    h
-}
-
-/// A keyed hash (crypto: HMAC-SHA256 under the tenant's request-hash key) of the canonical
-/// arguments: a replay under the same idempotency key must match, and the stored hash confirms
-/// no guessed customer id.
-fn fingerprint(
-    tenant: &[u8; 16],
-    req: &Request,
-    order_id: Option<&str>,
-    metadata: Option<&JsonB>,
-) -> Result<Vec<u8>> {
-    crate::crypto::request_hash(tenant, &canonical(req, order_id, metadata))
-}
-
-/// The unkeyed SHA-256 0.1.0 stored: a retry of a request made before the upgrade still matches.
-fn legacy_fingerprint(req: &Request, order_id: Option<&str>, metadata: Option<&JsonB>) -> Vec<u8> {
-    use sha2::{Digest, Sha256};
-    Sha256::digest(canonical(req, order_id, metadata)).to_vec()
-}
 
 thread_local! {
     /// The actor label and audit jsonb of the last API key this backend redeemed with.
@@ -155,7 +115,7 @@ fn redeem_impl(
     }
     check_metadata(metadata.as_ref())?;
     let hash = idempotency_key
-        .map(|_| fingerprint(&ctx.tenant, &req, order_id, metadata.as_ref()))
+        .map(|_| idempotency::fingerprint(&ctx.tenant, &req, order_id, metadata.as_ref()))
         .transpose()?;
     let tenant = ctx.tenant_uuid();
     let actors = actor_strings(&ctx);
@@ -164,51 +124,21 @@ fn redeem_impl(
     let mut known_customer: Option<pgrx::Uuid> = None;
     let outcome = as_definer(|| {
         Spi::connect_mut(|client| {
-            // A retry with the same key returns the first result. The lock makes a racing twin
-            // wait for the first call to commit (or fail); the fresh snapshot then shows its row.
-            // Two statements on purpose: the look-up's snapshot must be taken after the lock.
+            // A retry with the same key returns the first result (idempotency.rs). Two steps on
+            // purpose: the look-up's snapshot must be taken after the lock.
             if let Some(key) = idempotency_key {
-                let types = [pgrx::Uuid::type_oid(), pg_sys::TEXTOID];
-                run(
+                idempotency::lock(tenant, key);
+                let prior = idempotency::replay(
                     client,
-                    |s| &mut s.idempotency_lock,
-                    || {
-                        "SELECT pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtext($1::text), \
-                                                                 pg_catalog.hashtext($2))"
-                            .into()
-                    },
-                    &types,
-                    true,
-                    &[tenant.into(), key.into()],
-                );
-                let prior = run(
-                    client,
-                    |s| &mut s.idempotency_find,
-                    || {
-                        "SELECT redemption_id, voucher_id, discount, balance_after, request_hash \
-                           FROM voucher.redemption WHERE tenant_id = $1 AND idempotency_key = $2"
-                            .into()
-                    },
-                    &types,
-                    true,
-                    &[tenant.into(), key.into()],
-                );
-                if !prior.is_empty() {
-                    let p = prior.first();
-                    let stored = p.get::<Vec<u8>>(5).ok().flatten();
-                    // crypto: a request stored by 0.1.0 holds the unkeyed SHA-256
-                    if stored != hash
-                        && stored != Some(legacy_fingerprint(&req, order_id, metadata.as_ref()))
-                    {
-                        return Err(VoucherError::rule("VC009"));
-                    }
-                    return Ok((
-                        p.get(1).ok().flatten().expect("redemption_id"),
-                        p.get(2).ok().flatten().expect("voucher_id"),
-                        p.get(3).ok().flatten().expect("discount"),
-                        p.get(4).ok().flatten(),
-                        true,
-                    ));
+                    tenant,
+                    key,
+                    hash.as_ref(),
+                    &req,
+                    order_id,
+                    metadata.as_ref(),
+                )?;
+                if let Some(row) = prior {
+                    return Ok(row);
                 }
             }
 

@@ -5,6 +5,7 @@
 //! - `discount`: the campaign's discount for an order, shared by validate and redeem.
 //! - `statements`: the hot path's statements, prepared once per backend.
 //! - `lookup`: validate's look-up of a code and its campaign by index probes, no statement.
+//! - `idempotency`: idempotency keys (fingerprint, lock, look-up of the first result).
 //! - `hot`: vouchers without a limit count their uses in 16 slot rows (voucher.code_use), so a
 //!   hot voucher's redemptions do not queue on its row.
 //! - `validate` and `api` (`redeem`): the SQL-facing functions.
@@ -14,6 +15,7 @@
 pub mod api;
 pub mod discount;
 pub mod hot;
+pub mod idempotency;
 mod lookup;
 pub mod rules;
 pub mod statements;

@@ -143,7 +143,6 @@ pub struct Statements {
     pub fast_claim: Option<OwnedPreparedStatement>,
     pub claim: Option<OwnedPreparedStatement>,
     pub spread_claim: Option<OwnedPreparedStatement>,
-    pub idempotency_lock: Option<OwnedPreparedStatement>,
     pub idempotency_find: Option<OwnedPreparedStatement>,
     pub usage_claim: Option<OwnedPreparedStatement>,
 }
