@@ -568,14 +568,17 @@ def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=N
     call (ours and peer)."""
     m = STATE["main"]
     n = n or POOL
-    seq = {"ours": "bench_seq_ours", "peer": "bench_seq_peer", "bare": "bench_seq_bare"}[kind]
+    seq = {"ours": "bench_seq_ours", "peer": "bench_seq_peer", "bare": "bench_seq_bare",
+           "floor": "bench_seq_bare"}[kind]
     script = render_script(f"shop_{kind}", SEQ=seq, KEY=m["key"], TENANT=m["tenant"], STRIDE=stride, N=n,
                            IDEM=IDEM if idem else "")
-    schema = {"ours": "voucher", "peer": "peer", "bare": "bare"}[kind]
+    schema = {"ours": "voucher", "peer": "peer", "bare": "bare", "floor": "bare"}[kind]
 
     def run():
         s = check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit),
                               f"{schema}.redemption", seq, n)
+        if kind == "floor":
+            return check_floor_audit(s)
         if kind != "bare":
             check_audit(s, f"{schema}.audit_event")
             with_customer = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
@@ -764,6 +767,7 @@ SHOP = (f"{POOL // 1000}k single-use 10 %-off vouchers, {CLIENTS} clients, a cus
               "an idempotency key", needs=("main",))
 def case_shop():
     r = alternate({"ours": shop_side("ours"), "peer": shop_side("peer"), "bare": shop_side("bare"),
+                   "floor": shop_side("floor"),
                    "ours idem": shop_side("ours", idem=True), "peer idem": shop_side("peer", idem=True)},
                   before=reset_main)
     return [
@@ -779,6 +783,14 @@ def case_shop():
             series("redeem+key", r["ours idem"]), series("bare", r["bare"]), goal=(">=", 0.6)),
         row("P5", "the PL/pgSQL peer vs the bare UPDATE+INSERT (what the peer itself reaches)", "TPS",
             series("PL/pgSQL peer", r["peer"]), series("bare", r["bare"])),
+        row("Pf", "floor: the bare shop UPDATE+INSERT plus the audit row, through a PL/pgSQL SECURITY DEFINER "
+            "function, vs bare", "TPS", series("function(+audit)", r["floor"]), series("bare", r["bare"]),
+            note="the shape every implementation of the contract has (a function, the audit row in the same "
+                 "transaction) and nothing else: no customer, RLS, context, key check, rules or HMAC "
+                 "(bench/sql/floor.sql). P1's goal (1.5x the peer) is P5 x 1.5 of bare: compare it with this "
+                 "ratio"),
+        row("Pg", "P1's `redeem` vs that floor function", "TPS",
+            series("redeem", r["ours"]), series("function(+audit)", r["floor"])),
     ]
 
 

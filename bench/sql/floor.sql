@@ -73,3 +73,46 @@ BEGIN
     SELECT ev.redemption_id, ev.voucher_id, ev.discount FROM ev CROSS JOIN audit;
 END
 $$;
+
+-- The shop-shaped redemption's floor (row Pf): the bare shop statement of shop_bare.pgbench
+-- (claim one use of a single-use voucher, the redemption with its order: amount, id, 10 %
+-- discount) plus the audit row, in one statement, called through a function. No customer: the
+-- floor leaves out everything the contract adds to the baseline's statements (customer look-up
+-- or creation, RLS, tenant context, key check, rules, HMAC), so it bounds what any
+-- implementation of the shop call with its audit row can reach against bare.
+CREATE FUNCTION bare.shop_redeem(tenant uuid, code text, order_amount numeric, order_id text)
+RETURNS TABLE (redemption_id uuid, voucher_id uuid, discount numeric)
+LANGUAGE plpgsql SECURITY DEFINER
+AS $$
+BEGIN
+    RETURN QUERY
+    WITH claim AS (
+        UPDATE bare.code c SET redeemed_count = c.redeemed_count + 1
+         WHERE c.tenant_id = $1 AND c.code = $2 AND c.active AND c.redeemed_count < 1
+        RETURNING c.tenant_id, c.voucher_id, c.campaign_id),
+    rec AS (
+        INSERT INTO bare.redemption AS r (tenant_id, redemption_id, voucher_id, campaign_id,
+                                          order_id, order_amount, discount, redeemed_by)
+        SELECT claim.tenant_id, gen_random_uuid(), claim.voucher_id, claim.campaign_id, $4, $3,
+               round($3 * 0.1, 2), 'bench'
+          FROM claim
+        RETURNING r.*),
+    ev AS (
+        SELECT nextval('bare.audit_event_id_seq') AS id, now() AS at, rec.tenant_id,
+               rec.redemption_id, rec.voucher_id, rec.discount,
+               jsonb_build_object('redemption_id', rec.redemption_id,
+                                  'campaign_id', rec.campaign_id, 'discount', rec.discount,
+                                  'order_id', rec.order_id) AS details
+          FROM rec),
+    audit AS (
+        INSERT INTO bare.audit_event (tenant_id, event_id, at, actor, action, object_type,
+                                      object_id, details, row_hash)
+        SELECT ev.tenant_id, ev.id, ev.at, '{"type": "key", "role": "admin"}',
+               'redemption.created', 'voucher', ev.voucher_id::text, ev.details,
+               sha256(convert_to(ev.tenant_id::text || ev.id || ev.at || ev.voucher_id::text
+                                 || ev.details::text, 'UTF8'))
+          FROM ev
+        RETURNING event_id)
+    SELECT ev.redemption_id, ev.voucher_id, ev.discount FROM ev CROSS JOIN audit;
+END
+$$;
