@@ -29,37 +29,31 @@ pub fn take_xid() {
 }
 
 thread_local! {
-    /// voucher.audit_event_id_seq's oid and the hash of its pg_class (RELOID) syscache key,
-    /// looked up once per backend; forgotten when that pg_class row changes (a rename, a DROP,
-    /// DROP EXTENSION) or the whole cache is reset.
-    static EVENT_SEQ: std::cell::Cell<Option<(pg_sys::Oid, u32)>> =
-        const { std::cell::Cell::new(None) };
+    /// voucher.audit_event_id_seq's oid, looked up once per backend; forgotten by a relcache
+    /// invalidation of the sequence (a rename, a DROP, DROP EXTENSION) or of every relation.
+    static EVENT_SEQ: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
     static EVENT_SEQ_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
-unsafe extern "C-unwind" fn forget_event_seq(_arg: pg_sys::Datum, _cache: i32, hash: u32) {
+unsafe extern "C-unwind" fn forget_event_seq(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     EVENT_SEQ.with(|s| {
-        if false && (hash == 0 || s.get().is_some_and(|(_, h)| h == hash)) {
+        if relid == pg_sys::InvalidOid || s.get() == Some(relid) {
             s.set(None);
         }
     });
 }
 
 /// The sequence of event ids, by name: two syscache look-ups the first time in a backend, none
-/// after (a pg_class invalidation of the sequence sends the next call to the catalog again, so a
-/// renamed sequence is missed exactly as an uncached look-up would miss it).
+/// after (an invalidation of the sequence sends the next call to the catalog again, so a renamed
+/// sequence is missed exactly as an uncached look-up would miss it).
 fn event_seq() -> pg_sys::Oid {
-    if let Some((oid, _)) = EVENT_SEQ.with(std::cell::Cell::get) {
+    if let Some(oid) = EVENT_SEQ.with(std::cell::Cell::get) {
         return oid;
     }
     if !EVENT_SEQ_CALLBACK.with(|c| c.replace(true)) {
         // SAFETY: registers a plain function, once per backend.
         unsafe {
-            pg_sys::CacheRegisterSyscacheCallback(
-                pg_sys::SysCacheIdentifier::RELOID as i32,
-                Some(forget_event_seq),
-                pg_sys::Datum::from(0),
-            )
+            pg_sys::CacheRegisterRelcacheCallback(Some(forget_event_seq), pg_sys::Datum::from(0))
         };
     }
     // SAFETY: catalog look-ups; a missing schema raises a normal ERROR, a missing sequence
@@ -68,14 +62,7 @@ fn event_seq() -> pg_sys::Oid {
         let ns = pg_sys::get_namespace_oid(c"voucher".as_ptr(), false);
         let seq = pg_sys::get_relname_relid(c"audit_event_id_seq".as_ptr(), ns);
         if seq != pg_sys::InvalidOid {
-            let hash = pg_sys::GetSysCacheHashValue(
-                pg_sys::SysCacheIdentifier::RELOID as i32,
-                pg_sys::Datum::from(seq),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-                pg_sys::Datum::from(0),
-            );
-            EVENT_SEQ.with(|s| s.set(Some((seq, hash))));
+            EVENT_SEQ.with(|s| s.set(Some(seq)));
         }
         seq
     }
