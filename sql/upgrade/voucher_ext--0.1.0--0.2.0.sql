@@ -1097,6 +1097,10 @@ CREATE OR REPLACE FUNCTION voucher.rollback_redemption(
     OUT voucher_id       uuid,
     OUT restored         numeric)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its statements are planned once per backend and kept: planned without sequential scans, a
+-- table analyzed while nearly empty cannot leave it a plan that scans every redemption
+-- (issue 17, notes/issue-17-seqscan)
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE

@@ -28,16 +28,54 @@ pub fn take_xid() {
     unsafe { pg_sys::GetTopTransactionId() };
 }
 
+thread_local! {
+    /// voucher.audit_event_id_seq's oid, looked up once per backend; forgotten by a relcache
+    /// invalidation of the sequence (a rename, a DROP, DROP EXTENSION) or of every relation.
+    static EVENT_SEQ: std::cell::Cell<Option<pg_sys::Oid>> = const { std::cell::Cell::new(None) };
+    static EVENT_SEQ_CALLBACK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+unsafe extern "C-unwind" fn forget_event_seq(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
+    EVENT_SEQ.with(|s| {
+        if relid == pg_sys::InvalidOid || s.get() == Some(relid) {
+            s.set(None);
+        }
+    });
+}
+
+/// The sequence of event ids, by name: two syscache look-ups the first time in a backend, none
+/// after (an invalidation of the sequence sends the next call to the catalog again, so a renamed
+/// sequence is missed exactly as an uncached look-up would miss it).
+fn event_seq() -> pg_sys::Oid {
+    if let Some(oid) = EVENT_SEQ.with(std::cell::Cell::get) {
+        return oid;
+    }
+    if !EVENT_SEQ_CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe {
+            pg_sys::CacheRegisterRelcacheCallback(Some(forget_event_seq), pg_sys::Datum::from(0))
+        };
+    }
+    // SAFETY: catalog look-ups; a missing schema raises a normal ERROR, a missing sequence
+    // gives InvalidOid (then nextval raises, and nothing is cached).
+    unsafe {
+        let ns = pg_sys::get_namespace_oid(c"voucher".as_ptr(), false);
+        let seq = pg_sys::get_relname_relid(c"audit_event_id_seq".as_ptr(), ns);
+        if seq != pg_sys::InvalidOid {
+            EVENT_SEQ.with(|s| s.set(Some(seq)));
+        }
+        seq
+    }
+}
+
 /// The next event id, taken after the transaction id ([`take_xid`]): for a writer whose own
 /// statement inserts the row and needs the id twice (column and row hash) without a subquery.
 pub fn take_event_id() -> i64 {
     take_xid();
-    // SAFETY: catalog look-ups; then the function SQL's nextval(regclass) runs, which checks the
-    // current user's privileges on the sequence and raises a normal ERROR if it is missing.
+    // SAFETY: the function SQL's nextval(regclass) runs, which checks the current user's
+    // privileges on the sequence and raises a normal ERROR if it is missing.
     unsafe {
-        let ns = pg_sys::get_namespace_oid(c"voucher".as_ptr(), false);
-        let seq = pg_sys::get_relname_relid(c"audit_event_id_seq".as_ptr(), ns);
-        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[seq.into_datum()])
+        pgrx::direct_function_call::<i64>(pg_sys::nextval_oid, &[event_seq().into_datum()])
             .expect("nextval returns a value")
     }
 }
@@ -219,4 +257,29 @@ fn static_str(s: &str) -> &'static str {
     NAMES.iter().find(|n| **n == s).copied().unwrap_or_else(|| {
         VoucherError::invalid(format!("unknown audit name \"{}\"", s.escape_default())).raise()
     })
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// The sequence's oid is cached per backend: a sequence renamed away and another created
+    /// under its name (what DROP and CREATE EXTENSION do in one backend) is the one used next.
+    #[pg_test]
+    fn the_event_id_sequence_is_found_again_after_it_is_re_created() {
+        let first = super::take_event_id();
+        let second = super::take_event_id();
+        assert_eq!(second, first + 1);
+        Spi::run("ALTER SEQUENCE voucher.audit_event_id_seq RENAME TO audit_event_id_seq_old")
+            .unwrap();
+        Spi::run("CREATE SEQUENCE voucher.audit_event_id_seq START 1000000000").unwrap();
+        assert_eq!(super::take_event_id(), 1_000_000_000);
+        assert_eq!(super::take_event_id(), 1_000_000_001);
+        // the old one, renamed, was not used again
+        assert_eq!(
+            Spi::get_one::<i64>("SELECT last_value FROM voucher.audit_event_id_seq_old"),
+            Ok(Some(second))
+        );
+    }
 }

@@ -63,6 +63,15 @@ SELECT c.relname AS view_name, c.relowner::regrole AS owner,
   FROM pg_class c WHERE c.relnamespace = 'voucher'::regnamespace AND c.relkind = 'v'
  ORDER BY 1;
 
+-- a customer created in this session takes an event id for its audit row (the sequence's oid
+-- is cached per backend): after the extension is created anew below, the new sequence is used
+-- (that transaction rolled back: the tests after this one count the tenants' keys)
+BEGIN;
+SELECT voucher.authenticate(voucher.create_api_key('admin',
+           tenant => voucher.create_tenant('before the drop'))) IS NOT NULL AS ok;
+SELECT voucher.upsert_customer('cached') IS NOT NULL AS created;
+COMMIT;
+
 -- drop and create again: the roles (cluster-wide) and the schema (created by CREATE EXTENSION
 -- from the control file, so not a member) survive, empty; everything else is rebuilt
 DROP EXTENSION voucher_ext;
@@ -71,6 +80,12 @@ SELECT (SELECT count(*) FROM pg_class WHERE relnamespace = 'voucher'::regnamespa
      + (SELECT count(*) FROM pg_proc WHERE pronamespace = 'voucher'::regnamespace) AS objects_left;
 CREATE EXTENSION voucher_ext;
 SELECT extversion FROM pg_extension WHERE extname = 'voucher_ext';
+BEGIN;
+SELECT voucher.authenticate(voucher.create_api_key('admin',
+           tenant => voucher.create_tenant('after the drop'))) IS NOT NULL AS ok;
+SELECT voucher.upsert_customer('cached') IS NOT NULL AS created;
+SELECT action, event_id FROM voucher.audit_event WHERE action = 'customer.created';
+ROLLBACK;
 
 -- a role that can log in but holds no voucher role can do nothing at all
 CREATE ROLE regress_nobody LOGIN;
