@@ -527,14 +527,6 @@ def check_redemptions(s, table, seq=None, pool=None):
 # The sides (one run each)
 # ---------------------------------------------------------------------------------------------
 
-def check_floor_audit(s):
-    """The floor side wrote one audit row per transaction."""
-    got = int(scalar(MAIN_DB, "SELECT count(*) FROM bare.audit_event"))
-    if got != s["tx"]:
-        raise Failure(f"bare.audit_event: {got:,} rows after {s['tx']:,} transactions")
-    return s
-
-
 def redeem_side(kind, clients=CLIENTS, sync_commit=True, stride=1, n=None):
     """kind: ours (session auth), pertx (per-transaction auth, one request), bare, floor (the
     bare statements plus an audit row, through a function: bench/sql/floor.sql)."""
@@ -551,13 +543,14 @@ def redeem_side(kind, clients=CLIENTS, sync_commit=True, stride=1, n=None):
     def run():
         s = check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit,
                                       seconds=None if sync_commit else POOL_ASYNC_SECONDS), table, seq, n)
-        return check_floor_audit(s) if kind == "floor" else s
+        return check_audit(s, "bare.audit_event") if kind == "floor" else s
     return run
 
 
-def check_audit(s, table):
-    """One audit row per redemption (the peer's and ours; the driver resets both logs)."""
-    got = int(scalar(MAIN_DB, f"SELECT count(*) FROM {table}"))
+def check_audit(s, table, db=MAIN_DB):
+    """One audit row per transaction in `table` (ours, the peer's, the floors'; the driver resets
+    every log before each run)."""
+    got = int(scalar(db, f"SELECT count(*) FROM {table}"))
     if got != s["tx"]:
         raise Failure(f"{table}: {got:,} audit rows after {s['tx']:,} transactions")
     return s
@@ -583,7 +576,7 @@ def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=N
                                       seconds=None if sync_commit else POOL_ASYNC_SECONDS),
                               f"{schema}.redemption", seq, n)
         if kind == "floor":
-            return check_floor_audit(s)
+            return check_audit(s, "bare.audit_event")
         if kind != "bare":
             check_audit(s, f"{schema}.audit_event")
             with_customer = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
@@ -609,7 +602,7 @@ def hot_side(kind, sync_commit=True):
     def run():
         s = check_redemptions(pgbench(MAIN_DB, script, sync_commit=sync_commit), table)
         if kind == "floor":
-            check_floor_audit(s)
+            check_audit(s, "bare.audit_event")
         schema = table.split(".")[0]
         count = int(scalar(MAIN_DB, f"SELECT voucher.authenticate('{m['key']}', true) IS NOT NULL;\n{HOT_COUNT}"
                            if schema == "voucher" else f"SELECT redeemed_count FROM {schema}.code WHERE code = 'HOT'"))
@@ -1431,11 +1424,7 @@ def case_crypto():
     floor = render_script("upsert_floor", TENANT=c["tenant"], SEQ="crypto_seq_bare")
 
     def floor_run():
-        s = pgbench(CRYPTO_DB, floor)
-        got = int(scalar(CRYPTO_DB, "SELECT count(*) FROM bare_customer_audit"))
-        if got != s["tx"]:
-            raise Failure(f"bare_customer_audit: {got:,} rows after {s['tx']:,} transactions")
-        return s
+        return check_audit(pgbench(CRYPTO_DB, floor), "bare_customer_audit", CRYPTO_DB)
     r = alternate({"upsert": lambda: pgbench(CRYPTO_DB, ours), "insert": lambda: pgbench(CRYPTO_DB, bare),
                    "floor": floor_run}, before=reset_crypto)
     rows = [row("E1", f"`upsert_customer(id, email, name, metadata)` of new customers, encrypted, {CLIENTS} clients, "
