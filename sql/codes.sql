@@ -104,6 +104,7 @@ CREATE FUNCTION voucher.create_campaign(
     metadata            jsonb       DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -195,6 +196,7 @@ COMMENT ON FUNCTION voucher.create_campaign IS 'Creates a campaign (manager and 
 
 CREATE FUNCTION voucher.set_voucher_active(code text, active boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 DECLARE
     t      uuid := voucher._authorize('manage_campaigns');

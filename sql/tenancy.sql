@@ -78,6 +78,7 @@ COMMENT ON VIEW voucher.api_keys IS 'The tenant''s API keys (admin and auditor k
 
 CREATE FUNCTION voucher.revoke_api_key(key_id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET enable_seqscan = off
 AS $$
 DECLARE
     t uuid := voucher._authorize('manage_keys');
