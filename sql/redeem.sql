@@ -191,7 +191,11 @@ COMMENT ON FUNCTION voucher.rollback_redemption(uuid, text) IS
 
 CREATE FUNCTION voucher.set_campaign_active(campaign uuid, active boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     t      uuid := voucher._authorize('manage_campaigns');

@@ -534,6 +534,7 @@ CREATE INDEX audit_event_failed_customer_idx
 ------------------------------------------------------------------------------------------------
 CREATE FUNCTION voucher._privacy_setting(t uuid, setting text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -559,7 +560,11 @@ $$;
 -- list, and only the coordinator can decrypt)
 CREATE FUNCTION voucher._customer_profile(t uuid, id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     c record;
@@ -584,7 +589,11 @@ $$;
 -- of the fields that were stored.
 CREATE FUNCTION voucher._erase_profile(t uuid, id uuid) RETURNS text[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     old record;
@@ -617,6 +626,7 @@ $$;
 CREATE FUNCTION voucher._customer_events(t uuid, id uuid)
 RETURNS SETOF voucher.audit_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -657,6 +667,7 @@ $$;
 -- 'profile' consent; then only when it is granted. id NULL: a customer not created yet.
 CREATE FUNCTION voucher._profile_allowed(t uuid, id uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 BEGIN
@@ -678,7 +689,11 @@ CREATE FUNCTION voucher.set_consent(
     source    text DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -734,7 +749,11 @@ COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpos
 CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT true)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -831,6 +850,7 @@ COMMENT ON FUNCTION voucher.export_customer(text, boolean) IS
 -- Forgets one customer of tenant t (locked by the caller): returns the counts per kind.
 CREATE FUNCTION voucher._forget(t uuid, id uuid, reason text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 #variable_conflict use_variable
@@ -860,7 +880,11 @@ $$;
 
 CREATE FUNCTION voucher.forget_customer(source_id text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -897,6 +921,7 @@ COMMENT ON FUNCTION voucher.forget_customer(text) IS
 -- its own context); row-level security keeps it to the context's tenant.
 CREATE FUNCTION voucher._forget_inactive(t uuid, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -934,6 +959,7 @@ $$;
 -- from a scheduler; for every tenant at once see voucher.run_customer_retention (operators).
 CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
 AS $$
 DECLARE
@@ -979,7 +1005,11 @@ CREATE OR REPLACE FUNCTION voucher.create_campaign(
     metadata            jsonb       DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
 SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1172,6 +1202,7 @@ $$;
 -- sequential scans, as the fresh install declares them (notes/issue-17-traps)
 ALTER FUNCTION voucher.set_voucher_active(text, boolean) SET enable_seqscan = off;
 ALTER FUNCTION voucher.set_campaign_active(uuid, boolean) SET enable_seqscan = off;
+ALTER FUNCTION voucher.set_campaign_active(uuid, boolean) SET plan_cache_mode = force_custom_plan;
 ALTER FUNCTION voucher.revoke_api_key(uuid) SET enable_seqscan = off;
 ALTER FUNCTION voucher.set_audit_retention(interval) SET enable_seqscan = off;
 -- issue 17, later: no foreign keys from voucher.redemption (integrity against direct DML kept by
