@@ -365,7 +365,7 @@ fn read_key(tenant: [u8; 16], key_id: [u8; 16]) -> Option<KeyState> {
                 // voucher.credential had a page or two would scan every key at each re-check
                 // (issue 17, notes/issue-17-traps)
                 let rows = crate::common::spi::run_kept(
-                    &client,
+                    client,
                     &mut stmt.borrow_mut(),
                     || {
                         "SELECT role, extract(epoch FROM expires_at)::float8 \
