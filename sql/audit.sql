@@ -156,6 +156,8 @@ COMMENT ON VIEW voucher.audit_log IS
 
 CREATE FUNCTION voucher.set_audit_retention(retention interval) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     t uuid := voucher._authorize('administer');

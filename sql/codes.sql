@@ -104,6 +104,11 @@ CREATE FUNCTION voucher.create_campaign(
     metadata            jsonb       DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -195,6 +200,8 @@ COMMENT ON FUNCTION voucher.create_campaign IS 'Creates a campaign (manager and 
 
 CREATE FUNCTION voucher.set_voucher_active(code text, active boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     t      uuid := voucher._authorize('manage_campaigns');

@@ -54,6 +54,8 @@ CREATE INDEX audit_event_failed_customer_idx
 ------------------------------------------------------------------------------------------------
 CREATE FUNCTION voucher._privacy_setting(t uuid, setting text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     v text;
@@ -78,6 +80,11 @@ $$;
 -- list, and only the coordinator can decrypt)
 CREATE FUNCTION voucher._customer_profile(t uuid, id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     c record;
@@ -102,6 +109,11 @@ $$;
 -- of the fields that were stored.
 CREATE FUNCTION voucher._erase_profile(t uuid, id uuid) RETURNS text[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     old record;
@@ -134,6 +146,8 @@ $$;
 CREATE FUNCTION voucher._customer_events(t uuid, id uuid)
 RETURNS SETOF voucher.audit_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     idt text := id::text;
@@ -173,6 +187,8 @@ $$;
 -- 'profile' consent; then only when it is granted. id NULL: a customer not created yet.
 CREATE FUNCTION voucher._profile_allowed(t uuid, id uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- (scale) two statements: on a Citus cluster the consent look-up goes to the customer's
@@ -193,6 +209,11 @@ CREATE FUNCTION voucher.set_consent(
     source    text DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -248,6 +269,11 @@ COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpos
 CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT true)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -344,6 +370,8 @@ COMMENT ON FUNCTION voucher.export_customer(text, boolean) IS
 -- Forgets one customer of tenant t (locked by the caller): returns the counts per kind.
 CREATE FUNCTION voucher._forget(t uuid, id uuid, reason text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -372,6 +400,11 @@ $$;
 
 CREATE FUNCTION voucher.forget_customer(source_id text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -408,6 +441,8 @@ COMMENT ON FUNCTION voucher.forget_customer(text) IS
 -- its own context); row-level security keeps it to the context's tenant.
 CREATE FUNCTION voucher._forget_inactive(t uuid, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     days    integer;
@@ -444,6 +479,8 @@ $$;
 -- from a scheduler; for every tenant at once see voucher.run_customer_retention (operators).
 CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     t  uuid := voucher._authorize('administer');

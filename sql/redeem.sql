@@ -129,25 +129,38 @@ CREATE FUNCTION voucher.rollback_redemption(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- its statements are planned once per backend and kept: planned without sequential scans, a
 -- table analyzed while nearly empty cannot leave it a plan that scans every redemption
--- (issue 17, notes/issue-17-seqscan)
+-- (issue 17, notes/issue-17-seqscan); the redemption's own look-ups see below
 SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
-    t  uuid := voucher._authorize('redeem');
-    r  record;
+    t         uuid := voucher._authorize('redeem');
+    r         record;
+    n         bigint;
+    found_it  boolean;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'redemption_id must not be NULL' USING ERRCODE = '22004';
     ELSIF length(reason) > 500 THEN
         RAISE EXCEPTION 'reason is longer than 500 characters' USING ERRCODE = '22023';
     END IF;
-    UPDATE voucher.redemption x
-       SET rolled_back_at = now(), rollback_reason = $2, rolled_back_by = voucher._actor_label()
-     WHERE x.tenant_id = t AND x.redemption_id = $1 AND x.rolled_back_at IS NULL
-    RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot INTO r;
-    IF NOT FOUND THEN
-        IF EXISTS (SELECT 1 FROM voucher.redemption x WHERE x.tenant_id = t AND x.redemption_id = $1) THEN
+    -- The redemption by its primary key, planned at each call (EXECUTE): on a table never
+    -- analyzed every index of voucher.redemption leads with tenant_id and all estimate one row,
+    -- so a kept plan made while the table was small could walk all the tenant's redemptions by
+    -- another index (redemption_time_idx) until the first ANALYZE (issue 17,
+    -- notes/issue-17-traps). Planned now, the table's real size makes the primary key win.
+    EXECUTE 'UPDATE voucher.redemption x
+                SET rolled_back_at = now(), rollback_reason = $3,
+                    rolled_back_by = voucher._actor_label()
+              WHERE x.tenant_id = $1 AND x.redemption_id = $2 AND x.rolled_back_at IS NULL
+             RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot'
+       INTO r USING t, $1, $2;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM voucher.redemption x
+                                 WHERE x.tenant_id = $1 AND x.redemption_id = $2)'
+           INTO found_it USING t, $1;
+        IF found_it THEN
             PERFORM voucher._raise('VC010');
         ELSE
             PERFORM voucher._raise('VC013');
@@ -178,6 +191,11 @@ COMMENT ON FUNCTION voucher.rollback_redemption(uuid, text) IS
 
 CREATE FUNCTION voucher.set_campaign_active(campaign uuid, active boolean) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     t      uuid := voucher._authorize('manage_campaigns');

@@ -78,6 +78,8 @@ COMMENT ON VIEW voucher.api_keys IS 'The tenant''s API keys (admin and auditor k
 
 CREATE FUNCTION voucher.revoke_api_key(key_id uuid) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     t uuid := voucher._authorize('manage_keys');

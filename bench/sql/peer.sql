@@ -108,10 +108,14 @@ BEGIN
     SELECT x.voucher_id, x.balance, x.active AND k.active AS enabled, x.redeemed_count, k.kind,
            k.starts_at, k.expires_at, k.redemption_limit, k.per_customer_limit,
            k.min_order_amount, k.discount_type, k.discount_value, k.max_discount, k.currency,
-           (SELECT u.used FROM peer.customer cu
-              JOIN peer.customer_usage u ON u.tenant_id = cu.tenant_id
-                   AND u.campaign_id = x.campaign_id AND u.customer_id = cu.customer_id
-             WHERE cu.tenant_id = x.tenant_id AND cu.source_id = customer) AS used
+           -- the customer as a scalar sub-select, as voucher's USAGE_SQL: each table probed by
+           -- its full key (joined, a plan kept while customer_usage had no statistics walked
+           -- the campaign's usage rows with the customer as a join filter; issue 17)
+           (SELECT u.used FROM peer.customer_usage u
+             WHERE u.tenant_id = x.tenant_id AND u.campaign_id = x.campaign_id
+               AND u.customer_id = (SELECT cu.customer_id FROM peer.customer cu
+                                     WHERE cu.tenant_id = x.tenant_id
+                                       AND cu.source_id = customer)) AS used
       INTO v
       FROM peer.code x
       JOIN peer.campaign k ON k.tenant_id = x.tenant_id AND k.campaign_id = x.campaign_id

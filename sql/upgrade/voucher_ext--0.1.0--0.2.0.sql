@@ -534,6 +534,8 @@ CREATE INDEX audit_event_failed_customer_idx
 ------------------------------------------------------------------------------------------------
 CREATE FUNCTION voucher._privacy_setting(t uuid, setting text) RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     v text;
@@ -558,6 +560,11 @@ $$;
 -- list, and only the coordinator can decrypt)
 CREATE FUNCTION voucher._customer_profile(t uuid, id uuid) RETURNS jsonb
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     c record;
@@ -582,6 +589,11 @@ $$;
 -- of the fields that were stored.
 CREATE FUNCTION voucher._erase_profile(t uuid, id uuid) RETURNS text[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 DECLARE
     old record;
@@ -614,6 +626,8 @@ $$;
 CREATE FUNCTION voucher._customer_events(t uuid, id uuid)
 RETURNS SETOF voucher.audit_event
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     idt text := id::text;
@@ -653,6 +667,8 @@ $$;
 -- 'profile' consent; then only when it is granted. id NULL: a customer not created yet.
 CREATE FUNCTION voucher._profile_allowed(t uuid, id uuid) RETURNS boolean
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 BEGIN
     -- (scale) two statements: on a Citus cluster the consent look-up goes to the customer's
@@ -673,6 +689,11 @@ CREATE FUNCTION voucher.set_consent(
     source    text DEFAULT NULL
 ) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -728,6 +749,11 @@ COMMENT ON VIEW voucher.consents IS 'The current consent per customer and purpos
 CREATE FUNCTION voucher.export_customer(source_id text, allow_unaudited boolean DEFAULT true)
 RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -824,6 +850,8 @@ COMMENT ON FUNCTION voucher.export_customer(text, boolean) IS
 -- Forgets one customer of tenant t (locked by the caller): returns the counts per kind.
 CREATE FUNCTION voucher._forget(t uuid, id uuid, reason text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -852,6 +880,11 @@ $$;
 
 CREATE FUNCTION voucher.forget_customer(source_id text) RETURNS jsonb
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -888,6 +921,8 @@ COMMENT ON FUNCTION voucher.forget_customer(text) IS
 -- its own context); row-level security keeps it to the context's tenant.
 CREATE FUNCTION voucher._forget_inactive(t uuid, batch_size integer) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     days    integer;
@@ -924,6 +959,8 @@ $$;
 -- from a scheduler; for every tenant at once see voucher.run_customer_retention (operators).
 CREATE FUNCTION voucher.forget_inactive_customers(batch_size integer DEFAULT 1000) RETURNS bigint
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- its kept plans made without sequential scans (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
 AS $$
 DECLARE
     t  uuid := voucher._authorize('administer');
@@ -968,6 +1005,11 @@ CREATE OR REPLACE FUNCTION voucher.create_campaign(
     metadata            jsonb       DEFAULT NULL
 ) RETURNS uuid
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- planned at each call, without sequential scans: a plan kept from a table's first rows scanned
+-- it (analyzed while small) or probed it by the wrong tenant-led index (never analyzed)
+-- (issue 17, notes/issue-17-traps)
+SET enable_seqscan = off
+SET plan_cache_mode = force_custom_plan
 AS $$
 #variable_conflict use_variable
 DECLARE
@@ -1099,25 +1141,38 @@ CREATE OR REPLACE FUNCTION voucher.rollback_redemption(
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 -- its statements are planned once per backend and kept: planned without sequential scans, a
 -- table analyzed while nearly empty cannot leave it a plan that scans every redemption
--- (issue 17, notes/issue-17-seqscan)
+-- (issue 17, notes/issue-17-seqscan); the redemption's own look-ups see below
 SET enable_seqscan = off
 AS $$
 #variable_conflict use_column
 DECLARE
-    t  uuid := voucher._authorize('redeem');
-    r  record;
+    t         uuid := voucher._authorize('redeem');
+    r         record;
+    n         bigint;
+    found_it  boolean;
 BEGIN
     IF $1 IS NULL THEN
         RAISE EXCEPTION 'redemption_id must not be NULL' USING ERRCODE = '22004';
     ELSIF length(reason) > 500 THEN
         RAISE EXCEPTION 'reason is longer than 500 characters' USING ERRCODE = '22023';
     END IF;
-    UPDATE voucher.redemption x
-       SET rolled_back_at = now(), rollback_reason = $2, rolled_back_by = voucher._actor_label()
-     WHERE x.tenant_id = t AND x.redemption_id = $1 AND x.rolled_back_at IS NULL
-    RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot INTO r;
-    IF NOT FOUND THEN
-        IF EXISTS (SELECT 1 FROM voucher.redemption x WHERE x.tenant_id = t AND x.redemption_id = $1) THEN
+    -- The redemption by its primary key, planned at each call (EXECUTE): on a table never
+    -- analyzed every index of voucher.redemption leads with tenant_id and all estimate one row,
+    -- so a kept plan made while the table was small could walk all the tenant's redemptions by
+    -- another index (redemption_time_idx) until the first ANALYZE (issue 17,
+    -- notes/issue-17-traps). Planned now, the table's real size makes the primary key win.
+    EXECUTE 'UPDATE voucher.redemption x
+                SET rolled_back_at = now(), rollback_reason = $3,
+                    rolled_back_by = voucher._actor_label()
+              WHERE x.tenant_id = $1 AND x.redemption_id = $2 AND x.rolled_back_at IS NULL
+             RETURNING x.voucher_id, x.campaign_id, x.customer_id, x.amount, x.use_slot'
+       INTO r USING t, $1, $2;
+    GET DIAGNOSTICS n = ROW_COUNT;
+    IF n = 0 THEN
+        EXECUTE 'SELECT EXISTS (SELECT FROM voucher.redemption x
+                                 WHERE x.tenant_id = $1 AND x.redemption_id = $2)'
+           INTO found_it USING t, $1;
+        IF found_it THEN
             PERFORM voucher._raise('VC010');
         ELSE
             PERFORM voucher._raise('VC013');
@@ -1143,6 +1198,13 @@ BEGIN
         jsonb_build_object('voucher_id', r.voucher_id, 'restored', restored, 'reason', $2));
 END
 $$;
+-- issue 17, the kept plans of the 0.1.0 functions that look rows up by key: planned without
+-- sequential scans, as the fresh install declares them (notes/issue-17-traps)
+ALTER FUNCTION voucher.set_voucher_active(text, boolean) SET enable_seqscan = off;
+ALTER FUNCTION voucher.set_campaign_active(uuid, boolean) SET enable_seqscan = off;
+ALTER FUNCTION voucher.set_campaign_active(uuid, boolean) SET plan_cache_mode = force_custom_plan;
+ALTER FUNCTION voucher.revoke_api_key(uuid) SET enable_seqscan = off;
+ALTER FUNCTION voucher.set_audit_retention(interval) SET enable_seqscan = off;
 -- issue 17, later: no foreign keys from voucher.redemption (integrity against direct DML kept by
 -- triggers, see sql/redeem.sql), and the idempotency key's unique index only where there is one
 ALTER TABLE voucher.redemption

@@ -220,17 +220,23 @@ const AUDITED_TYPES: [pg_sys::Oid; 13] = [
 ];
 
 /// An existing customer's fields, all under data key $3 (source_id and the customer's own key
-/// only when they moved to it).
+/// only when they moved to it). The row is named by both its unique keys ($10 the blind index it
+/// was found and locked by): on a table never analyzed both unique indexes and the other
+/// tenant-led ones estimate one row while the table is small, and a plan kept then probed by
+/// the primary key's rival, reading every customer of the tenant through
+/// customer_tenant_id_source_index_key with customer_id as a filter (issue 17,
+/// notes/issue-17-traps). Now whichever unique index the plan takes, it probes one row.
 const UPDATE_CUSTOMER: &str = "\
 UPDATE voucher.customer SET key_id = $3, source_id = coalesce($4, source_id), email = $5,
        email_index = $6, name = $7, metadata = $8, updated_at = now(),
        audit_key = coalesce($9, audit_key)
- WHERE tenant_id = $1 AND customer_id = $2";
+ WHERE tenant_id = $1 AND customer_id = $2 AND source_index = $10";
 
-const UPDATE_TYPES: [pg_sys::Oid; 9] = [
+const UPDATE_TYPES: [pg_sys::Oid; 10] = [
     pg_sys::UUIDOID,
     pg_sys::UUIDOID,
     pg_sys::INT4OID,
+    pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
@@ -472,6 +478,7 @@ fn upsert_impl(
                         seal("name", &new_name).into(),
                         seal("metadata", &new_meta).into(),
                         audit_key.into(),
+                        index.clone().into(),
                     ],
                 );
                 Ok((old.id, "customer.updated", changed))

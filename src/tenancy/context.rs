@@ -357,28 +357,28 @@ fn read_key(tenant: [u8; 16], key_id: [u8; 16]) -> Option<KeyState> {
     as_definer(|| {
         Spi::connect(|client| {
             KEY_CHECK.with(|stmt| {
-                let mut stmt = stmt.borrow_mut();
-                if stmt.is_none() {
-                    *stmt = Some(
-                        client
-                            .prepare(
-                                "SELECT role, extract(epoch FROM expires_at)::float8 \
-                                   FROM voucher.credential \
-                                  WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
-                                    AND (expires_at IS NULL OR expires_at > now())",
-                                &[pgrx::Uuid::type_oid().into(), pgrx::Uuid::type_oid().into()],
-                            )
-                            .expect("key check prepares")
-                            .keep(),
-                    );
-                }
                 let args = [
                     DatumWithOid::from(pgrx::Uuid::from_bytes(tenant)),
                     DatumWithOid::from(pgrx::Uuid::from_bytes(key_id)),
                 ];
-                let rows = client
-                    .select(stmt.as_ref().unwrap(), Some(1), &args)
-                    .expect("key check runs");
+                // kept, so planned without sequential scans (run_kept): a plan made while
+                // voucher.credential had a page or two would scan every key at each re-check
+                // (issue 17, notes/issue-17-traps)
+                let rows = crate::common::spi::run_kept(
+                    client,
+                    &mut stmt.borrow_mut(),
+                    || {
+                        "SELECT role, extract(epoch FROM expires_at)::float8 \
+                           FROM voucher.credential \
+                          WHERE tenant_id = $1 AND key_id = $2 AND revoked_at IS NULL \
+                            AND (expires_at IS NULL OR expires_at > now())"
+                            .into()
+                    },
+                    &[pgrx::Uuid::type_oid(), pgrx::Uuid::type_oid()],
+                    false,
+                    Some(1),
+                    &args,
+                );
                 if rows.is_empty() {
                     return None;
                 }

@@ -19,8 +19,8 @@ RESET client_min_messages;
 DO $$
 DECLARE t text;
 BEGIN
-    FOREACH t IN ARRAY ARRAY['campaign', 'code', 'code_use', 'customer', 'customer_usage',
-                             'redemption'] LOOP
+    FOREACH t IN ARRAY ARRAY['campaign', 'code', 'code_use', 'consent', 'credential', 'customer',
+                             'customer_usage', 'redemption'] LOOP
         EXECUTE format('ALTER TABLE voucher.%I SET (autovacuum_enabled = off)', t);
     END LOOP;
 END
@@ -65,6 +65,13 @@ SELECT count(*) AS redeemed
   FROM generate_series(1, 9) n,
        voucher.redeem((:'pcs'::text[])[n], customer => 'c' || n, order_amount => 10);
 SELECT array_agg(id ORDER BY redeemed_at, id) AS rids FROM voucher.redemptions \gset
+-- for the administrative paths (PL/pgSQL, notes/issue-17-traps): keys to revoke, customers to
+-- forget, consents
+SELECT count(voucher.create_api_key('redeemer')) AS spare_keys FROM generate_series(1, 10);
+SELECT array_agg(id ORDER BY created_at, id) AS keys FROM voucher.api_keys WHERE role = 'redeemer' \gset
+SELECT count(voucher.upsert_customer('f' || i)) AS to_forget FROM generate_series(1, 9) i;
+SELECT count(voucher.set_consent('c' || i, 'news', true)) AS consents FROM generate_series(1, 9) i;
+SELECT campaign_id AS pc FROM voucher.campaign WHERE name = 'pc' \gset
 ANALYZE;
 
 -- a new session (no statement planned yet): every path 8 times on the small tables
@@ -84,6 +91,32 @@ SELECT count(*) FILTER (WHERE valid) AS validated
 SELECT count(voucher.upsert_customer('c3')) AS upserted FROM generate_series(1, 8);
 SELECT count(*) AS rolled_back
   FROM generate_series(1, 8) n, voucher.rollback_redemption((:'rids'::uuid[])[n]);
+SELECT count(voucher.set_voucher_active((:'lims'::text[])[20], n % 2 = 0)) AS toggled
+  FROM generate_series(1, 8) n;
+SELECT count(voucher.set_campaign_active(:'pc', true)) AS enabled FROM generate_series(1, 8);
+SELECT count(voucher.set_consent('c' || n, 'news', n % 2 = 0)) AS consented
+  FROM generate_series(1, 8) n;
+SELECT count(voucher.export_customer('c' || n)) AS exported FROM generate_series(1, 8) n;
+SELECT count(voucher.forget_customer('f' || n)) AS forgotten FROM generate_series(1, 8) n;
+-- each revocation commits a credential change, so the next call re-reads its own key (the key
+-- check, a kept statement of src/tenancy/context.rs): here validate, a call without a SET clause
+-- of its own (revoke_api_key's would plan the key check without sequential scans anyway)
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[1]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[2]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[3]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[4]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[5]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[6]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[7]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[8]) IS NOT NULL AS revoked;
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
 
 -- the tables grow, without an ANALYZE
 SELECT campaign_id AS lim FROM voucher.campaign WHERE name = 'lim' \gset
@@ -110,11 +143,27 @@ INSERT INTO voucher.code_use
 SELECT tenant_id, voucher_id, s, 1
   FROM (SELECT tenant_id, voucher_id FROM voucher.code WHERE code LIKE 'FILL%' LIMIT 100) v,
        generate_series(0, 15) s;
+-- (no foreign key check from these three to a grown table)
+INSERT INTO voucher.credential (tenant_id, key_id, prefix, key_hash, role, created_by)
+SELECT voucher.current_tenant(), gen_random_uuid(), 'vk_fill' || i, sha256(i::text::bytea),
+       'redeemer', 'fill'
+  FROM generate_series(1, 50000) i;
+INSERT INTO voucher.campaign (tenant_id, campaign_id, name, kind, code_pattern, code_charset,
+                              code_shape, created_by)
+SELECT voucher.current_tenant(), gen_random_uuid(), 'fill' || i, 'discount', '########',
+       'unambiguous', 'fill', 'fill'
+  FROM generate_series(1, 20000) i;
+INSERT INTO voucher.consent (tenant_id, customer_id, consent_id, purpose, granted, recorded_by)
+SELECT tenant_id, customer_id, gen_random_uuid(), 'news', true, 'fill'
+  FROM voucher.customer WHERE customer_id IN (SELECT customer_id FROM voucher.customer_usage);
 SELECT (SELECT count(*) FROM voucher.customer) AS customers,
        (SELECT count(*) FROM voucher.code) AS codes,
        (SELECT count(*) FROM voucher.redemption) AS redemptions,
        (SELECT count(*) FROM voucher.customer_usage) AS usages,
-       (SELECT count(*) FROM voucher.code_use) AS slots;
+       (SELECT count(*) FROM voucher.code_use) AS slots,
+       (SELECT count(*) FROM voucher.credential) AS keys,
+       (SELECT count(*) FROM voucher.campaign) AS campaigns,
+       (SELECT count(*) FROM voucher.consent) AS consents;
 
 -- the 9th call of each path: its tables read by index only
 -- redeem's fast claim (the code) and the customer's look-up by its blind index
@@ -165,6 +214,49 @@ BEGIN;
 SELECT snap();
 SELECT restored FROM voucher.rollback_redemption((:'rids'::uuid[])[9]);
 SELECT * FROM delta('{code,customer_usage,redemption}');
+COMMIT;
+
+-- the administrative paths (PL/pgSQL functions declared SET enable_seqscan = off)
+BEGIN;
+SELECT snap();
+SELECT voucher.set_voucher_active((:'lims'::text[])[20], true);
+SELECT * FROM delta('{code}');
+COMMIT;
+
+BEGIN;
+SELECT snap();
+SELECT voucher.set_campaign_active(:'pc', true);
+SELECT * FROM delta('{campaign}');
+COMMIT;
+
+BEGIN;
+SELECT snap();
+SELECT voucher.set_consent('c5', 'news', true);
+SELECT * FROM delta('{consent,customer}');
+COMMIT;
+
+BEGIN;
+SELECT snap();
+SELECT voucher.export_customer('c5') IS NOT NULL AS exported;
+SELECT * FROM delta('{consent,customer,redemption}');
+COMMIT;
+
+BEGIN;
+SELECT snap();
+SELECT voucher.forget_customer('f9') IS NOT NULL AS forgotten;
+SELECT * FROM delta('{consent,customer,redemption}');
+COMMIT;
+
+-- a revocation (the UPDATE by key), then the next call re-reads its key (the key check)
+BEGIN;
+SELECT snap();
+SELECT voucher.revoke_api_key((:'keys'::uuid[])[9]) IS NOT NULL AS revoked;
+SELECT * FROM delta('{credential}');
+COMMIT;
+BEGIN;
+SELECT snap();
+SELECT count(*) AS validated FROM voucher.validate((:'pcs'::text[])[1]);
+SELECT * FROM delta('{credential}');
 COMMIT;
 
 SHOW enable_seqscan;
