@@ -121,11 +121,14 @@ fn authenticate_impl(api_key: Option<&str>, session: bool) -> Result<pgrx::Uuid>
 
 /// Verifies an API key and opens its tenant context for this transaction (or the session).
 #[pg_extern(volatile, parallel_unsafe)]
-fn authenticate(api_key: Option<&str>, session: default!(bool, false)) -> pgrx::Uuid {
+fn authenticate(api_key: Option<&str>, session: default!(Option<bool>, false)) -> pgrx::Uuid {
     // bad keys count per source address; past the threshold they get VC012 instead of 28000
-    api(|| match authenticate_impl(api_key, session) {
-        Err(VoucherError::BadKey) => Err(auth_guard::bad_key()),
-        other => other,
+    api(|| {
+        let session = session.ok_or(VoucherError::NullArgument("session"))?;
+        match authenticate_impl(api_key, session) {
+            Err(VoucherError::BadKey) => Err(auth_guard::bad_key()),
+            other => other,
+        }
     })
 }
 
@@ -135,8 +138,13 @@ fn logout() {
     clear();
 }
 
-fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) -> Result<()> {
+fn act_as_impl(
+    tenant: Option<pgrx::Uuid>,
+    role: Option<&str>,
+    session: Option<bool>,
+) -> Result<()> {
     let operator = require_operator("act as a tenant")?;
+    let session = session.ok_or(VoucherError::NullArgument("session"))?;
     let tenant = uuid_bytes(&tenant.ok_or(VoucherError::NullArgument("tenant"))?);
     let role = KeyRole::parse(role.ok_or(VoucherError::NullArgument("role"))?)?;
     if !tenant_exists(tenant) {
@@ -167,7 +175,7 @@ fn act_as_impl(tenant: Option<pgrx::Uuid>, role: Option<&str>, session: bool) ->
 fn act_as(
     tenant: Option<pgrx::Uuid>,
     role: default!(Option<&str>, "'admin'"),
-    session: default!(bool, false),
+    session: default!(Option<bool>, false),
 ) {
     api(|| act_as_impl(tenant, role, session))
 }

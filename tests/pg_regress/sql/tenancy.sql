@@ -195,6 +195,10 @@ ROLLBACK;
 ------------------------------------------------------------------------------------------------
 SELECT try($$SELECT voucher.authenticate('not a key')$$) AS garbage,
        try('SELECT voucher.authenticate(NULL)') AS null_key;
+-- a NULL session flag is bad input (22004), for a good key too, and opens no context
+SELECT try(format('SELECT voucher.authenticate(%L, NULL)', :'a_admin')) AS null_session,
+       try(format('SELECT voucher.authenticate(%L, session => NULL)', :'a_admin')) AS null_session_named,
+       voucher.current_tenant() IS NULL AS no_context;
 SELECT try(format('SELECT voucher.authenticate(%L)', left(:'a_admin', 67) || 'x')) AS one_char_off,
        try(format('SELECT voucher.authenticate(%L)', upper(:'a_admin'))) AS upper_case;
 SELECT try(format('SELECT voucher.authenticate(%L)', replace(:'a_admin', left(:'a_admin', 15), left(:'b_admin', 15)))) AS other_prefix;
@@ -243,5 +247,7 @@ COMMIT;
 SELECT try(format('SELECT voucher.act_as(%L, %L)', :'tenant_b', 'superhero')) AS bad_role,
        try($$SELECT voucher.act_as('00000000-0000-0000-0000-000000000000')$$) AS unknown_tenant,
        try('SELECT voucher.act_as(NULL)') AS null_tenant;
+SELECT try(format('SELECT voucher.act_as(%L, %L, NULL)', :'tenant_b', 'admin')) AS null_session,
+       voucher.current_tenant() IS NULL AS no_context;
 
 \c - postgres
