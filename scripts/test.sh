@@ -91,7 +91,7 @@ STRESS_SECONDS=${STRESS_SECONDS:-20} "$ROOT/tests/stress/run.sh" "$sock" "$PORT"
 log "stress: $(elapsed "$t")"
 
 t=$(now)
-log "9/13 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster"
+log "9/13 a Python shop client (psycopg 3, connection pool, 32 threads) against the cluster, then every public function with hostile arguments"
 "$ROOT/tests/client/run.sh" "$sock" "$PORT" || die "the client test failed"
 log "client: $(elapsed "$t")"
 

@@ -2,6 +2,7 @@
 # The Python client test: examples/shop_client.py (psycopg 3 + psycopg_pool) against a running
 # cluster that has voucher_ext installed. 32 threads redeem a voucher limited to 25 uses, the
 # documented SQLSTATEs are checked, and pooled transactions are checked for tenant-context leaks.
+# Then every public function is called with hostile arguments (test_hostile_calls.py).
 #   tests/client/run.sh SOCKET_DIR PORT
 # Creates a virtualenv in target/venv (once) with psycopg[binary] and psycopg_pool, and a fresh
 # database voucher_client on the cluster (connecting as postgres over the Unix socket).
@@ -42,5 +43,7 @@ psql=("$bindir/psql" -X -q -v ON_ERROR_STOP=1 -h "$host" -p "$port" -U postgres)
     || die "CREATE EXTENSION voucher_ext failed: is it installed (scripts/install.sh)?"
 
 # Bytecode would land next to the sources (examples/__pycache__); keep the tree clean.
-PYTHONDONTWRITEBYTECODE=1 VOUCHER_TEST_HOST="$host" VOUCHER_TEST_PORT="$port" \
-    VOUCHER_TEST_DB="$db" "$venv/bin/python" "$here/test_shop_client.py"
+export PYTHONDONTWRITEBYTECODE=1 VOUCHER_TEST_HOST="$host" VOUCHER_TEST_PORT="$port" VOUCHER_TEST_DB="$db"
+"$venv/bin/python" "$here/test_shop_client.py"
+# Then every public function with hostile arguments: no XX000, no crash (test_hostile_calls.py).
+"$venv/bin/python" "$here/test_hostile_calls.py"
