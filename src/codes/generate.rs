@@ -13,6 +13,7 @@ use rand_chacha::ChaCha20Rng;
 use crate::audit;
 use crate::codes::pattern::{self, group, Shape};
 use crate::codes::permute::Permutation;
+use crate::codes::probe::CodeIndex;
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::Event;
 use crate::common::gucs;
@@ -28,24 +29,11 @@ pub const MAX_PER_CALL: i64 = 10_000_000;
 const CHUNK: usize = 10_000;
 /// First key of the advisory locks that serialize code generation within a tenant.
 const LOCK_CLASS: i32 = 0x5643_4f44; // "VCOD"
-/// Inserts a chunk of drawn codes into a tenant that has none yet.
+/// Inserts a chunk of drawn codes (those the tenant holds already taken out).
 const INSERT_SQL: &str =
     "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) \
      SELECT $1, u.id, $2, u.code, u.display, $3 \
        FROM unnest($4::uuid[], $5::text[], $6::text[]) AS u(id, code, display)";
-/// The same into a tenant that has codes (of any campaign, or imported): a drawn code the tenant
-/// already holds is skipped by the unique index `(tenant_id, code)`, one probe of it per code,
-/// whatever the statistics say. The look-up it replaces (`SELECT code FROM voucher.code WHERE
-/// tenant_id = $1 AND code = ANY($2)` before each chunk) was planned, with statistics made while
-/// the tenant had few codes, as a read of every code of the tenant: once per chunk of 10,000,
-/// so a call cost O(the tenant's codes) per chunk, and a large call into a small tenant
-/// O(count^2); a join or a LATERAL sub-select per code took the tenant's prefix of another
-/// index in the same state (issue 17, notes/issue-17-gen).
-const INSERT_SKIPPING_SQL: &str =
-    "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) \
-     SELECT $1, u.id, $2, u.code, u.display, $3 \
-       FROM unnest($4::uuid[], $5::text[], $6::text[]) AS u(id, code, display) \
-     ON CONFLICT (tenant_id, code) DO NOTHING";
 
 fn check_count(count: Option<i32>) -> Result<u64> {
     let count = count.ok_or(VoucherError::NullArgument("count"))? as i64;
@@ -288,8 +276,8 @@ fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Resu
                 c.shape.check_feasible(count, n, fill)?;
                 Some(n)
             };
-            // Codes of other shapes, or imported ones, may still collide: skip the codes the
-            // tenant holds (insert_drawn) unless it has no codes at all.
+            // Codes of other shapes, or imported ones, may still collide: probe each new code
+            // (insert_drawn) unless the tenant has no codes at all.
             let probe = match existing {
                 Some(n) if n > 0 => true,
                 _ => without_seqscans(|| {
@@ -336,16 +324,9 @@ fn insert_drawn(
     probe: bool,
 ) -> Result<u64> {
     let citus = crate::scale::cluster::active();
-    // A tenant that has codes: the unique index (tenant_id, code) itself skips the drawn codes
-    // it already holds, and the next chunk draws as many more. See INSERT_SKIPPING_SQL.
-    let skip_taken = probe && !citus;
     let insert = client
         .prepare_mut(
-            if skip_taken {
-                INSERT_SKIPPING_SQL
-            } else {
-                INSERT_SQL
-            },
+            INSERT_SQL,
             &[
                 pgrx::Uuid::type_oid().into(),
                 pgrx::Uuid::type_oid().into(),
@@ -356,8 +337,14 @@ fn insert_drawn(
             ],
         )
         .expect("insert prepares");
-    // scale: Citus inserts through its own path, which looks the chunk's codes up first
-    let lookup = (probe && citus).then(|| {
+    // A tenant that has codes: each drawn code is probed in the unique index (probe.rs); under
+    // Citus, or without that index, looked up with a statement.
+    let index = if probe && !citus {
+        CodeIndex::resolve()
+    } else {
+        None
+    };
+    let lookup = (probe && index.is_none()).then(|| {
         client
             .prepare(
                 "SELECT code FROM voucher.code WHERE tenant_id = $1 AND code = ANY($2)",
@@ -397,19 +384,24 @@ fn insert_drawn(
         // Rust's; the statements' results are read before the reset).
         let added = unsafe {
             let added = chunk_memory.switch_to(|_| {
-                if let Some(lookup) = &lookup {
-                    let taken: HashSet<String> = client
+                let taken: HashSet<String> = if let Some(index) = &index {
+                    index.taken(tenant, &codes)
+                } else if let Some(lookup) = &lookup {
+                    let taken = client
                         .select(lookup, None, &[tenant.into(), codes.clone().into()])
                         .expect("lookup runs")
                         .filter_map(|r| r.get::<String>(1).ok().flatten())
                         .collect();
                     // the result table lives in SPI's own context until the connection ends
                     pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
-                    if !taken.is_empty() {
-                        let mut keep = codes.iter().map(|c| !taken.contains(c));
-                        displays.retain(|_| keep.next().unwrap());
-                        codes.retain(|c| !taken.contains(c));
-                    }
+                    taken
+                } else {
+                    HashSet::new()
+                };
+                if !taken.is_empty() {
+                    let mut keep = codes.iter().map(|c| !taken.contains(c));
+                    displays.retain(|_| keep.next().unwrap());
+                    codes.retain(|c| !taken.contains(c));
                 }
                 let ids: Vec<pgrx::Uuid> = codes
                     .iter()
@@ -430,11 +422,8 @@ fn insert_drawn(
                     codes.clone().into(),
                     displays.clone().into(),
                 ];
-                // the rows inserted: fewer than the chunk's codes when some were taken
-                client
-                    .update(&insert, None, &args)
-                    .expect("insert runs")
-                    .len() as u64
+                client.update(&insert, None, &args).expect("insert runs");
+                codes.len() as u64
             });
             chunk_memory.reset();
             added
@@ -517,6 +506,38 @@ mod tests {
                   WHERE tenant_id = voucher.current_tenant()"
             ),
             Ok(Some(30_011))
+        );
+    }
+
+    /// The probes find every code the tenant holds, whatever campaign it belongs to: with 90
+    /// of the 100 codes of `##` over digits imported into another campaign, the 10 generated
+    /// are exactly the 10 left.
+    #[pg_test]
+    fn generating_skips_every_code_the_tenant_holds() {
+        Spi::run(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('full')), session => true)",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT voucher.add_code(voucher.create_campaign('imported'), lpad(n::text, 2, '0')) \
+               FROM generate_series(0, 89) n",
+        )
+        .unwrap();
+        let campaign = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.create_campaign('digits', code_pattern => '##', \
+                                            code_charset => 'numbers')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(generate(campaign, 10), 10);
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT string_agg(code, ',' ORDER BY code) FROM voucher.code \
+                  WHERE campaign_id = $1",
+                &[campaign.into()],
+            ),
+            Ok(Some("90,91,92,93,94,95,96,97,98,99".into()))
         );
     }
 }
