@@ -53,6 +53,13 @@ ONLY = [c for c in os.environ.get("BENCH_ONLY", "").replace(" ", "").split(",") 
 CLIENTS = 8                                   # pgbench clients unless a case says otherwise
 CLIENT_COUNTS = [1, 2, 4, 8, 16, 32]          # the picture
 GEN_COUNT = 100_000 if QUICK else 1_000_000   # codes per preview / generate run
+# row 2d: codes a tenant already holds (and the plain table the same codes), and codes generated per run
+GROWN_EXISTING = 300_000 if QUICK else 1_000_000
+GROWN_COUNT = 100_000
+# the n-th of them: base-31 digits of (n * 1000003) mod 31^8 over the unambiguous alphabet
+GROWN_CODE = " || ".join(
+    f"substr('23456789ABCDEFGHJKMNPQRSTUVWXYZ', ((n::bigint * 1000003 % 852891037441) / {31 ** i} % 31)::int + 1, 1)"
+    for i in range(8))
 POOL = 100_000                                # single-use vouchers S1..S100000
 # A run that redeems from the pool must not use it up: with synchronous_commit off the bare side
 # passes 10,000 TPS here, so those runs are shorter (the pool is reset between runs).
@@ -687,6 +694,56 @@ def case_codes():
                         "plpgsql_insert": plpgsql},
                        before=empty_tables)
     empty_tables(None)
+
+    # 2d. The same into a tenant that already holds many codes of the same shape (a shop's
+    # earlier campaigns), vs COPY into the plain table already holding the same codes.
+    M, G = GROWN_EXISTING, GROWN_COUNT
+    mm, gg = fmt_count(M), fmt_count(G)
+    log(f"  generate_codes({gg}) into a tenant holding {mm} codes vs COPY into the plain table holding them")
+    sql(GEN_DB, f"""
+SET client_min_messages = warning;
+SELECT voucher.authenticate('{g['key']}', true) IS NOT NULL;
+CREATE TEMP TABLE grown_campaign AS SELECT voucher.create_campaign('earlier campaigns') AS id;
+-- M distinct codes of the generated shape (8 characters of the unambiguous alphabet): n * 1000003
+-- walks the 31^8 codes without repeating (1000003 is prime to 31); the plain table gets the same
+INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code)
+SELECT '{g['tenant']}', voucher._uuid_v7(), c.id, {GROWN_CODE}
+  FROM grown_campaign c, generate_series(1, {M}) n;
+INSERT INTO bench_plain_code (tenant_id, code, campaign)
+SELECT tenant_id, code, campaign_id FROM voucher.code;
+""")
+    grown = scalar(GEN_DB, "SELECT campaign_id FROM voucher.code LIMIT 1")
+    sql(GEN_DB, "VACUUM ANALYZE voucher.code, bench_plain_code;")
+
+    def back_to_grown(_side):
+        sql(GEN_DB, "SET client_min_messages = warning;\nSET session_replication_role = replica;\n"
+                    f"DELETE FROM voucher.code WHERE campaign_id <> '{grown}';\n"
+                    f"DELETE FROM bench_plain_code WHERE campaign <> '{grown}';\n"
+                    + "\n".join(RESET_EXTRA) + "\nRESET session_replication_role;\n"
+                    "VACUUM voucher.code, bench_plain_code;\nCHECKPOINT;")
+
+    def generate_grown():
+        s = oneshot(GEN_DB,
+                    f"BEGIN;\nSELECT voucher.authenticate('{g['key']}') IS NOT NULL;\n"
+                    f"SELECT voucher.create_campaign('generated') AS campaign \\gset\n",
+                    [f"SELECT voucher.generate_codes(:'campaign', {G});", "COMMIT;"],
+                    f"COPY (SELECT tenant_id, code, campaign_id FROM voucher.code "
+                    f"WHERE campaign_id = :'campaign') TO '{plain_file}';")
+        if f"\n{G}\n" not in "\n" + s["out"]:
+            raise Failure(f"generate_codes did not report {G} codes:\n{s['out'][-500:]}")
+        return s
+
+    def copy_plain_grown():
+        s = oneshot(GEN_DB, "", [f"COPY bench_plain_code (tenant_id, code, campaign) FROM '{plain_file}';"])
+        got = int(scalar(GEN_DB, "SELECT count(*) FROM bench_plain_code"))
+        if got != M + G:
+            raise Failure(f"the plain table holds {got} codes, not {M + G}")
+        return s
+
+    generate_grown()      # untimed: warms up and writes the first COPY file
+    grown_runs = alternate({"generate_codes": generate_grown, "COPY plain": copy_plain_grown},
+                           before=back_to_grown)
+    empty_tables(None)
     for f in (copy_file, plain_file):
         if os.path.exists(f):
             os.remove(f)
@@ -705,6 +762,10 @@ def case_codes():
         row("2c", f"`generate_codes(campaign, {nn})` (incl. COMMIT) vs COPY of the same codes into a plain table "
             "`(tenant_id, id bigserial, code, campaign)`, PK (tenant_id, id), UNIQUE (tenant_id, code)", "ms",
             series("generate_codes", stored["generate_codes"]), series("COPY plain", stored["COPY plain"]),
+            goal=("<=", 2.0)),
+        row("2d", f"`generate_codes(campaign, {gg})` (incl. COMMIT) into a tenant already holding {mm} codes of the "
+            f"same shape vs COPY of the same codes into the plain table (2c) already holding the same {mm}", "ms",
+            series("generate_codes", grown_runs["generate_codes"]), series("COPY plain", grown_runs["COPY plain"]),
             goal=("<=", 2.0)),
         row("2b", f"peak private memory (RssAnon) of the backend: generate_codes({nn}) vs COPY", "MB",
             series("generate_codes", stored["generate_codes"], "rss"), series("COPY", stored["COPY"], "rss"),

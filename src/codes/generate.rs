@@ -13,10 +13,12 @@ use rand_chacha::ChaCha20Rng;
 use crate::audit;
 use crate::codes::pattern::{self, group, Shape};
 use crate::codes::permute::Permutation;
+use crate::codes::probe::CodeIndex;
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::Event;
 use crate::common::gucs;
 use crate::common::rng;
+use crate::common::spi::without_seqscans;
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
@@ -27,6 +29,11 @@ pub const MAX_PER_CALL: i64 = 10_000_000;
 const CHUNK: usize = 10_000;
 /// First key of the advisory locks that serialize code generation within a tenant.
 const LOCK_CLASS: i32 = 0x5643_4f44; // "VCOD"
+/// Inserts a chunk of drawn codes (those the tenant holds already taken out).
+const INSERT_SQL: &str =
+    "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) \
+     SELECT $1, u.id, $2, u.code, u.display, $3 \
+       FROM unnest($4::uuid[], $5::text[], $6::text[]) AS u(id, code, display)";
 
 fn check_count(count: Option<i32>) -> Result<u64> {
     let count = count.ok_or(VoucherError::NullArgument("count"))? as i64;
@@ -206,6 +213,47 @@ pub(super) fn load_campaign(
     })
 }
 
+/// The codes of a shape the tenant already has (every campaign of the shape counts against
+/// `voucher.max_code_space_fill`). Reads each of them: O(the tenant's codes of the shape).
+fn count_of_shape(client: &SpiClient<'_>, tenant: pgrx::Uuid, shape_key: &str) -> u64 {
+    client
+        .select(
+            "SELECT count(*) FROM voucher.code v JOIN voucher.campaign c USING (tenant_id, campaign_id) \
+              WHERE v.tenant_id = $1 AND c.tenant_id = $1 AND c.code_shape = $2",
+            None,
+            &[tenant.into(), shape_key.into()],
+        )
+        .expect("count of codes")
+        .first()
+        .get_one::<i64>()
+        .expect("count")
+        .unwrap_or(0) as u64
+}
+
+/// At least as many rows as `voucher.code` holds, every tenant and every row version included,
+/// read from its size alone: its pages times the most tuples a heap page can hold (a 24-byte
+/// page header; per tuple a 4-byte line pointer and a header of at least 24 bytes, PostgreSQL's
+/// MaxHeapTuplesPerPage). Every row a snapshot can see is on a page counted here. When even this
+/// many codes of the shape would leave the request feasible, the exact count is not needed.
+/// None under Citus, where the rows live in the workers' shards.
+fn codes_bound(client: &SpiClient<'_>) -> Option<u64> {
+    if crate::scale::cluster::active() {
+        return None;
+    }
+    client
+        .select(
+            "SELECT pg_catalog.pg_relation_size('voucher.code'::regclass, 'main') / s.b * ((s.b - 24) / 28) \
+               FROM (SELECT pg_catalog.current_setting('block_size')::bigint AS b) s",
+            None,
+            &[],
+        )
+        .expect("size of voucher.code")
+        .first()
+        .get_one::<i64>()
+        .expect("bound")
+        .map(|n| n as u64)
+}
+
 fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Result<i64> {
     let ctx = context::authorize(Action::ManageCampaigns)?;
     let campaign = campaign.ok_or(VoucherError::NullArgument("campaign"))?;
@@ -216,31 +264,33 @@ fn generate_codes_impl(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> Resu
             let c = load_campaign(client, tenant, campaign)?;
             lock_tenant_codes(client, tenant, false);
             let t = pgrx::Uuid::from_bytes(tenant);
-            let existing = client
-                .select(
-                    "SELECT count(*) FROM voucher.code v JOIN voucher.campaign c USING (tenant_id, campaign_id) \
-                      WHERE v.tenant_id = $1 AND c.tenant_id = $1 AND c.code_shape = $2",
-                    None,
-                    &[t.into(), c.shape_key.as_str().into()],
-                )
-                .expect("count of codes")
-                .first()
-                .get_one::<i64>()
-                .expect("count")
-                .unwrap_or(0) as u64;
-            c.shape
-                .check_feasible(count, existing, gucs::MAX_CODE_SPACE_FILL.get())?;
-            // Codes of other shapes, or imported ones, may still collide: look each new code up
-            // unless the tenant has no codes at all.
-            let probe = existing > 0
-                || !client
-                    .select(
-                        "SELECT 1 FROM voucher.code WHERE tenant_id = $1 LIMIT 1",
-                        None,
-                        &[t.into()],
-                    )
-                    .expect("any code")
-                    .is_empty();
+            let fill = gucs::MAX_CODE_SPACE_FILL.get();
+            // The exact count reads every code of the shape in the tenant: only when the
+            // table could hold enough of them to make the request infeasible.
+            let existing = if codes_bound(client)
+                .is_some_and(|bound| c.shape.check_feasible(count, bound, fill).is_ok())
+            {
+                None
+            } else {
+                let n = count_of_shape(client, t, &c.shape_key);
+                c.shape.check_feasible(count, n, fill)?;
+                Some(n)
+            };
+            // Codes of other shapes, or imported ones, may still collide: probe each new code
+            // (insert_drawn) unless the tenant has no codes at all.
+            let probe = match existing {
+                Some(n) if n > 0 => true,
+                _ => without_seqscans(|| {
+                    !client
+                        .select(
+                            "SELECT 1 FROM voucher.code WHERE tenant_id = $1 LIMIT 1",
+                            None,
+                            &[t.into()],
+                        )
+                        .expect("any code")
+                        .is_empty()
+                }),
+            };
             insert_drawn(
                 client,
                 t,
@@ -273,11 +323,10 @@ fn insert_drawn(
     count: u64,
     probe: bool,
 ) -> Result<u64> {
+    let citus = crate::scale::cluster::active();
     let insert = client
         .prepare_mut(
-            "INSERT INTO voucher.code (tenant_id, voucher_id, campaign_id, code, display, balance) \
-             SELECT $1, u.id, $2, u.code, u.display, $3 \
-               FROM unnest($4::uuid[], $5::text[], $6::text[]) AS u(id, code, display)",
+            INSERT_SQL,
             &[
                 pgrx::Uuid::type_oid().into(),
                 pgrx::Uuid::type_oid().into(),
@@ -288,15 +337,24 @@ fn insert_drawn(
             ],
         )
         .expect("insert prepares");
-    let lookup = client
-        .prepare(
-            "SELECT code FROM voucher.code WHERE tenant_id = $1 AND code = ANY($2)",
-            &[
-                pgrx::Uuid::type_oid().into(),
-                Vec::<String>::type_oid().into(),
-            ],
-        )
-        .expect("lookup prepares");
+    // A tenant that has codes: each drawn code is probed in the unique index (probe.rs); under
+    // Citus, or without that index, looked up with a statement.
+    let index = if probe && !citus {
+        CodeIndex::resolve()
+    } else {
+        None
+    };
+    let lookup = (probe && index.is_none()).then(|| {
+        client
+            .prepare(
+                "SELECT code FROM voucher.code WHERE tenant_id = $1 AND code = ANY($2)",
+                &[
+                    pgrx::Uuid::type_oid().into(),
+                    Vec::<String>::type_oid().into(),
+                ],
+            )
+            .expect("lookup prepares")
+    });
     // The arrays handed to each statement are palloc'd: built in a context reset per chunk,
     // so a million codes cost the memory of one chunk, not of all of them.
     let mut chunk_memory = PgMemoryContexts::new("voucher generate_codes chunk");
@@ -324,32 +382,37 @@ fn insert_drawn(
         }
         // SAFETY: nothing allocated in chunk_memory outlives this chunk (the Rust vectors are
         // Rust's; the statements' results are read before the reset).
-        unsafe {
-            chunk_memory.switch_to(|_| {
-                if probe {
-                    let taken: HashSet<String> = client
-                        .select(&lookup, None, &[tenant.into(), codes.clone().into()])
+        let added = unsafe {
+            let added = chunk_memory.switch_to(|_| {
+                let taken: HashSet<String> = if let Some(index) = &index {
+                    index.taken(tenant, &codes)
+                } else if let Some(lookup) = &lookup {
+                    let taken = client
+                        .select(lookup, None, &[tenant.into(), codes.clone().into()])
                         .expect("lookup runs")
                         .filter_map(|r| r.get::<String>(1).ok().flatten())
                         .collect();
                     // the result table lives in SPI's own context until the connection ends
                     pg_sys::SPI_freetuptable(pg_sys::SPI_tuptable);
-                    if !taken.is_empty() {
-                        let mut keep = codes.iter().map(|c| !taken.contains(c));
-                        displays.retain(|_| keep.next().unwrap());
-                        codes.retain(|c| !taken.contains(c));
-                    }
+                    taken
+                } else {
+                    HashSet::new()
+                };
+                if !taken.is_empty() {
+                    let mut keep = codes.iter().map(|c| !taken.contains(c));
+                    displays.retain(|_| keep.next().unwrap());
+                    codes.retain(|c| !taken.contains(c));
                 }
                 let ids: Vec<pgrx::Uuid> = codes
                     .iter()
                     .map(|_| pgrx::Uuid::from_bytes(rng::uuid_v7()))
                     .collect();
-                if crate::scale::cluster::active() {
+                if citus {
                     // scale: Citus runs INSERT ... SELECT as a COPY, which RLS refuses
                     crate::scale::cluster::insert_codes(
                         client, tenant, campaign, &balance, &ids, &codes, &displays,
                     );
-                    return;
+                    return codes.len() as u64;
                 }
                 let args: [DatumWithOid; 6] = [
                     tenant.into(),
@@ -360,10 +423,12 @@ fn insert_drawn(
                     displays.clone().into(),
                 ];
                 client.update(&insert, None, &args).expect("insert runs");
+                codes.len() as u64
             });
             chunk_memory.reset();
-        }
-        inserted += codes.len() as u64;
+            added
+        };
+        inserted += added;
     }
     Ok(inserted)
 }
@@ -372,4 +437,107 @@ fn insert_drawn(
 #[pg_extern(volatile, parallel_unsafe)]
 fn generate_codes(campaign: Option<pgrx::Uuid>, count: Option<i32>) -> i64 {
     api(|| generate_codes_impl(campaign, count))
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pgrx::pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    /// Rows and index entries read from voucher.code (the table and each of its indexes) in
+    /// this transaction so far.
+    fn code_reads() -> i64 {
+        Spi::get_one::<i64>(
+            "SELECT sum(pg_stat_get_xact_tuples_returned(c.oid) \
+                        + pg_stat_get_xact_tuples_fetched(c.oid))::bigint \
+               FROM pg_class c \
+              WHERE c.oid = 'voucher.code'::regclass \
+                 OR c.oid IN (SELECT indexrelid FROM pg_index \
+                               WHERE indrelid = 'voucher.code'::regclass)",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    fn generate(campaign: pgrx::Uuid, count: i32) -> i64 {
+        Spi::get_one_with_args::<i64>(
+            "SELECT voucher.generate_codes($1, $2)",
+            &[campaign.into(), count.into()],
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// A tenant holding one imported code, analyzed then (as autovacuum does while a tenant is
+    /// small): generating 30,000 codes looks each one up by the unique index instead of reading
+    /// the tenant's codes once per chunk of 10,000 (30,002 entries read before the fix), and a
+    /// second, small call neither counts the tenant's 30,001 codes for the feasibility check
+    /// nor scans them for collisions.
+    #[pg_test]
+    fn generating_into_a_tenant_that_has_codes_does_not_read_its_codes() {
+        Spi::run(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('grown')), session => true)",
+        )
+        .unwrap();
+        let campaign = Spi::get_one::<pgrx::Uuid>("SELECT voucher.create_campaign('grown')")
+            .unwrap()
+            .unwrap();
+        Spi::get_one_with_args::<pgrx::Uuid>(
+            "SELECT voucher.add_code($1, 'imported-1')",
+            &[campaign.into()],
+        )
+        .unwrap();
+        Spi::run("ANALYZE voucher.code").unwrap();
+
+        let before = code_reads();
+        assert_eq!(generate(campaign, 30_000), 30_000);
+        let first = code_reads() - before;
+        assert!(first < 100, "generate_codes(30000) read {first} codes");
+
+        let before = code_reads();
+        assert_eq!(generate(campaign, 10), 10);
+        let second = code_reads() - before;
+        assert!(second < 100, "generate_codes(10) read {second} codes");
+
+        assert_eq!(
+            Spi::get_one::<i64>(
+                "SELECT count(DISTINCT code) FROM voucher.code \
+                  WHERE tenant_id = voucher.current_tenant()"
+            ),
+            Ok(Some(30_011))
+        );
+    }
+
+    /// The probes find every code the tenant holds, whatever campaign it belongs to: with 90
+    /// of the 100 codes of `##` over digits imported into another campaign, the 10 generated
+    /// are exactly the 10 left.
+    #[pg_test]
+    fn generating_skips_every_code_the_tenant_holds() {
+        Spi::run(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('full')), session => true)",
+        )
+        .unwrap();
+        Spi::run(
+            "SELECT voucher.add_code(voucher.create_campaign('imported'), lpad(n::text, 2, '0')) \
+               FROM generate_series(0, 89) n",
+        )
+        .unwrap();
+        let campaign = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.create_campaign('digits', code_pattern => '##', \
+                                            code_charset => 'numbers')",
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(generate(campaign, 10), 10);
+        assert_eq!(
+            Spi::get_one_with_args::<String>(
+                "SELECT string_agg(code, ',' ORDER BY code) FROM voucher.code \
+                  WHERE campaign_id = $1",
+                &[campaign.into()],
+            ),
+            Ok(Some("90,91,92,93,94,95,96,97,98,99".into()))
+        );
+    }
 }

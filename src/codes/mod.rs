@@ -7,3 +7,4 @@ pub mod generate;
 pub mod import;
 pub mod pattern;
 pub mod permute;
+mod probe;
