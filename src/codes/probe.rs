@@ -17,6 +17,12 @@
 //! row holding it is visible; rows of other tenants are never read (the tenant is the first key).
 //! The unique index stays the guard: a code this misses (inserted by a transaction still open)
 //! makes the INSERT fail with 23505, as before.
+//!
+//! Row-level security: the probes read the index as the unique index's own check does, without
+//! the tenant policy. Nothing they read reaches the caller: they only decide which drawn codes
+//! to skip, the first key is the caller's own tenant, and the rows are then inserted by a
+//! statement under the policy (its WITH CHECK). A code that a policy added by a DBA would hide
+//! is skipped here where the statement's look-up would have drawn it and failed with 23505.
 
 use std::collections::HashSet;
 use std::ffi::CStr;
