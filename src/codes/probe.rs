@@ -25,25 +25,15 @@
 //! is skipped here where the statement's look-up would have drawn it and failed with 23505.
 
 use std::collections::HashSet;
-use std::ffi::CStr;
 
 use pgrx::prelude::*;
+
+use crate::common::index::{attnum, eq_key, unique_index};
 
 /// `voucher.code` and its unique index on `(tenant_id, code)`, resolved for one call.
 pub(super) struct CodeIndex {
     code: pg_sys::Oid,
     index: pg_sys::Oid,
-}
-
-/// The attribute number of column `name` of `rel`.
-unsafe fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i16> {
-    let desc = (*rel).rd_att;
-    let atts = (*desc).attrs.as_slice((*desc).natts as usize);
-    atts.iter()
-        .find(|a| {
-            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
-        })
-        .map(|a| a.attnum)
 }
 
 impl CodeIndex {
@@ -70,35 +60,7 @@ impl CodeIndex {
                     return None;
                 }
             };
-            let list = pg_sys::RelationGetIndexList(rel);
-            let n = if list.is_null() { 0 } else { (*list).length };
-            let mut found = None;
-            for i in 0..n {
-                let oid = pg_sys::list_nth_oid(list, i);
-                let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
-                let form = (*idx).rd_index;
-                let indkey = (*form).indkey.values.as_slice((*form).indnatts as usize);
-                let fits = (*(*idx).rd_rel).relam == pg_sys::BTREE_AM_OID
-                    && (*form).indisunique
-                    && (*form).indisvalid
-                    && (*form).indnkeyatts == 2
-                    && indkey[..2] == keys
-                    && pg_sys::heap_attisnull(
-                        (*idx).rd_indextuple,
-                        pg_sys::Anum_pg_index_indpred as i32,
-                        std::ptr::null_mut(),
-                    )
-                    && pg_sys::heap_attisnull(
-                        (*idx).rd_indextuple,
-                        pg_sys::Anum_pg_index_indexprs as i32,
-                        std::ptr::null_mut(),
-                    );
-                pg_sys::index_close(idx, pg_sys::NoLock as i32);
-                if fits {
-                    found = Some(oid);
-                    break;
-                }
-            }
+            let found = unique_index(rel, &keys);
             pg_sys::table_close(rel, pg_sys::NoLock as i32);
             found.map(|index| CodeIndex { code, index })
         }
@@ -115,29 +77,22 @@ impl CodeIndex {
             let rel = pg_sys::table_open(self.code, pg_sys::AccessShareLock as i32);
             let idx = pg_sys::index_open(self.index, pg_sys::AccessShareLock as i32);
             let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-            let collation = |i: usize| *(*idx).rd_indcollation.add(i);
             let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
-            pg_sys::ScanKeyEntryInitialize(
+            eq_key(
                 &mut keys[0],
-                0,
+                idx,
                 1,
-                pg_sys::BTEqualStrategyNumber as u16,
-                pg_sys::InvalidOid,
-                collation(0),
-                pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+                pg_sys::F_UUID_EQ,
                 tenant.into_datum().expect("a uuid datum"),
             );
             let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
             for code in codes {
-                pg_sys::ScanKeyEntryInitialize(
+                eq_key(
                     &mut keys[1],
-                    0,
+                    idx,
                     2,
-                    pg_sys::BTEqualStrategyNumber as u16,
-                    pg_sys::InvalidOid,
-                    collation(1),
-                    pg_sys::Oid::from(pg_sys::F_TEXTEQ),
+                    pg_sys::F_TEXTEQ,
                     code.as_str().into_datum().expect("a text datum"),
                 );
                 pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);

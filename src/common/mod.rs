@@ -5,5 +5,6 @@ pub mod auth_guard;
 pub mod error;
 pub mod events;
 pub mod gucs;
+pub mod index;
 pub mod rng;
 pub mod spi;

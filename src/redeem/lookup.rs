@@ -25,6 +25,7 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::statements::Columns;
+use crate::common::index::{attnum, eq_key, unique_index};
 use crate::tenancy::context;
 
 /// What the look-up found, or that it could not answer.
@@ -174,51 +175,6 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     });
 }
 
-/// The attribute number of a live column `name` of `rel`.
-unsafe fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i16> {
-    let desc = (*rel).rd_att;
-    let atts = (*desc).attrs.as_slice((*desc).natts as usize);
-    atts.iter()
-        .find(|a| {
-            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
-        })
-        .map(|a| a.attnum)
-}
-
-/// A valid, unique, plain btree index of `rel` whose keys are exactly `keys`, in this order.
-unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys::Oid> {
-    let list = pg_sys::RelationGetIndexList(rel);
-    let n = if list.is_null() { 0 } else { (*list).length };
-    let mut found = None;
-    for i in 0..n {
-        let oid = pg_sys::list_nth_oid(list, i);
-        let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
-        let form = (*idx).rd_index;
-        let indkey = (*form).indkey.values.as_slice((*form).indnatts as usize);
-        let fits = (*(*idx).rd_rel).relam == pg_sys::BTREE_AM_OID
-            && (*form).indisunique
-            && (*form).indisvalid
-            && (*form).indnkeyatts as usize == keys.len()
-            && indkey[..keys.len()] == *keys
-            && pg_sys::heap_attisnull(
-                (*idx).rd_indextuple,
-                pg_sys::Anum_pg_index_indpred as i32,
-                std::ptr::null_mut(),
-            )
-            && pg_sys::heap_attisnull(
-                (*idx).rd_indextuple,
-                pg_sys::Anum_pg_index_indexprs as i32,
-                std::ptr::null_mut(),
-            );
-        pg_sys::index_close(idx, pg_sys::NoLock as i32);
-        if fits {
-            found = Some(oid);
-            break;
-        }
-    }
-    found
-}
-
 unsafe fn resolve() -> Option<Resolved> {
     let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
     if schema == pg_sys::InvalidOid {
@@ -311,27 +267,14 @@ unsafe fn probe<R>(
 ) -> Option<R> {
     let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
     let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
-    let collation = |i: usize| *(*idx).rd_indcollation.add(i);
-    pg_sys::ScanKeyEntryInitialize(
+    eq_key(
         &mut keys[0],
-        0,
+        idx,
         1,
-        pg_sys::BTEqualStrategyNumber as u16,
-        pg_sys::InvalidOid,
-        collation(0),
-        pg_sys::Oid::from(pg_sys::F_UUID_EQ),
+        pg_sys::F_UUID_EQ,
         tenant.into_datum().expect("a uuid datum"),
     );
-    pg_sys::ScanKeyEntryInitialize(
-        &mut keys[1],
-        0,
-        2,
-        pg_sys::BTEqualStrategyNumber as u16,
-        pg_sys::InvalidOid,
-        collation(1),
-        pg_sys::Oid::from(key_proc),
-        key,
-    );
+    eq_key(&mut keys[1], idx, 2, key_proc, key);
     let scan = pg_sys::index_beginscan(rel, idx, pg_sys::GetActiveSnapshot(), 2, 0);
     pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
     let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());

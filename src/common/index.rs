@@ -1,0 +1,85 @@
+//! Reading a unique B-tree index from Rust, for the look-ups that probe an index without a
+//! statement (redeem's `lookup.rs`, codes' `probe.rs`): find a column, find the index, build an
+//! equality scan key.
+
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+
+/// The attribute number of a live column `name` of `rel`.
+///
+/// # Safety
+/// `rel` must be an open relation.
+pub unsafe fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i16> {
+    let desc = (*rel).rd_att;
+    let atts = (*desc).attrs.as_slice((*desc).natts as usize);
+    atts.iter()
+        .find(|a| {
+            !a.attisdropped && CStr::from_ptr(a.attname.data.as_ptr()).to_bytes() == name.as_bytes()
+        })
+        .map(|a| a.attnum)
+}
+
+/// A valid, unique, plain btree index of `rel` whose keys are exactly `keys`, in this order (no
+/// predicate, no expression).
+///
+/// # Safety
+/// `rel` must be an open relation; its indexes are opened and closed here (the locks are held
+/// to the end of the transaction, as the executor's).
+pub unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys::Oid> {
+    let list = pg_sys::RelationGetIndexList(rel);
+    let n = if list.is_null() { 0 } else { (*list).length };
+    let mut found = None;
+    for i in 0..n {
+        let oid = pg_sys::list_nth_oid(list, i);
+        let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+        let form = (*idx).rd_index;
+        let indkey = (*form).indkey.values.as_slice((*form).indnatts as usize);
+        let fits = (*(*idx).rd_rel).relam == pg_sys::BTREE_AM_OID
+            && (*form).indisunique
+            && (*form).indisvalid
+            && (*form).indnkeyatts as usize == keys.len()
+            && indkey[..keys.len()] == *keys
+            && pg_sys::heap_attisnull(
+                (*idx).rd_indextuple,
+                pg_sys::Anum_pg_index_indpred as i32,
+                std::ptr::null_mut(),
+            )
+            && pg_sys::heap_attisnull(
+                (*idx).rd_indextuple,
+                pg_sys::Anum_pg_index_indexprs as i32,
+                std::ptr::null_mut(),
+            );
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+        if fits {
+            found = Some(oid);
+            break;
+        }
+    }
+    found
+}
+
+/// Makes `key` an equality condition on the index's key column `column` (1-based) with the
+/// equality function `proc` (e.g. `F_UUID_EQ`, `F_TEXTEQ`) and the index's collation.
+///
+/// # Safety
+/// `idx` must be an open index with at least `column` key columns; `arg` must stay valid for the
+/// scan.
+pub unsafe fn eq_key(
+    key: &mut pg_sys::ScanKeyData,
+    idx: pg_sys::Relation,
+    column: u16,
+    proc: u32,
+    arg: pg_sys::Datum,
+) {
+    pg_sys::ScanKeyEntryInitialize(
+        key,
+        0,
+        column as i16,
+        pg_sys::BTEqualStrategyNumber as u16,
+        pg_sys::InvalidOid,
+        *(*idx).rd_indcollation.add(column as usize - 1),
+        pg_sys::Oid::from(proc),
+        arg,
+    );
+}
