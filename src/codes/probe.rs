@@ -28,7 +28,7 @@ use std::collections::HashSet;
 
 use pgrx::prelude::*;
 
-use crate::common::index::{attnum, eq_key, unique_index};
+use crate::common::index::{attnum, eq_key, tenant_keys, unique_index};
 
 /// `voucher.code` and its unique index on `(tenant_id, code)`, resolved for one call.
 pub(super) struct CodeIndex {
@@ -77,14 +77,7 @@ impl CodeIndex {
             let rel = pg_sys::table_open(self.code, pg_sys::AccessShareLock as i32);
             let idx = pg_sys::index_open(self.index, pg_sys::AccessShareLock as i32);
             let snapshot = pg_sys::RegisterSnapshot(pg_sys::GetTransactionSnapshot());
-            let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
-            eq_key(
-                &mut keys[0],
-                idx,
-                1,
-                pg_sys::F_UUID_EQ,
-                tenant.into_datum().expect("a uuid datum"),
-            );
+            let mut keys = tenant_keys(idx, &tenant);
             let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
             let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
             for code in codes {

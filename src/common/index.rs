@@ -59,6 +59,23 @@ pub unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys
     found
 }
 
+/// Scan keys for a unique index on (tenant_id, something): the first is `tenant`, the second is
+/// the caller's to fill with [`eq_key`] (column 2).
+///
+/// # Safety
+/// `idx` must be an open index whose first key column is a uuid.
+pub unsafe fn tenant_keys(idx: pg_sys::Relation, tenant: &pgrx::Uuid) -> [pg_sys::ScanKeyData; 2] {
+    let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
+    eq_key(
+        &mut keys[0],
+        idx,
+        1,
+        pg_sys::F_UUID_EQ,
+        tenant.into_datum().expect("a uuid datum"),
+    );
+    keys
+}
+
 /// Makes `key` an equality condition on the index's key column `column` (1-based) with the
 /// equality function `proc` (e.g. `F_UUID_EQ`, `F_TEXTEQ`) and the index's collation.
 ///

@@ -25,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::statements::Columns;
-use crate::common::index::{attnum, eq_key, unique_index};
+use crate::common::index::{attnum, eq_key, tenant_keys, unique_index};
 use crate::tenancy::context;
 
 /// What the look-up found, or that it could not answer.
@@ -266,14 +266,7 @@ unsafe fn probe<R>(
     read: impl FnOnce(&Row) -> R,
 ) -> Option<R> {
     let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
-    let mut keys: [pg_sys::ScanKeyData; 2] = [Default::default(), Default::default()];
-    eq_key(
-        &mut keys[0],
-        idx,
-        1,
-        pg_sys::F_UUID_EQ,
-        tenant.into_datum().expect("a uuid datum"),
-    );
+    let mut keys = tenant_keys(idx, tenant);
     eq_key(&mut keys[1], idx, 2, key_proc, key);
     let scan = pg_sys::index_beginscan(rel, idx, pg_sys::GetActiveSnapshot(), 2, 0);
     pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
