@@ -459,6 +459,16 @@ mod tests {
         .unwrap()
     }
 
+    /// This session acts with an admin key of a new tenant `name`.
+    fn admin_of_new_tenant(name: &str) {
+        Spi::run_with_args(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant($1)), session => true)",
+            &[name.into()],
+        )
+        .unwrap();
+    }
+
     fn generate(campaign: pgrx::Uuid, count: i32) -> i64 {
         Spi::get_one_with_args::<i64>(
             "SELECT voucher.generate_codes($1, $2)",
@@ -475,11 +485,7 @@ mod tests {
     /// nor scans them for collisions.
     #[pg_test]
     fn generating_into_a_tenant_that_has_codes_does_not_read_its_codes() {
-        Spi::run(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('grown')), session => true)",
-        )
-        .unwrap();
+        admin_of_new_tenant("grown");
         let campaign = Spi::get_one::<pgrx::Uuid>("SELECT voucher.create_campaign('grown')")
             .unwrap()
             .unwrap();
@@ -514,11 +520,7 @@ mod tests {
     /// are exactly the 10 left.
     #[pg_test]
     fn generating_skips_every_code_the_tenant_holds() {
-        Spi::run(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('full')), session => true)",
-        )
-        .unwrap();
+        admin_of_new_tenant("full");
         Spi::run(
             "SELECT voucher.add_code(voucher.create_campaign('imported'), lpad(n::text, 2, '0')) \
                FROM generate_series(0, 89) n",
