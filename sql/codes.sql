@@ -52,8 +52,8 @@ CREATE TABLE voucher.code (
     balance         numeric     CHECK (balance >= 0),
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, voucher_id),
-    UNIQUE (tenant_id, code),
-    FOREIGN KEY (tenant_id, campaign_id) REFERENCES voucher.campaign
+    UNIQUE (tenant_id, code)
+    -- no foreign key to voucher.campaign: see _codes_keep_refs below
 ) WITH (fillfactor = 90);
 COMMENT ON TABLE voucher.code IS 'Vouchers: the canonical code (upper case, no spaces or dashes), counters, gift balance.';
 COMMENT ON COLUMN voucher.code.display IS 'The code as issued (with separators), when it differs from the canonical form.';
@@ -82,6 +82,50 @@ SELECT voucher._isolate_tenant('voucher.campaign');
 SELECT voucher._isolate_tenant('voucher.code');
 
 SELECT voucher._isolate_tenant('voucher.code_use');
+
+-- No foreign key from voucher.code to voucher.campaign (issue 17): its check was one query per
+-- inserted code, a third of what generate_codes spent on a code. The functions that insert codes
+-- (the only writers: clients have no INSERT right) read the campaign first under FOR KEY SHARE
+-- (src/codes/generate.rs, load_campaign), the lock the key's check took for every row, once per
+-- call. Nothing in the extension deletes or re-keys a campaign. Direct DML keeps the integrity
+-- the key gave, by triggers the code-inserting functions never fire: a campaign that codes name
+-- cannot be deleted, re-keyed or truncated away, and a code cannot be re-pointed at a campaign
+-- that does not exist (23503, or 0A000 for TRUNCATE, as with the key). As with
+-- _redemptions_keep_refs it sees every tenant's rows, and stays the extension owner's
+-- (sql/finalize.sql). A row inserted by the owner itself is not checked (the same holds for
+-- redemptions): a restore loads codes and campaigns in any order.
+CREATE FUNCTION voucher._codes_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: codes truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.code) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.campaign while voucher.code names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.code in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'code' THEN
+        IF NOT EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.campaign_id = NEW.campaign_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.code: no such campaign' USING ERRCODE = '23503';
+        END IF;
+    ELSIF EXISTS (SELECT FROM voucher.code v
+                   WHERE v.tenant_id = OLD.tenant_id AND v.campaign_id = OLD.campaign_id) THEN
+        RAISE EXCEPTION 'voucher.campaign: codes name this campaign' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.campaign
+    FOR EACH ROW EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, campaign_id ON voucher.campaign
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.campaign
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_campaign AFTER UPDATE OF tenant_id, campaign_id ON voucher.code
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._codes_keep_refs();
 
 CREATE FUNCTION voucher.create_campaign(
     name                text,

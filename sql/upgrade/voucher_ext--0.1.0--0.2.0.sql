@@ -1263,6 +1263,42 @@ CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.customer
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
+-- issue 17, generate_codes: no foreign key from voucher.code to voucher.campaign either (the
+-- code-inserting functions key-share lock the campaign once; direct DML kept by triggers, see
+-- sql/codes.sql)
+ALTER TABLE voucher.code DROP CONSTRAINT code_tenant_id_campaign_id_fkey;
+CREATE FUNCTION voucher._codes_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: codes truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.code) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.campaign while voucher.code names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.code in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'code' THEN
+        IF NOT EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.campaign_id = NEW.campaign_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.code: no such campaign' USING ERRCODE = '23503';
+        END IF;
+    ELSIF EXISTS (SELECT FROM voucher.code v
+                   WHERE v.tenant_id = OLD.tenant_id AND v.campaign_id = OLD.campaign_id) THEN
+        RAISE EXCEPTION 'voucher.campaign: codes name this campaign' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.campaign
+    FOR EACH ROW EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, campaign_id ON voucher.campaign
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.campaign
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._codes_keep_refs();
+CREATE TRIGGER keep_campaign AFTER UPDATE OF tenant_id, campaign_id ON voucher.code
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._codes_keep_refs();
 -- end perf --------------------------------------------------------------------------------
 
 -- (other capabilities of 0.2.0: add your sections here)
@@ -1281,10 +1317,11 @@ DECLARE
 BEGIN
     FOR r IN SELECT p.oid::regprocedure AS f FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'voucher'::regnamespace AND p.prosecdef
-                -- perf: the integrity triggers that replace voucher.redemption's foreign keys
-                -- see every tenant's rows, as the keys' checks did (sql/redeem.sql): they stay
-                -- the extension owner's (a superuser: superuser = true)
-                AND p.oid <> 'voucher._redemptions_keep_refs()'::pg_catalog.regprocedure
+                -- perf: the integrity triggers that replace the foreign keys of voucher.redemption
+                -- and voucher.code see every tenant's rows, as the keys' checks did
+                -- (sql/redeem.sql, sql/codes.sql): they stay the extension owner's (a superuser)
+                AND p.oid <> ALL (ARRAY['voucher._redemptions_keep_refs()',
+                                        'voucher._codes_keep_refs()']::pg_catalog.regprocedure[])
                 AND p.proowner <> 'voucher_definer'::regrole LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO voucher_definer', r.f);
     END LOOP;

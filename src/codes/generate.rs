@@ -180,16 +180,22 @@ pub(super) struct CampaignCodes {
     pub(super) gift_balance: Option<AnyNumeric>,
 }
 
+/// The campaign codes are about to be inserted for, key-share locked until the end of the
+/// transaction: voucher.code has no foreign key to voucher.campaign (its check was a third of a
+/// generated code's cost, issue 17), so this one lock is what keeps the campaign from being
+/// deleted or re-keyed under the new codes, as the key's per-row check did (sql/codes.sql,
+/// `_codes_keep_refs`). A campaign deleted by a transaction that commits while we wait is
+/// "no such campaign".
 pub(super) fn load_campaign(
-    client: &SpiClient<'_>,
+    client: &mut SpiClient<'_>,
     tenant: [u8; 16],
     campaign: pgrx::Uuid,
 ) -> Result<CampaignCodes> {
     let rows = client
-        .select(
+        .update(
             "SELECT code_pattern, code_charset, code_prefix, code_postfix, code_check_char, \
                     code_shape, gift_balance \
-               FROM voucher.campaign WHERE tenant_id = $1 AND campaign_id = $2",
+               FROM voucher.campaign WHERE tenant_id = $1 AND campaign_id = $2 FOR KEY SHARE",
             Some(1),
             &[pgrx::Uuid::from_bytes(tenant).into(), campaign.into()],
         )

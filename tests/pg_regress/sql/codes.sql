@@ -167,3 +167,37 @@ SELECT t.name AS tenant, count(*) AS codes
   FROM voucher.code c JOIN voucher.tenant t USING (tenant_id)
  WHERE t.name LIKE 'codes %' GROUP BY t.name ORDER BY 1;
 SELECT count(*) AS planted FROM voucher.code WHERE code = 'PLANTED';
+
+-- voucher.code has no foreign key to voucher.campaign (issue 17); triggers keep the same integrity
+-- against direct DML: a campaign that codes name cannot be deleted, re-keyed or truncated away,
+-- and a code cannot be re-pointed at a campaign that does not exist (rolled back)
+BEGIN;
+SELECT c.tenant_id AS t_a, c.campaign_id AS used_campaign
+  FROM voucher.campaign c JOIN voucher.tenant t USING (tenant_id)
+ WHERE t.name = 'codes a' AND c.campaign_id = :'c_default' \gset
+SELECT c.campaign_id AS other_campaign FROM voucher.campaign c
+ WHERE c.tenant_id = :'t_a' AND c.campaign_id <> :'used_campaign'
+ ORDER BY c.created_at, c.campaign_id LIMIT 1 \gset
+SELECT v.voucher_id AS a_voucher FROM voucher.code v
+ WHERE v.tenant_id = :'t_a' AND v.campaign_id = :'used_campaign' ORDER BY v.code LIMIT 1 \gset
+SELECT try(format('DELETE FROM voucher.campaign WHERE tenant_id = %L AND campaign_id = %L',
+                  :'t_a', :'used_campaign')) AS delete_used_campaign,
+       try(format('UPDATE voucher.campaign SET campaign_id = gen_random_uuid() WHERE tenant_id = %L AND campaign_id = %L',
+                  :'t_a', :'used_campaign')) AS rekey_used_campaign,
+       try(format('UPDATE voucher.campaign SET name = name WHERE tenant_id = %L AND campaign_id = %L',
+                  :'t_a', :'used_campaign')) AS other_update;
+SELECT try(format('UPDATE voucher.code SET campaign_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
+                  :'t_a', :'a_voucher')) AS repoint_to_no_campaign,
+       try(format('UPDATE voucher.code SET tenant_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
+                  :'t_a', :'a_voucher')) AS move_to_no_tenant,
+       try(format('UPDATE voucher.code SET campaign_id = %L WHERE tenant_id = %L AND voucher_id = %L',
+                  :'other_campaign', :'t_a', :'a_voucher')) AS repoint_to_a_campaign;
+-- without its codes, a campaign goes; a truncate must take the codes with it
+SELECT try(format('DELETE FROM voucher.code WHERE tenant_id = %L AND campaign_id = %L',
+                  :'t_a', :'used_campaign')) AS delete_its_codes,
+       try(format('DELETE FROM voucher.campaign WHERE tenant_id = %L AND campaign_id = %L',
+                  :'t_a', :'used_campaign')) AS delete_campaign_without_codes;
+SELECT try('TRUNCATE voucher.campaign CASCADE') AS truncate_campaigns,
+       try('TRUNCATE voucher.campaign, voucher.code CASCADE') AS truncate_with_codes;
+ROLLBACK;
+SELECT count(*) > 0 AS codes_still_there FROM voucher.code WHERE campaign_id = :'c_default';
