@@ -7,9 +7,8 @@ CREATE TABLE voucher.customer_usage (
     campaign_id  uuid    NOT NULL,
     customer_id  uuid    NOT NULL,
     used         integer NOT NULL CHECK (used >= 0),
-    PRIMARY KEY (tenant_id, campaign_id, customer_id),
-    FOREIGN KEY (tenant_id, campaign_id) REFERENCES voucher.campaign,
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer
+    PRIMARY KEY (tenant_id, campaign_id, customer_id)
+    -- no foreign keys to voucher.campaign and voucher.customer: see _redemptions_keep_refs below
 ) WITH (fillfactor = 90);
 COMMENT ON TABLE voucher.customer_usage IS
     'How often a customer redeemed vouchers of a campaign: the guard of per_customer_limit.';
@@ -58,29 +57,39 @@ SELECT voucher._isolate_tenant('voucher.customer_usage');
 
 SELECT voucher._isolate_tenant('voucher.redemption');
 
--- No foreign keys from voucher.redemption to voucher.code and voucher.customer (issue 17): each
--- was one more query per redemption, and the voucher's a key-share lock on the voucher row that
--- every concurrent redeemer of a hot voucher took. The functions that insert redemptions (the
--- only writers: clients have no INSERT right) hold both rows already: the claim updates or reads
--- the voucher in the same statement, and the customer was found under FOR KEY SHARE or created
--- in the same transaction. Nothing in the extension deletes a voucher or a customer
--- (forget_customer pseudonymizes). Direct DML keeps the integrity the foreign keys gave, by
--- triggers the redemption path never fires: a voucher or customer that a redemption names
--- cannot be deleted, re-keyed or truncated away, and a redemption cannot be re-pointed at a
--- voucher or customer that does not exist (23503, or 0A000 for TRUNCATE, as with the keys).
--- Like the keys' checks it sees every tenant's rows: SECURITY DEFINER, and the only such function
--- that stays the extension owner's (a superuser) instead of voucher_definer's (sql/finalize.sql).
+-- No foreign keys from voucher.redemption to voucher.code and voucher.customer, nor from
+-- voucher.customer_usage to voucher.campaign and voucher.customer (issue 17): each was one more
+-- query per redemption (per first redemption of a customer in a campaign, for the counters), and
+-- the voucher's a key-share lock on the voucher row that every concurrent redeemer of a hot
+-- voucher took; planned by PostgreSQL before the customer table was ever analyzed, the
+-- customer's check walked the tenant's customers by the blind index's prefix (14,698 buffers at
+-- 50,000 customers, notes/issue-17-traps). The functions that insert these rows (the only
+-- writers: clients have no INSERT right) hold what they name already: the claim updates or reads
+-- the voucher in the same statement (and a voucher's codes keep its campaign, sql/codes.sql), and
+-- the customer was found under FOR KEY SHARE or created in the same transaction. Nothing in the
+-- extension deletes a voucher, a campaign or a customer (forget_customer pseudonymizes). Direct
+-- DML keeps the integrity the foreign keys gave, by triggers the redemption path never fires: a
+-- voucher, campaign or customer that a redemption or a counter names cannot be deleted, re-keyed
+-- or truncated away, and a redemption or counter cannot be re-pointed at one that does not exist
+-- (23503, or 0A000 for TRUNCATE, as with the keys). Like the keys' checks it sees every tenant's
+-- rows: SECURITY DEFINER, and it stays the extension owner's (a superuser) instead of
+-- voucher_definer's (sql/finalize.sql).
 CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        -- an AFTER trigger: redemptions truncated in the same statement are gone by now
-        IF EXISTS (SELECT FROM voucher.redemption r
-                    WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
+        -- an AFTER trigger: rows truncated in the same statement are gone by now
+        IF TG_TABLE_NAME <> 'campaign'
+           AND EXISTS (SELECT FROM voucher.redemption r
+                        WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.redemption in the same statement';
+        ELSIF TG_TABLE_NAME <> 'code' AND EXISTS (SELECT FROM voucher.customer_usage) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.% while voucher.customer_usage names its rows',
+                TG_TABLE_NAME USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.customer_usage in the same statement';
         END IF;
     ELSIF TG_TABLE_NAME = 'redemption' THEN
         IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
@@ -91,20 +100,42 @@ BEGIN
                                  AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
             RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'customer_usage' THEN
+        IF NOT EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.campaign_id = NEW.campaign_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.customer_usage: no such campaign' USING ERRCODE = '23503';
+        ELSIF NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                             AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.customer_usage: no such customer' USING ERRCODE = '23503';
+        END IF;
     ELSIF TG_TABLE_NAME = 'code' THEN
         IF EXISTS (SELECT FROM voucher.redemption r
                     WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
             RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'campaign' THEN
+        IF EXISTS (SELECT FROM voucher.customer_usage u
+                    WHERE u.tenant_id = OLD.tenant_id AND u.campaign_id = OLD.campaign_id) THEN
+            RAISE EXCEPTION 'voucher.campaign: per-customer counters name this campaign'
+                USING ERRCODE = '23503';
+        END IF;
     ELSIF EXISTS (SELECT FROM voucher.redemption r
                    WHERE r.tenant_id = OLD.tenant_id AND r.customer_id = OLD.customer_id) THEN
         RAISE EXCEPTION 'voucher.customer: redemptions name this customer' USING ERRCODE = '23503';
+    ELSIF EXISTS (SELECT FROM voucher.customer_usage u
+                   WHERE u.tenant_id = OLD.tenant_id AND u.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: per-customer counters name this customer'
+            USING ERRCODE = '23503';
     END IF;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON voucher.redemption
     FOR EACH ROW WHEN (current_user <> 'voucher_definer')
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, campaign_id, customer_id ON voucher.customer_usage
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id
+                       OR OLD.customer_id <> NEW.customer_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
     FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
@@ -119,6 +150,14 @@ CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
+-- (voucher.campaign's own triggers, for its codes, are keep_refs* of sql/codes.sql)
+CREATE TRIGGER keep_usage AFTER DELETE ON voucher.campaign
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_usage_rekey AFTER UPDATE OF tenant_id, campaign_id ON voucher.campaign
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_usage_truncate AFTER TRUNCATE ON voucher.campaign
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
 
 CREATE FUNCTION voucher.rollback_redemption(

@@ -1211,6 +1211,10 @@ ALTER TABLE voucher.redemption
     DROP CONSTRAINT redemption_tenant_id_voucher_id_fkey,
     DROP CONSTRAINT redemption_tenant_id_customer_id_fkey,
     DROP CONSTRAINT redemption_tenant_id_idempotency_key_key;
+-- nor from voucher.customer_usage (later still; the same triggers keep its integrity)
+ALTER TABLE voucher.customer_usage
+    DROP CONSTRAINT customer_usage_tenant_id_campaign_id_fkey,
+    DROP CONSTRAINT customer_usage_tenant_id_customer_id_fkey;
 CREATE UNIQUE INDEX redemption_idempotency_key_idx ON voucher.redemption (tenant_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
@@ -1218,12 +1222,17 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
-        -- an AFTER trigger: redemptions truncated in the same statement are gone by now
-        IF EXISTS (SELECT FROM voucher.redemption r
-                    WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
+        -- an AFTER trigger: rows truncated in the same statement are gone by now
+        IF TG_TABLE_NAME <> 'campaign'
+           AND EXISTS (SELECT FROM voucher.redemption r
+                        WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.redemption in the same statement';
+        ELSIF TG_TABLE_NAME <> 'code' AND EXISTS (SELECT FROM voucher.customer_usage) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.% while voucher.customer_usage names its rows',
+                TG_TABLE_NAME USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.customer_usage in the same statement';
         END IF;
     ELSIF TG_TABLE_NAME = 'redemption' THEN
         IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
@@ -1234,20 +1243,42 @@ BEGIN
                                  AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
             RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'customer_usage' THEN
+        IF NOT EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.campaign_id = NEW.campaign_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.customer_usage: no such campaign' USING ERRCODE = '23503';
+        ELSIF NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                             AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.customer_usage: no such customer' USING ERRCODE = '23503';
+        END IF;
     ELSIF TG_TABLE_NAME = 'code' THEN
         IF EXISTS (SELECT FROM voucher.redemption r
                     WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
             RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'campaign' THEN
+        IF EXISTS (SELECT FROM voucher.customer_usage u
+                    WHERE u.tenant_id = OLD.tenant_id AND u.campaign_id = OLD.campaign_id) THEN
+            RAISE EXCEPTION 'voucher.campaign: per-customer counters name this campaign'
+                USING ERRCODE = '23503';
+        END IF;
     ELSIF EXISTS (SELECT FROM voucher.redemption r
                    WHERE r.tenant_id = OLD.tenant_id AND r.customer_id = OLD.customer_id) THEN
         RAISE EXCEPTION 'voucher.customer: redemptions name this customer' USING ERRCODE = '23503';
+    ELSIF EXISTS (SELECT FROM voucher.customer_usage u
+                   WHERE u.tenant_id = OLD.tenant_id AND u.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: per-customer counters name this customer'
+            USING ERRCODE = '23503';
     END IF;
     RETURN NULL;
 END
 $$;
 CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON voucher.redemption
     FOR EACH ROW WHEN (current_user <> 'voucher_definer')
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, campaign_id, customer_id ON voucher.customer_usage
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id
+                       OR OLD.customer_id <> NEW.customer_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
     FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
@@ -1262,6 +1293,14 @@ CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
+-- (voucher.campaign's own triggers, for its codes, are keep_refs* of sql/codes.sql)
+CREATE TRIGGER keep_usage AFTER DELETE ON voucher.campaign
+    FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_usage_rekey AFTER UPDATE OF tenant_id, campaign_id ON voucher.campaign
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_usage_truncate AFTER TRUNCATE ON voucher.campaign
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._redemptions_keep_refs();
 -- issue 17, generate_codes: no foreign key from voucher.code to voucher.campaign either (the
 -- code-inserting functions key-share lock the campaign once; direct DML kept by triggers, see

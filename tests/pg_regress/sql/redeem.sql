@@ -334,7 +334,40 @@ SELECT try(format('DELETE FROM voucher.code v WHERE v.tenant_id = %L AND v.code 
                             ORDER BY v.code LIMIT 1))) AS delete_unredeemed_voucher;
 SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
        try('TRUNCATE voucher.customer CASCADE') AS truncate_customers,
-       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions;
+       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions,
+       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption, voucher.customer_usage CASCADE')
+           AS truncate_with_counters;
+ROLLBACK;
+
+-- the per-customer counters (voucher.customer_usage) have no foreign keys either: the customer and
+-- campaign a counter names cannot be deleted, re-keyed or truncated away, and a counter cannot be
+-- re-pointed at a customer or campaign that does not exist (rolled back)
+BEGIN;
+SELECT u.customer_id AS counted_customer, u.campaign_id AS counted_campaign
+  FROM voucher.customer_usage u WHERE u.tenant_id = :'shop'
+ ORDER BY u.campaign_id, u.customer_id LIMIT 1 \gset
+-- without the redemptions (and, for the campaign, the codes' own check) that would refuse first
+DELETE FROM voucher.redemption WHERE tenant_id = :'shop' AND customer_id = :'counted_customer';
+ALTER TABLE voucher.campaign DISABLE TRIGGER keep_refs, DISABLE TRIGGER keep_refs_rekey,
+                             DISABLE TRIGGER keep_refs_truncate;
+SELECT try(format('DELETE FROM voucher.customer WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'counted_customer')) AS delete_counted_customer,
+       try(format('UPDATE voucher.customer SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'counted_customer')) AS rekey_counted_customer;
+SELECT try(format('DELETE FROM voucher.campaign WHERE tenant_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_campaign')) AS delete_counted_campaign,
+       try(format('UPDATE voucher.campaign SET campaign_id = gen_random_uuid() WHERE tenant_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_campaign')) AS rekey_counted_campaign,
+       try(format('UPDATE voucher.campaign SET name = name WHERE tenant_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_campaign')) AS other_update;
+SELECT try(format('UPDATE voucher.customer_usage SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_customer', :'counted_campaign')) AS repoint_to_no_customer,
+       try(format('UPDATE voucher.customer_usage SET campaign_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_customer', :'counted_campaign')) AS repoint_to_no_campaign,
+       try(format('UPDATE voucher.customer_usage SET used = used WHERE tenant_id = %L AND customer_id = %L AND campaign_id = %L',
+                  :'shop', :'counted_customer', :'counted_campaign')) AS count_update;
+SELECT try('TRUNCATE voucher.campaign CASCADE') AS truncate_campaigns,
+       try('TRUNCATE voucher.campaign, voucher.customer_usage CASCADE') AS truncate_with_counters;
 ROLLBACK;
 
 ------------------------------------------------------------------------------------------------
