@@ -1223,13 +1223,14 @@ AS $$
 BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         -- an AFTER trigger: rows truncated in the same statement are gone by now
-        IF TG_TABLE_NAME <> 'campaign'
+        IF TG_TABLE_NAME IN ('code', 'customer')
            AND EXISTS (SELECT FROM voucher.redemption r
                         WHERE TG_TABLE_NAME = 'code' OR r.customer_id IS NOT NULL) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.redemption in the same statement';
-        ELSIF TG_TABLE_NAME <> 'code' AND EXISTS (SELECT FROM voucher.customer_usage) THEN
+        ELSIF TG_TABLE_NAME IN ('customer', 'campaign')
+              AND EXISTS (SELECT FROM voucher.customer_usage) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.customer_usage names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.customer_usage in the same statement';
