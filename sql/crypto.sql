@@ -8,7 +8,7 @@ CREATE SEQUENCE voucher.tenant_key_id_seq AS integer;
 -- keys. A data key superseded by rotate_data_key still decrypts but never encrypts again; it is
 -- retired once no row uses it; a destroyed key has no wrapped bytes left.
 CREATE TABLE voucher.tenant_key (
-    tenant_id      uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    tenant_id      uuid        NOT NULL,
     key_id         integer     NOT NULL,
     kind           text        NOT NULL CHECK (kind IN ('data', 'index')),
     state          text        NOT NULL DEFAULT 'active'
@@ -34,6 +34,9 @@ COMMENT ON COLUMN voucher.tenant_key.rotated_through IS
 CREATE UNIQUE INDEX tenant_key_active_idx ON voucher.tenant_key (tenant_id, kind)
     WHERE state = 'active' AND superseded_by IS NULL;
 ALTER SEQUENCE voucher.tenant_key_id_seq OWNED BY voucher.tenant_key.key_id;
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.tenant_key
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();   -- no foreign key: see sql/tenancy.sql
 
 -- Each customer's own key (for its personal data in audit rows) is the column
 -- voucher.customer.audit_key (sql/customers.sql), wrapped under the row's data key.

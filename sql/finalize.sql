@@ -50,11 +50,13 @@ DECLARE
 BEGIN
     FOR r IN SELECT p.oid::regprocedure AS f FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'voucher'::regnamespace AND p.prosecdef
-                -- perf: the integrity triggers that replace the foreign keys of voucher.redemption
-                -- and voucher.code see every tenant's rows, as the keys' checks did
-                -- (sql/redeem.sql, sql/codes.sql): they stay the extension owner's (a superuser)
+                -- the integrity triggers that replace the foreign keys among our tables see every
+                -- tenant's rows, as the keys' checks did (sql/redeem.sql, sql/codes.sql,
+                -- sql/tenancy.sql, sql/privacy.sql): they stay the extension owner's (a superuser)
                 AND p.oid <> ALL (ARRAY['voucher._redemptions_keep_refs()',
-                                        'voucher._codes_keep_refs()']::pg_catalog.regprocedure[]) LOOP
+                                        'voucher._codes_keep_refs()',
+                                        'voucher._tenant_keep_refs()',
+                                        'voucher._consent_keep_refs()']::pg_catalog.regprocedure[]) LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO voucher_definer', r.f);
     END LOOP;
     FOR r IN SELECT c.oid::regclass AS v FROM pg_catalog.pg_class c

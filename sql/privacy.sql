@@ -17,12 +17,56 @@ CREATE TABLE voucher.consent (
     at           timestamptz NOT NULL DEFAULT now(),
     source       text        CHECK (length(source) <= 200),
     recorded_by  text        NOT NULL,
-    PRIMARY KEY (tenant_id, customer_id, consent_id),
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE
+    PRIMARY KEY (tenant_id, customer_id, consent_id)
+    -- no foreign key to voucher.customer: see _consent_keep_refs below
 );
 COMMENT ON TABLE voucher.consent IS
     'Consent grants and withdrawals per customer and purpose, with time, key and source; history kept.';
 SELECT voucher._isolate_tenant('voucher.consent');
+-- No foreign key to voucher.customer (a parallel pg_restore ignores the keys' order among an
+-- extension's tables, see sql/tenancy.sql). What the key did for direct DML (the extension never
+-- deletes a customer: forget_customer keeps the row) is done here: deleting a customer deletes
+-- its consents (ON DELETE CASCADE, as the key did), re-keying a customer that consents name or
+-- truncating voucher.customer while consents exist is refused (23503, 0A000), and so is
+-- re-pointing a consent at a customer that does not exist. Inserts are not checked (a restore
+-- inserts in any order): set_consent, the only writer, holds the customer's row lock. Sees
+-- every tenant's rows and stays the extension owner's, like the other *_keep_refs
+-- (sql/finalize.sql).
+CREATE FUNCTION voucher._consent_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: consents truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.consent) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.customer while voucher.consent names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.consent in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'consent' THEN
+        IF NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.consent: no such customer' USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        DELETE FROM voucher.consent c
+         WHERE c.tenant_id = OLD.tenant_id AND c.customer_id = OLD.customer_id;
+    ELSIF EXISTS (SELECT FROM voucher.consent c
+                   WHERE c.tenant_id = OLD.tenant_id AND c.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: consents name this customer' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_consent AFTER DELETE ON voucher.customer
+    FOR EACH ROW EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_consent_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher.customer
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_consent_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_customer AFTER UPDATE OF tenant_id, customer_id ON voucher.consent
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._consent_keep_refs();
 CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.consent FOR EACH ROW
     WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
 CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.consent

@@ -73,7 +73,10 @@ SELECT voucher._isolate_tenant('voucher.redemption');
 -- or truncated away, and a redemption or counter cannot be re-pointed at one that does not exist
 -- (23503, or 0A000 for TRUNCATE, as with the keys). Like the keys' checks it sees every tenant's
 -- rows: SECURITY DEFINER, and it stays the extension owner's (a superuser) instead of
--- voucher_definer's (sql/finalize.sql).
+-- voucher_definer's (sql/finalize.sql). It also keeps a hot voucher's slots (voucher.code_use)
+-- and their voucher, whose key went last (a parallel pg_restore ignores the keys' order, see
+-- sql/tenancy.sql): the claim that adds a slot reads the voucher FOR KEY SHARE, as the key's
+-- check did (src/redeem/hot.rs).
 CREATE FUNCTION voucher._redemptions_keep_refs() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
@@ -86,6 +89,9 @@ BEGIN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.redemption in the same statement';
+        ELSIF TG_TABLE_NAME = 'code' AND EXISTS (SELECT FROM voucher.code_use) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.code while voucher.code_use names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.code_use in the same statement';
         ELSIF TG_TABLE_NAME IN ('customer', 'campaign')
               AND EXISTS (SELECT FROM voucher.customer_usage) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.customer_usage names its rows',
@@ -109,10 +115,18 @@ BEGIN
                              AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
             RAISE EXCEPTION 'voucher.customer_usage: no such customer' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'code_use' THEN
+        IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
+                          AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.code_use: no such voucher' USING ERRCODE = '23503';
+        END IF;
     ELSIF TG_TABLE_NAME = 'code' THEN
         IF EXISTS (SELECT FROM voucher.redemption r
                     WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
             RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
+        ELSIF EXISTS (SELECT FROM voucher.code_use u
+                       WHERE u.tenant_id = OLD.tenant_id AND u.voucher_id = OLD.voucher_id) THEN
+            RAISE EXCEPTION 'voucher.code: use counters name this voucher' USING ERRCODE = '23503';
         END IF;
     ELSIF TG_TABLE_NAME = 'campaign' THEN
         IF EXISTS (SELECT FROM voucher.customer_usage u
@@ -137,6 +151,9 @@ CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON v
 CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, campaign_id, customer_id ON voucher.customer_usage
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id
                        OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id ON voucher.code_use
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.voucher_id <> NEW.voucher_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
     FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();

@@ -2,7 +2,7 @@
 -- value in canonical form; a tenant without a row uses the setting's default.
 
 CREATE TABLE voucher.tenant_setting (
-    tenant_id   uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    tenant_id   uuid        NOT NULL,
     setting     text        NOT NULL,
     value       text        NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now(),
@@ -13,6 +13,9 @@ COMMENT ON TABLE voucher.tenant_setting IS
     'A tenant''s settings that differ from the defaults; written by voucher.configure.';
 
 SELECT voucher._isolate_tenant('voucher.tenant_setting');
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.tenant_setting
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();   -- no foreign key: see sql/tenancy.sql
 
 -- Every committed change tells the other backends to re-read their cached settings.
 CREATE FUNCTION voucher._setting_trigger() RETURNS trigger LANGUAGE plpgsql AS $$

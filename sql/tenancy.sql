@@ -27,7 +27,7 @@ CREATE TABLE voucher.tenant (
 COMMENT ON TABLE voucher.tenant IS 'One row per tenant. Only operators create them.';
 
 CREATE TABLE voucher.credential (
-    tenant_id     uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    tenant_id     uuid        NOT NULL,   -- no foreign key: see _tenant_keep_refs below
     key_id        uuid        NOT NULL,
     prefix        text        NOT NULL,
     key_hash      bytea       NOT NULL CHECK (length(key_hash) = 32),
@@ -47,6 +47,67 @@ COMMENT ON COLUMN voucher.credential.prefix IS 'vk_ and 12 random characters: sh
 
 -- authenticate() finds a key by its prefix before it knows the tenant.
 CREATE INDEX credential_prefix_idx ON voucher.credential (prefix);
+
+-- No foreign keys to voucher.tenant (operations): pg_restore -j loads the tables' data
+-- concurrently and ignores the order pg_dump keeps for the keys among an extension's tables, so a
+-- key from voucher.credential, voucher.campaign, voucher.tenant_key or voucher.tenant_setting
+-- made a parallel restore fail (a child loaded before its tenant). No table of the extension has
+-- a foreign key any more: sql/codes.sql and sql/redeem.sql replaced the others for speed, this
+-- function the last ones, with the keys' behaviour for direct DML (the extension's functions never
+-- delete or re-key a tenant): deleting a tenant deletes its keys, settings, data keys and
+-- campaigns (ON DELETE CASCADE, as the keys did; a campaign that codes name still refuses,
+-- _codes_keep_refs), re-keying a tenant that those rows name or truncating voucher.tenant while
+-- they exist is refused (23503, 0A000), and so is re-pointing one of them at a tenant that does
+-- not exist. Inserts are not checked (a restore inserts in any order): clients cannot insert
+-- into these tables, and the functions that do read the tenant FOR KEY SHARE first (the lock the
+-- key's check took), so a concurrent delete of the tenant waits for them or makes them fail.
+-- Like the other *_keep_refs it sees every tenant's rows and stays the extension owner's
+-- (sql/finalize.sql).
+CREATE FUNCTION voucher._tenant_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: rows truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.credential) OR EXISTS (SELECT FROM voucher.campaign)
+           OR EXISTS (SELECT FROM voucher.tenant_key)
+           OR EXISTS (SELECT FROM voucher.tenant_setting) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.tenant while other tables name its rows'
+                USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.credential, voucher.campaign, voucher.tenant_key and '
+                       'voucher.tenant_setting in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME <> 'tenant' THEN
+        IF NOT EXISTS (SELECT FROM voucher.tenant t WHERE t.tenant_id = NEW.tenant_id
+                          FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.%: no such tenant', TG_TABLE_NAME USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        DELETE FROM voucher.credential c WHERE c.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.tenant_setting s WHERE s.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.tenant_key k WHERE k.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.campaign c WHERE c.tenant_id = OLD.tenant_id;
+    ELSIF EXISTS (SELECT FROM voucher.credential c WHERE c.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.tenant_key k WHERE k.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.tenant_setting s WHERE s.tenant_id = OLD.tenant_id) THEN
+        RAISE EXCEPTION 'voucher.tenant: other tables name this tenant' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.tenant
+    FOR EACH ROW EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id ON voucher.tenant
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.credential
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+-- (the same trigger on voucher.campaign, voucher.tenant_key and voucher.tenant_setting is
+-- created with each table)
 
 SELECT voucher._isolate_tenant('voucher.tenant');
 

@@ -151,7 +151,7 @@ LANGUAGE c
 AS 'MODULE_PATHNAME', 'redeem_wrapper';
 
 CREATE TABLE voucher.tenant_setting (
-    tenant_id   uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    tenant_id   uuid        NOT NULL,
     setting     text        NOT NULL,
     value       text        NOT NULL,
     updated_at  timestamptz NOT NULL DEFAULT now(),
@@ -206,7 +206,7 @@ COMMENT ON VIEW voucher.lockouts IS
 -- (README "Upgrading" says what they may hold).
 CREATE SEQUENCE voucher.tenant_key_id_seq AS integer;
 CREATE TABLE voucher.tenant_key (
-    tenant_id      uuid        NOT NULL REFERENCES voucher.tenant ON DELETE CASCADE,
+    tenant_id      uuid        NOT NULL,
     key_id         integer     NOT NULL,
     kind           text        NOT NULL CHECK (kind IN ('data', 'index')),
     state          text        NOT NULL DEFAULT 'active'
@@ -493,8 +493,7 @@ CREATE TABLE voucher.consent (
     at           timestamptz NOT NULL DEFAULT now(),
     source       text        CHECK (length(source) <= 200),
     recorded_by  text        NOT NULL,
-    PRIMARY KEY (tenant_id, customer_id, consent_id),
-    FOREIGN KEY (tenant_id, customer_id) REFERENCES voucher.customer ON DELETE CASCADE
+    PRIMARY KEY (tenant_id, customer_id, consent_id)
 );
 COMMENT ON TABLE voucher.consent IS
     'Consent grants and withdrawals per customer and purpose, with time, key and source; history kept.';
@@ -1075,6 +1074,11 @@ BEGIN
     ELSIF pg_column_size(metadata) > 65536 THEN
         RAISE EXCEPTION 'metadata is larger than 64 kB' USING ERRCODE = '22023';
     END IF;
+    -- the tenant's row FOR KEY SHARE, the lock a foreign key's check took (sql/tenancy.sql)
+    PERFORM FROM voucher.tenant WHERE tenant_id = t FOR KEY SHARE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'no such tenant' USING ERRCODE = '22023';
+    END IF;
     shape := voucher._code_shape(coalesce(code_pattern, '########'),
                                  coalesce(code_charset, 'unambiguous'),
                                  coalesce(code_prefix, ''), coalesce(code_postfix, ''),
@@ -1105,8 +1109,7 @@ CREATE TABLE voucher.code_use (
     voucher_id  uuid      NOT NULL,
     slot        smallint  NOT NULL CHECK (slot >= 0 AND slot < 16),
     used        integer   NOT NULL CHECK (used >= 0),
-    PRIMARY KEY (tenant_id, voucher_id, slot),
-    FOREIGN KEY (tenant_id, voucher_id) REFERENCES voucher.code
+    PRIMARY KEY (tenant_id, voucher_id, slot)
 ) WITH (fillfactor = 50);
 COMMENT ON TABLE voucher.code_use IS
     'Uses of a voucher without a limit, counted in 16 slots so that concurrent redemptions do not queue on one row.';
@@ -1229,6 +1232,9 @@ BEGIN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.redemption names its rows',
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.redemption in the same statement';
+        ELSIF TG_TABLE_NAME = 'code' AND EXISTS (SELECT FROM voucher.code_use) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.code while voucher.code_use names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.code_use in the same statement';
         ELSIF TG_TABLE_NAME IN ('customer', 'campaign')
               AND EXISTS (SELECT FROM voucher.customer_usage) THEN
             RAISE EXCEPTION 'cannot truncate voucher.% while voucher.customer_usage names its rows',
@@ -1252,10 +1258,18 @@ BEGIN
                              AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
             RAISE EXCEPTION 'voucher.customer_usage: no such customer' USING ERRCODE = '23503';
         END IF;
+    ELSIF TG_TABLE_NAME = 'code_use' THEN
+        IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
+                          AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.code_use: no such voucher' USING ERRCODE = '23503';
+        END IF;
     ELSIF TG_TABLE_NAME = 'code' THEN
         IF EXISTS (SELECT FROM voucher.redemption r
                     WHERE r.tenant_id = OLD.tenant_id AND r.voucher_id = OLD.voucher_id) THEN
             RAISE EXCEPTION 'voucher.code: redemptions name this voucher' USING ERRCODE = '23503';
+        ELSIF EXISTS (SELECT FROM voucher.code_use u
+                       WHERE u.tenant_id = OLD.tenant_id AND u.voucher_id = OLD.voucher_id) THEN
+            RAISE EXCEPTION 'voucher.code: use counters name this voucher' USING ERRCODE = '23503';
         END IF;
     ELSIF TG_TABLE_NAME = 'campaign' THEN
         IF EXISTS (SELECT FROM voucher.customer_usage u
@@ -1280,6 +1294,9 @@ CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id, customer_id ON v
 CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, campaign_id, customer_id ON voucher.customer_usage
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id
                        OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._redemptions_keep_refs();
+CREATE TRIGGER keep_refs AFTER UPDATE OF tenant_id, voucher_id ON voucher.code_use
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.voucher_id <> NEW.voucher_id)
     EXECUTE FUNCTION voucher._redemptions_keep_refs();
 CREATE TRIGGER keep_refs AFTER DELETE ON voucher.code
     FOR EACH ROW EXECUTE FUNCTION voucher._redemptions_keep_refs();
@@ -1341,6 +1358,102 @@ CREATE TRIGGER keep_campaign AFTER UPDATE OF tenant_id, campaign_id ON voucher.c
     EXECUTE FUNCTION voucher._codes_keep_refs();
 -- end perf --------------------------------------------------------------------------------
 
+-- Operations: the last foreign keys among the extension's tables go (pg_restore -j loads the
+-- tables' data concurrently and ignores the keys' order among an extension's tables). Integrity
+-- triggers keep what the keys did for direct DML (sql/tenancy.sql, sql/privacy.sql, and
+-- voucher.code_use in _redemptions_keep_refs above); the functions that insert rows naming a
+-- tenant read it FOR KEY SHARE first.
+ALTER TABLE voucher.credential DROP CONSTRAINT credential_tenant_id_fkey;
+ALTER TABLE voucher.campaign DROP CONSTRAINT campaign_tenant_id_fkey;
+CREATE FUNCTION voucher._tenant_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: rows truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.credential) OR EXISTS (SELECT FROM voucher.campaign)
+           OR EXISTS (SELECT FROM voucher.tenant_key)
+           OR EXISTS (SELECT FROM voucher.tenant_setting) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.tenant while other tables name its rows'
+                USING ERRCODE = '0A000',
+                HINT = 'truncate voucher.credential, voucher.campaign, voucher.tenant_key and '
+                       'voucher.tenant_setting in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME <> 'tenant' THEN
+        IF NOT EXISTS (SELECT FROM voucher.tenant t WHERE t.tenant_id = NEW.tenant_id
+                          FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.%: no such tenant', TG_TABLE_NAME USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        DELETE FROM voucher.credential c WHERE c.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.tenant_setting s WHERE s.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.tenant_key k WHERE k.tenant_id = OLD.tenant_id;
+        DELETE FROM voucher.campaign c WHERE c.tenant_id = OLD.tenant_id;
+    ELSIF EXISTS (SELECT FROM voucher.credential c WHERE c.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.tenant_key k WHERE k.tenant_id = OLD.tenant_id)
+          OR EXISTS (SELECT FROM voucher.tenant_setting s WHERE s.tenant_id = OLD.tenant_id) THEN
+        RAISE EXCEPTION 'voucher.tenant: other tables name this tenant' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_refs AFTER DELETE ON voucher.tenant
+    FOR EACH ROW EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_refs_rekey AFTER UPDATE OF tenant_id ON voucher.tenant
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.tenant
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.credential
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.campaign
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.tenant_key
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+CREATE TRIGGER keep_tenant AFTER UPDATE OF tenant_id ON voucher.tenant_setting
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id)
+    EXECUTE FUNCTION voucher._tenant_keep_refs();
+
+CREATE FUNCTION voucher._consent_keep_refs() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF TG_OP = 'TRUNCATE' THEN
+        -- an AFTER trigger: consents truncated in the same statement are gone by now
+        IF EXISTS (SELECT FROM voucher.consent) THEN
+            RAISE EXCEPTION 'cannot truncate voucher.customer while voucher.consent names its rows'
+                USING ERRCODE = '0A000', HINT = 'truncate voucher.consent in the same statement';
+        END IF;
+    ELSIF TG_TABLE_NAME = 'consent' THEN
+        IF NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                          AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+            RAISE EXCEPTION 'voucher.consent: no such customer' USING ERRCODE = '23503';
+        END IF;
+    ELSIF TG_OP = 'DELETE' THEN
+        DELETE FROM voucher.consent c
+         WHERE c.tenant_id = OLD.tenant_id AND c.customer_id = OLD.customer_id;
+    ELSIF EXISTS (SELECT FROM voucher.consent c
+                   WHERE c.tenant_id = OLD.tenant_id AND c.customer_id = OLD.customer_id) THEN
+        RAISE EXCEPTION 'voucher.customer: consents name this customer' USING ERRCODE = '23503';
+    END IF;
+    RETURN NULL;
+END
+$$;
+CREATE TRIGGER keep_consent AFTER DELETE ON voucher.customer
+    FOR EACH ROW EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_consent_rekey AFTER UPDATE OF tenant_id, customer_id ON voucher.customer
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_consent_truncate AFTER TRUNCATE ON voucher.customer
+    FOR EACH STATEMENT EXECUTE FUNCTION voucher._consent_keep_refs();
+CREATE TRIGGER keep_customer AFTER UPDATE OF tenant_id, customer_id ON voucher.consent
+    FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
+    EXECUTE FUNCTION voucher._consent_keep_refs();
+
 -- (other capabilities of 0.2.0: add your sections here)
 
 -- pg_dump: every table and sequence of the extension, including the ones added above ---------
@@ -1357,11 +1470,13 @@ DECLARE
 BEGIN
     FOR r IN SELECT p.oid::regprocedure AS f FROM pg_catalog.pg_proc p
               WHERE p.pronamespace = 'voucher'::regnamespace AND p.prosecdef
-                -- perf: the integrity triggers that replace the foreign keys of voucher.redemption
-                -- and voucher.code see every tenant's rows, as the keys' checks did
-                -- (sql/redeem.sql, sql/codes.sql): they stay the extension owner's (a superuser)
+                -- the integrity triggers that replace the foreign keys among our tables see every
+                -- tenant's rows, as the keys' checks did (sql/redeem.sql, sql/codes.sql,
+                -- sql/tenancy.sql, sql/privacy.sql): they stay the extension owner's (a superuser)
                 AND p.oid <> ALL (ARRAY['voucher._redemptions_keep_refs()',
-                                        'voucher._codes_keep_refs()']::pg_catalog.regprocedure[])
+                                        'voucher._codes_keep_refs()',
+                                        'voucher._tenant_keep_refs()',
+                                        'voucher._consent_keep_refs()']::pg_catalog.regprocedure[])
                 AND p.proowner <> 'voucher_definer'::regrole LOOP
         EXECUTE pg_catalog.format('ALTER FUNCTION %s OWNER TO voucher_definer', r.f);
     END LOOP;

@@ -301,6 +301,7 @@ pub fn insert_key(
     kind: &str,
     if_missing: bool,
 ) -> Result<Option<i32>> {
+    crate::tenancy::context::hold_tenant(client, *tenant)?;
     let material = keyring::random_key();
     let (fp, wrapped) = wrap(tenant, key_id, &material)?;
     let conflict = if if_missing {

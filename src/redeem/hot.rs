@@ -14,8 +14,10 @@
 //! key-share lock on the voucher row and, holding that row's tuple lock, waited for the row's
 //! concurrent updater, which then needed the same tuple lock for its own check. On this path
 //! nobody updates the voucher row, and voucher.redemption has no foreign keys any more (see
-//! sql/redeem.sql): the voucher row is only read. Its slot rows keep it from being deleted (their
-//! foreign key to voucher.code).
+//! sql/redeem.sql): the voucher row is only read. Its slot rows keep it from being deleted
+//! (`voucher._redemptions_keep_refs`); the claim that adds a slot reads the voucher row FOR KEY
+//! SHARE (as the slots' foreign key did before it went, so that a parallel pg_restore works), so
+//! a concurrent delete of the voucher waits for that claim and then sees its slot.
 //!
 //! Exports `spread_claim_sql` (kept in statements.rs like the other claims), `spreads`, and the
 //! per-backend memory of codes that took this path (`is_spread`, `remember_spread`).
@@ -66,8 +68,11 @@ bump AS (
     RETURNING u.slot),
 made AS (
     INSERT INTO voucher.code_use AS u (tenant_id, voucher_id, slot, used)
-    SELECT $1, free.voucher_id, (pg_catalog.pg_backend_pid() % 16)::smallint, 1 FROM free
-     WHERE NOT EXISTS (SELECT FROM pick)
+    SELECT $1, k.voucher_id, (pg_catalog.pg_backend_pid() % 16)::smallint, 1
+      FROM (SELECT v.voucher_id FROM voucher.code v
+             WHERE v.tenant_id = $1 AND v.voucher_id = (SELECT free.voucher_id FROM free)
+               AND NOT EXISTS (SELECT FROM pick)
+               FOR KEY SHARE) k
     ON CONFLICT (tenant_id, voucher_id, slot) DO UPDATE SET used = u.used + 1
     RETURNING u.slot),
 claim AS (

@@ -189,6 +189,7 @@ fn configure_impl(setting: Option<&str>, value: Option<&str>) -> Result<()> {
                 .ok()
                 .flatten();
             if canonical.is_some() {
+                context::hold_tenant(c, tenant)?;
                 c.update(
                     "INSERT INTO voucher.tenant_setting AS s (tenant_id, setting, value, updated_by) \
                      VALUES ($1, $2, $3, $4) ON CONFLICT (tenant_id, setting) \
@@ -206,9 +207,9 @@ fn configure_impl(setting: Option<&str>, value: Option<&str>) -> Result<()> {
                 )
                 .expect("setting reset");
             }
-            before
+            Ok(before)
         })
-    });
+    })?;
     CACHE.with(|c| c.borrow_mut().remove(&tenant));
     events::record(&Event {
         tenant,

@@ -488,6 +488,26 @@ pub fn tenant_exists(tenant: [u8; 16]) -> bool {
     .unwrap_or(false)
 }
 
+/// Before a row naming `tenant` is inserted (a key, a setting, a tenant key): the tenant's row
+/// FOR KEY SHARE, the lock a foreign key's check took (no table has a key to voucher.tenant any
+/// more, sql/tenancy.sql). A concurrent delete of the tenant waits for this transaction and its
+/// cascade then removes the new row too; after a committed delete: "no such tenant". Call it as
+/// voucher_definer with RLS seeing `tenant` (`as_tenant_definer`).
+pub fn hold_tenant(client: &mut pgrx::spi::SpiClient<'_>, tenant: [u8; 16]) -> Result<()> {
+    let held = client
+        .update(
+            "SELECT FROM voucher.tenant WHERE tenant_id = $1 FOR KEY SHARE",
+            None,
+            &[pgrx::Uuid::from_bytes(tenant).into()],
+        )
+        .expect("tenant lock")
+        .len();
+    if held == 0 {
+        return Err(VoucherError::invalid("no such tenant"));
+    }
+    Ok(())
+}
+
 /// The tenant this session acts for, or NULL.
 #[pg_extern(stable, parallel_restricted, name = "current_tenant")]
 fn current_tenant_sql() -> Option<pgrx::Uuid> {

@@ -109,23 +109,28 @@ fn create_api_key_impl(
     let key = keys::generate();
     let key_id = rng::uuid_v7();
     as_tenant_definer(target, || {
-        Spi::run_with_args(
-            "INSERT INTO voucher.credential \
-               (tenant_id, key_id, prefix, key_hash, role, label, expires_at, created_by) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-            &[
-                pgrx::Uuid::from_bytes(target).into(),
-                pgrx::Uuid::from_bytes(key_id).into(),
-                key.display_prefix.as_str().into(),
-                key.hash.to_vec().into(),
-                role.as_str().into(),
-                label.into(),
-                expires_at.into(),
-                created_by.into(),
-            ],
-        )
-    })
-    .expect("credential insert runs");
+        Spi::connect_mut(|c| {
+            context::hold_tenant(c, target)?;
+            c.update(
+                "INSERT INTO voucher.credential \
+                   (tenant_id, key_id, prefix, key_hash, role, label, expires_at, created_by) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                None,
+                &[
+                    pgrx::Uuid::from_bytes(target).into(),
+                    pgrx::Uuid::from_bytes(key_id).into(),
+                    key.display_prefix.as_str().into(),
+                    key.hash.to_vec().into(),
+                    role.as_str().into(),
+                    label.into(),
+                    expires_at.into(),
+                    created_by.into(),
+                ],
+            )
+            .expect("credential insert runs");
+            Ok(())
+        })
+    })?;
     events::record(&Event {
         tenant: target,
         actor,

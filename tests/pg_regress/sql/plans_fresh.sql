@@ -126,7 +126,7 @@ SELECT discount IS NOT NULL AS ok
 SELECT * FROM delta('{customer,customer_usage}');
 COMMIT;
 
--- set_consent: the customer's lock by its primary key, the consent, the foreign key's check
+-- set_consent: the customer's lock by its primary key, the consent (no foreign key check)
 BEGIN;
 SELECT snap();
 SELECT voucher.set_consent('c9', 'news', true);

@@ -238,3 +238,31 @@ SELECT c.source_id, c.email, c.name, c.metadata FROM voucher.customers c WHERE c
 SELECT count(*) AS bob_redemptions FROM voucher.redemptions WHERE customer = 'bob-2';
 SELECT action, details FROM voucher.audit_log WHERE action LIKE 'consent.%' AND details ->> 'source' = 'account settings';
 COMMIT;
+
+------------------------------------------------------------------------------------------------
+-- voucher.consent has no foreign key to voucher.customer (a parallel pg_restore ignores the order
+-- of the keys among an extension's tables): deleting a customer deletes its consents, as the
+-- key's ON DELETE CASCADE did; re-keying a customer with consents, or truncating the customers
+-- while consents exist, is refused; a consent cannot be re-pointed at a customer that does not
+-- exist (direct DML as a superuser, rolled back)
+------------------------------------------------------------------------------------------------
+\c - postgres
+BEGIN;
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT voucher.upsert_customer('carol-3') AS carol \gset
+SELECT voucher.set_consent('carol-3', 'profile', true), voucher.set_consent('carol-3', 'newsletter', true);
+SELECT voucher.logout();
+CREATE TEMP VIEW carol_consents AS
+SELECT count(*) AS carol_consents FROM voucher.consent WHERE tenant_id = :'shop' AND customer_id = :'carol';
+SELECT * FROM carol_consents;
+SELECT try(format('UPDATE voucher.customer SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'carol')) AS rekey_customer,
+       try(format('UPDATE voucher.consent SET customer_id = gen_random_uuid() WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'carol')) AS repoint_consent,
+       try(format('UPDATE voucher.consent SET source = source WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'carol')) AS other_update;
+SELECT try('TRUNCATE voucher.customer CASCADE') AS truncate_customers;
+SELECT try(format('DELETE FROM voucher.customer WHERE tenant_id = %L AND customer_id = %L',
+                  :'shop', :'carol')) AS delete_customer;
+SELECT * FROM carol_consents;
+ROLLBACK;

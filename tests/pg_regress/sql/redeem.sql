@@ -334,9 +334,32 @@ SELECT try(format('DELETE FROM voucher.code v WHERE v.tenant_id = %L AND v.code 
                             ORDER BY v.code LIMIT 1))) AS delete_unredeemed_voucher;
 SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
        try('TRUNCATE voucher.customer CASCADE') AS truncate_customers,
-       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption CASCADE') AS truncate_with_redemptions,
-       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption, voucher.customer_usage CASCADE')
+       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption, voucher.code_use CASCADE')
+           AS truncate_with_redemptions,
+       try('TRUNCATE voucher.code, voucher.customer, voucher.redemption, voucher.code_use, voucher.customer_usage, voucher.consent CASCADE')
            AS truncate_with_counters;
+ROLLBACK;
+
+-- a hot voucher's use slots (voucher.code_use) have no foreign key to voucher.code either (a
+-- parallel pg_restore ignores the keys' order, sql/tenancy.sql): the voucher they count for
+-- cannot be deleted, re-keyed or truncated away, and a slot cannot be re-pointed at a voucher that
+-- does not exist (rolled back)
+BEGIN;
+SELECT u.voucher_id AS slotted_voucher FROM voucher.code_use u WHERE u.tenant_id = :'shop'
+ ORDER BY u.voucher_id, u.slot LIMIT 1 \gset
+-- without its redemptions, which would refuse first
+DELETE FROM voucher.redemption WHERE tenant_id = :'shop' AND voucher_id = :'slotted_voucher';
+SELECT try(format('DELETE FROM voucher.code WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'slotted_voucher')) AS delete_slotted_voucher,
+       try(format('UPDATE voucher.code SET voucher_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'slotted_voucher')) AS rekey_slotted_voucher,
+       try(format('UPDATE voucher.code_use SET voucher_id = gen_random_uuid() WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'slotted_voucher')) AS repoint_to_no_voucher,
+       try(format('UPDATE voucher.code_use SET used = used WHERE tenant_id = %L AND voucher_id = %L',
+                  :'shop', :'slotted_voucher')) AS count_update;
+DELETE FROM voucher.redemption;
+SELECT try('TRUNCATE voucher.code CASCADE') AS truncate_codes,
+       try('TRUNCATE voucher.code, voucher.code_use CASCADE') AS truncate_with_slots;
 ROLLBACK;
 
 -- the per-customer counters (voucher.customer_usage) have no foreign keys either: the customer and

@@ -251,3 +251,39 @@ SELECT try(format('SELECT voucher.act_as(%L, %L, NULL)', :'tenant_b', 'admin')) 
        voucher.current_tenant() IS NULL AS no_context;
 
 \c - postgres
+
+-- No table has a foreign key to voucher.tenant (a parallel pg_restore ignores the order of the
+-- keys among an extension's tables, sql/tenancy.sql): triggers do for direct DML what the keys
+-- did. Deleting a tenant deletes its keys, settings, tenant keys and campaigns; re-keying it or
+-- truncating the tenants is refused while they exist; none of them can be re-pointed at a
+-- tenant that does not exist (rolled back)
+BEGIN;
+SELECT voucher.create_tenant('tenant gone') AS tenant_gone \gset
+SELECT voucher.create_api_key('admin', 'gone admin', tenant => :'tenant_gone') AS gone_admin \gset
+SELECT voucher.authenticate(:'gone_admin') IS NOT NULL AS ok;
+SELECT voucher.configure('customer_retention_days', '30');
+SELECT voucher.create_campaign('gone campaign') IS NOT NULL AS ok;
+SELECT voucher.upsert_customer('gone-1') IS NOT NULL AS ok;
+SELECT voucher.logout();
+CREATE TEMP VIEW gone_rows AS
+SELECT (SELECT count(*) FROM voucher.credential WHERE tenant_id = :'tenant_gone') AS keys,
+       (SELECT count(*) FROM voucher.tenant_setting WHERE tenant_id = :'tenant_gone') AS settings,
+       (SELECT count(*) FROM voucher.tenant_key WHERE tenant_id = :'tenant_gone') AS tenant_keys,
+       (SELECT count(*) FROM voucher.campaign WHERE tenant_id = :'tenant_gone') AS campaigns;
+SELECT * FROM gone_rows;
+SELECT try(format('UPDATE voucher.tenant SET tenant_id = gen_random_uuid() WHERE tenant_id = %L',
+                  :'tenant_gone')) AS rekey_tenant,
+       try(format('UPDATE voucher.tenant SET name = name WHERE tenant_id = %L',
+                  :'tenant_gone')) AS other_update;
+SELECT try(format('UPDATE voucher.credential SET tenant_id = gen_random_uuid() WHERE tenant_id = %L',
+                  :'tenant_gone')) AS repoint_key,
+       try(format('UPDATE voucher.tenant_setting SET tenant_id = gen_random_uuid() WHERE tenant_id = %L',
+                  :'tenant_gone')) AS repoint_setting;
+SELECT try(format('UPDATE voucher.tenant_key SET tenant_id = gen_random_uuid() WHERE tenant_id = %L',
+                  :'tenant_gone')) AS repoint_tenant_key,
+       try(format('UPDATE voucher.campaign SET tenant_id = gen_random_uuid() WHERE tenant_id = %L',
+                  :'tenant_gone')) AS repoint_campaign;
+SELECT try('TRUNCATE voucher.tenant CASCADE') AS truncate_tenants;
+SELECT try(format('DELETE FROM voucher.tenant WHERE tenant_id = %L', :'tenant_gone')) AS delete_tenant;
+SELECT * FROM gone_rows;
+ROLLBACK;
