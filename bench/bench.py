@@ -144,9 +144,42 @@ def render_script(name, **subst):
     return path
 
 
+POSTMASTER = {}
+
+
+def backends_cpu():
+    """CPU seconds (user + system) of the server's processes that have exited: the postmaster's
+    cutime + cstime, which collect each backend's CPU when it ends. pgbench's backends end with
+    the run, so the difference around a run is what the server spent on it, whatever else the
+    (shared) machine was doing; None where /proc cannot tell."""
+    try:
+        if "pid" not in POSTMASTER:
+            data = scalar("postgres", "SHOW data_directory")
+            with open(os.path.join(data, "postmaster.pid")) as f:
+                POSTMASTER["pid"] = int(f.readline())
+        with open(f"/proc/{POSTMASTER['pid']}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        # after the command name: state is field 3, so cutime (16) and cstime (17) are [13], [14]
+        return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, TypeError, Failure):
+        return None
+
+
+def wait_backends_gone(user):
+    """Until the run's backends have exited (their CPU is then in the postmaster's counters)."""
+    for _ in range(100):
+        left = scalar("postgres", f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}'")
+        if left == "0":
+            return
+        time.sleep(0.02)
+
+
 def pgbench(db, script, clients=CLIENTS, seconds=None, sync_commit=True, user=APP_ROLE):
-    """One pgbench run (-M prepared, per-transaction log): tps, p95 and average latency, tx."""
+    """One pgbench run (-M prepared, per-transaction log): tps, p95 and average latency, tx, and
+    the server's CPU per transaction in µs (cpu, see backends_cpu)."""
     seconds = seconds or SECONDS
+    wait_backends_gone(user)
+    cpu0 = backends_cpu()
     prefix = os.path.join(WORK, f"log-{uuid.uuid4().hex[:8]}")
     cmd = PGI.cmd("pgbench", db, user)[:-2] + [
         "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)), "-T", str(seconds),
@@ -173,7 +206,11 @@ def pgbench(db, script, clients=CLIENTS, seconds=None, sync_commit=True, user=AP
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] / 1000.0 if lat else None
     avg = statistics.fmean(lat) / 1000.0 if lat else None
-    return {"v": float(tps.group(1)), "tx": int(tx.group(1)), "p95": p95, "avg": avg}
+    wait_backends_gone(user)
+    cpu1 = backends_cpu()
+    n = int(tx.group(1))
+    cpu = (cpu1 - cpu0) * 1e6 / n if cpu0 is not None and cpu1 is not None and n else None
+    return {"v": float(tps.group(1)), "tx": n, "p95": p95, "avg": avg, "cpu": cpu}
 
 
 def watch_memory(app, result, stop):
@@ -257,6 +294,12 @@ def alternate(sides, runs=None, before=None):
 def series(label, samples, key="v"):
     return {"label": label, "values": [s[key] for s in samples],
             "p95": [s["p95"] for s in samples] if samples and "p95" in samples[0] else None}
+
+
+def cpu_series(label, samples):
+    """The server's CPU per transaction of a side's runs (µs; runs /proc could not measure left out)."""
+    return {"label": label, "values": [s["cpu"] for s in samples if s.get("cpu") is not None],
+            "p95": None}
 
 
 def row(rid, op, unit, ours, base, goal=None, note=None):
@@ -850,6 +893,15 @@ def case_shop():
                  "ratio"),
         row("Pg", "P1's `redeem` vs that floor function", "TPS",
             series("redeem", r["ours"]), series("function(+audit)", r["floor"])),
+        row("P1c", "server CPU per transaction (backends' user + system time, from the postmaster's "
+            "counters of exited children): P1's `redeem` vs the peer", "µs",
+            cpu_series("redeem", r["ours"]), cpu_series("PL/pgSQL peer", r["peer"]),
+            note="what the shared host's load does not change: P1's goal (1.5x the peer's TPS on a "
+                 "CPU-bound machine) is a CPU ratio of about 0.67x"),
+        row("P2c", "server CPU per transaction: P1's `redeem` vs the bare UPDATE+INSERT", "µs",
+            cpu_series("redeem", r["ours"]), cpu_series("bare", r["bare"])),
+        row("Pfc", "server CPU per transaction: the floor function vs the bare UPDATE+INSERT", "µs",
+            cpu_series("function(+audit)", r["floor"]), cpu_series("bare", r["bare"])),
     ]
 
 
@@ -1239,7 +1291,7 @@ def cell(s, unit):
     return f"{fnum(med(vals), unit)} ({fnum(min(vals), unit)}–{fnum(max(vals), unit)})"
 
 
-UNIT_LABEL = {"TPS": "TPS ↑", "ms": "ms ↓", "MB": "MB ↓"}
+UNIT_LABEL = {"TPS": "TPS ↑", "ms": "ms ↓", "MB": "MB ↓", "µs": "µs/tx ↓"}
 
 
 def table(results):
@@ -1300,8 +1352,8 @@ def render(results, meta):
 
 def legend_text():
     return ("↑ higher is better (throughput, so the ratio is ours ÷ baseline TPS and ≥ 1 means we "
-            "are faster); ↓ lower is better (time or memory, so the ratio is ours ÷ baseline time "
-            "and ≤ 1 means we are faster). Medians of all runs; PASS/FAIL compares the ratio of "
+            "are faster); ↓ lower is better (time, memory or the server's CPU per transaction, "
+            "so the ratio is ours ÷ baseline and ≤ 1 means we are faster). Medians of all runs; PASS/FAIL compares the ratio of "
             "the medians with the goal.")
 
 
@@ -1498,7 +1550,11 @@ def case_crypto():
                      "transaction) costs before any encryption, blind index, key or RLS: compare with E1's goal"),
             row("E1g", "E1's `upsert_customer` vs that floor: what encryption, blind indexes, the customer's own key, "
                 "the tenant context and RLS add", "TPS", series("upsert (AES-GCM)", r["upsert"]),
-                series("function(+audit)", r["floor"]))]
+                series("function(+audit)", r["floor"])),
+            row("E1c", "server CPU per transaction (as P1c): E1's `upsert_customer` vs the plaintext INSERT",
+                "µs", cpu_series("upsert (AES-GCM)", r["upsert"]), cpu_series("INSERT", r["insert"])),
+            row("E1fc", "server CPU per transaction: E1f's floor function vs the plaintext INSERT", "µs",
+                cpu_series("function(+audit)", r["floor"]), cpu_series("INSERT", r["insert"]))]
     rows.append(lookup_row(c["tenant"]))
     # rotate_data_key over ROTATE_CUSTOMERS customers: each has 4 ciphertexts and its own key
     reset_crypto()
