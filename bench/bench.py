@@ -165,10 +165,12 @@ def backends_cpu():
         return None
 
 
-def wait_backends_gone(user):
-    """Until the run's backends have exited (their CPU is then in the postmaster's counters)."""
+def wait_backends_gone():
+    """Until every other client backend has exited (a run's, and a reset's before it, whose CPU
+    would otherwise be collected inside the next run's window); at most 2 s."""
     for _ in range(100):
-        left = scalar("postgres", f"SELECT count(*) FROM pg_stat_activity WHERE usename = '{user}'")
+        left = scalar("postgres", "SELECT count(*) FROM pg_stat_activity "
+                                  "WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()")
         if left == "0":
             return
         time.sleep(0.02)
@@ -178,7 +180,7 @@ def pgbench(db, script, clients=CLIENTS, seconds=None, sync_commit=True, user=AP
     """One pgbench run (-M prepared, per-transaction log): tps, p95 and average latency, tx, and
     the server's CPU per transaction in µs (cpu, see backends_cpu)."""
     seconds = seconds or SECONDS
-    wait_backends_gone(user)
+    wait_backends_gone()
     cpu0 = backends_cpu()
     prefix = os.path.join(WORK, f"log-{uuid.uuid4().hex[:8]}")
     cmd = PGI.cmd("pgbench", db, user)[:-2] + [
@@ -206,7 +208,7 @@ def pgbench(db, script, clients=CLIENTS, seconds=None, sync_commit=True, user=AP
     lat.sort()
     p95 = lat[min(len(lat) - 1, int(0.95 * len(lat)))] / 1000.0 if lat else None
     avg = statistics.fmean(lat) / 1000.0 if lat else None
-    wait_backends_gone(user)
+    wait_backends_gone()
     cpu1 = backends_cpu()
     n = int(tx.group(1))
     cpu = (cpu1 - cpu0) * 1e6 / n if cpu0 is not None and cpu1 is not None and n else None
