@@ -98,14 +98,18 @@ BEGIN
                 TG_TABLE_NAME USING ERRCODE = '0A000',
                 HINT = 'truncate voucher.customer_usage in the same statement';
         END IF;
-    ELSIF TG_TABLE_NAME = 'redemption' THEN
+    ELSIF TG_TABLE_NAME IN ('redemption', 'code_use') THEN
+        -- a redemption, and a hot voucher's use slot, name a voucher; a redemption maybe a customer
+        -- (a nested IF: code_use has no customer_id, and NEW.customer_id is resolved when reached)
         IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
                           AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
-            RAISE EXCEPTION 'voucher.redemption: no such voucher' USING ERRCODE = '23503';
-        ELSIF NEW.customer_id IS NOT NULL
-              AND NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
-                                 AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
-            RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
+            RAISE EXCEPTION 'voucher.%: no such voucher', TG_TABLE_NAME USING ERRCODE = '23503';
+        ELSIF TG_TABLE_NAME = 'redemption' THEN
+            IF NEW.customer_id IS NOT NULL
+               AND NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
+                                  AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
+                RAISE EXCEPTION 'voucher.redemption: no such customer' USING ERRCODE = '23503';
+            END IF;
         END IF;
     ELSIF TG_TABLE_NAME = 'customer_usage' THEN
         IF NOT EXISTS (SELECT FROM voucher.campaign c WHERE c.tenant_id = NEW.tenant_id
@@ -114,11 +118,6 @@ BEGIN
         ELSIF NOT EXISTS (SELECT FROM voucher.customer c WHERE c.tenant_id = NEW.tenant_id
                              AND c.customer_id = NEW.customer_id FOR KEY SHARE) THEN
             RAISE EXCEPTION 'voucher.customer_usage: no such customer' USING ERRCODE = '23503';
-        END IF;
-    ELSIF TG_TABLE_NAME = 'code_use' THEN
-        IF NOT EXISTS (SELECT FROM voucher.code v WHERE v.tenant_id = NEW.tenant_id
-                          AND v.voucher_id = NEW.voucher_id FOR KEY SHARE) THEN
-            RAISE EXCEPTION 'voucher.code_use: no such voucher' USING ERRCODE = '23503';
         END IF;
     ELSIF TG_TABLE_NAME = 'code' THEN
         IF EXISTS (SELECT FROM voucher.redemption r
