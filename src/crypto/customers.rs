@@ -98,12 +98,18 @@ pub fn seal_for_audit(
 
 /// The customer with this source_id: its id, and whether this call created it. Redemptions call
 /// it: one index probe on the blind index, no decryption; creation encrypts the source_id.
+/// `index`: the blind index of `source_id` if the caller computed it already
+/// (`store::source_index`), else None.
 pub fn find_or_create(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     source_id: &str,
+    index: Option<Vec<u8>>,
 ) -> Result<(pgrx::Uuid, bool)> {
-    let index = store::source_index(client, tenant, source_id)?;
+    let index = match index {
+        Some(i) => i,
+        None => store::source_index(client, tenant, source_id)?,
+    };
     let find = |client: &SpiClient<'_>, index: &Vec<u8>| {
         store::kept(
             client,

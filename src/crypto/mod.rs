@@ -12,9 +12,9 @@
 //!   `rotate_data_key`. `logcheck`: the warning about log settings that would log values.
 //! - `migrate`: encrypts a 0.1.0 database's plaintext during ALTER EXTENSION UPDATE.
 //!
-//! Exports to the rest of the crate: `customers::{find_or_create, source_index, seal_for_audit}`,
-//! `redemptions::seal_metadata`, `request_hash` (redeem's idempotency fingerprints),
-//! `end_of_transaction`; `store` to `privacy` (forgetting
+//! Exports to the rest of the crate: `customers::{find_or_create, seal_for_audit}`,
+//! `store::source_index`, `redemptions::seal_metadata`, `request_hash` (redeem's idempotency
+//! fingerprints), `end_of_transaction`; `store` to `privacy` (forgetting
 //! re-encrypts a pseudonym and opens a customer's audit data for its export).
 
 pub mod customers;

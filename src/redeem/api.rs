@@ -24,7 +24,9 @@ use pgrx::{AnyNumeric, JsonB};
 use super::hot;
 use super::idempotency::{self, RedeemRow};
 use super::rules::{judge, Request, Verdict};
-use super::statements::{claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, MISTYPED};
+use super::statements::{
+    claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, Customer, Statements, MISTYPED,
+};
 use crate::audit;
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::Event;
@@ -34,6 +36,7 @@ use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
 use crate::throttle;
+use pgrx::spi::OwnedPreparedStatement;
 
 thread_local! {
     /// The actor label and audit jsonb of the last API key this backend redeemed with.
@@ -142,15 +145,17 @@ fn redeem_impl(
                 }
             }
 
-            // the customer by the blind index of its source_id, created encrypted if new (crypto)
-            let cust = match req.customer {
-                Some(c) => {
-                    let (id, created) =
-                        crate::crypto::customers::find_or_create(client, &ctx.tenant, c)?;
-                    known_customer = (!created).then_some(id);
-                    Some(id)
+            // scale: on a Citus cluster the one-statement forms are not router plans; the
+            // claim below runs as single-shard statements instead (src/scale/redeem.rs)
+            let cluster = crate::scale::cluster::active();
+            // The customer, by the blind index of its source_id (crypto). The one-statement
+            // claims find it themselves (statements::CUSTOMER_CTE); the other paths, and a
+            // claim that found no such customer, take find_or_create below, which creates it.
+            let index = match req.customer {
+                Some(c) if !cluster => {
+                    Some(crate::crypto::store::source_index(client, &ctx.tenant, c)?)
                 }
-                None => None,
+                _ => None,
             };
             let uuid = pgrx::Uuid::type_oid();
             let numeric = pg_sys::NUMERICOID;
@@ -171,16 +176,13 @@ fn redeem_impl(
             };
             audit::take_xid();
 
-            // scale: on a Citus cluster the one-statement forms are not router plans; the
-            // claim below runs as single-shard statements instead (src/scale/redeem.rs)
-            let cluster = crate::scale::cluster::active();
             let fast_types = [
                 uuid,
                 text,
                 numeric,
                 numeric,
                 uuid,
-                uuid,
+                pg_sys::BYTEAOID,
                 text,
                 text,
                 pg_sys::BYTEAOID,
@@ -195,7 +197,7 @@ fn redeem_impl(
                 req.order_amount.clone().into(),
                 req.amount.clone().into(),
                 redemption_id.into(),
-                cust.into(),
+                index.clone().into(),
                 order_id.into(),
                 idempotency_key.into(),
                 hash.clone().into(),
@@ -216,34 +218,76 @@ fn redeem_impl(
                     )
                 })
             };
-            if !cluster {
-                // A code seen to be a voucher without a limit: the spread claim (hot.rs) first.
+            // The one-statement claims, each in two forms: naming a customer (found by $6) or
+            // none. A code seen to be a voucher without a limit takes the spread claim (hot.rs)
+            // first, any other the fast claim.
+            type Slot = fn(&mut Statements) -> &mut Option<OwnedPreparedStatement>;
+            let (with, fast_slot, spread_slot): (Customer, Slot, Slot) = if index.is_some() {
+                (
+                    Customer::ByIndex,
+                    |s| &mut s.fast_claim_customer,
+                    |s| &mut s.spread_claim_customer,
+                )
+            } else {
+                (
+                    Customer::None,
+                    |s| &mut s.fast_claim,
+                    |s| &mut s.spread_claim,
+                )
+            };
+            let spread_claim = |client: &pgrx::spi::SpiClient<'_>| {
+                done(run(
+                    client,
+                    spread_slot,
+                    || hot::spread_claim_sql(with),
+                    &fast_types,
+                    true,
+                    &fast_args,
+                ))
+            };
+            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>| {
                 if hot::is_spread(tenant, &req.code) {
-                    let rows = run(
-                        client,
-                        |s| &mut s.spread_claim,
-                        hot::spread_claim_sql,
-                        &fast_types,
-                        true,
-                        &fast_args,
-                    );
-                    if let Some(r) = done(rows) {
-                        return Ok(r);
+                    if let Some(r) = spread_claim(client) {
+                        return Some(r);
                     }
                     hot::remember_spread(tenant, &req.code, false);
                 }
                 let rows = run(
                     client,
-                    |s| &mut s.fast_claim,
-                    fast_claim_sql,
+                    fast_slot,
+                    || fast_claim_sql(with),
                     &fast_types,
                     true,
                     &fast_args,
                 );
-                if let Some(r) = done(rows) {
+                done(rows)
+            };
+            if !cluster {
+                if let Some(r) = one_statement(client) {
                     return Ok(r);
                 }
             }
+
+            // The customer, created encrypted if new. A claim above that matched nothing because
+            // the customer did not exist yet is made again now that it does.
+            let cust = match req.customer {
+                Some(c) => {
+                    let (id, created) = crate::crypto::customers::find_or_create(
+                        client,
+                        &ctx.tenant,
+                        c,
+                        index.clone(),
+                    )?;
+                    known_customer = (!created).then_some(id);
+                    if created && !cluster {
+                        if let Some(r) = one_statement(client) {
+                            return Ok(r);
+                        }
+                    }
+                    Some(id)
+                }
+                None => None,
+            };
 
             // The code was refused, or its campaign limits redemptions per customer: evaluate it
             // to say why, or to claim the customer's allowance first.
@@ -264,15 +308,7 @@ fn redeem_impl(
 
             if !cluster && hot::spreads(&v) {
                 hot::remember_spread(tenant, &req.code, true);
-                let rows = run(
-                    client,
-                    |s| &mut s.spread_claim,
-                    hot::spread_claim_sql,
-                    &fast_types,
-                    true,
-                    &fast_args,
-                );
-                if let Some(r) = done(rows) {
+                if let Some(r) = spread_claim(client) {
                     return Ok(r);
                 }
                 return Err(refusal_after_miss(client, tenant, &req));

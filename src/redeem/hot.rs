@@ -26,7 +26,7 @@ use std::cell::RefCell;
 
 use super::discount::discount_call;
 use super::rules::Voucher;
-use super::statements::with_audit;
+use super::statements::{with_audit, Customer};
 
 /// Does this evaluated voucher take the spread claim?
 pub fn spreads(v: &Voucher) -> bool {
@@ -37,12 +37,12 @@ pub fn spreads(v: &Voucher) -> bool {
 /// and campaign rows as read (no lock on the voucher row), the use counted in the backend's slot,
 /// the redemption (with its slot) and its audit row written. Same parameters as
 /// `fast_claim_sql` ($1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id,
-/// $6 customer, $7 order id, $8 idempotency key, $9 request hash, $10 metadata (encrypted),
+/// $6 the customer's blind index (`Customer`), $7 order id, $8 idempotency key, $9 request hash, $10 metadata (encrypted),
 /// $11 actor label, $12 actor, $13 the metadata's data key); no row when a rule fails (the caller
 /// then evaluates, to say why).
-pub fn spread_claim_sql() -> String {
+pub fn spread_claim_sql(customer: Customer) -> String {
     let ctes = format!(
-        "free AS (
+        "{cust}free AS (
     SELECT v.voucher_id, v.campaign_id, {discount} AS discount
       FROM voucher.code v
       JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
@@ -54,7 +54,7 @@ pub fn spread_claim_sql() -> String {
        AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
        AND $4::numeric IS NULL
        AND ($3 IS NOT NULL OR c.discount_type IS NULL
-            OR c.discount_type NOT IN ('percent', 'fixed'))),
+            OR c.discount_type NOT IN ('percent', 'fixed')){found}),
 pick AS (
     SELECT u.slot FROM voucher.code_use u
      WHERE u.tenant_id = $1 AND u.voucher_id = (SELECT free.voucher_id FROM free)
@@ -82,12 +82,15 @@ rec AS (
     INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
         customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
         request_hash, metadata, redeemed_by, key_id, use_slot)
-    SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, NULL, claim.discount, NULL,
-           $8, $9, $10, $11, $13, claim.use_slot
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, NULL, claim.discount,
+           NULL, $8, $9, $10, $11, $13, claim.use_slot
       FROM claim
     RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
               discount, balance_after)",
-        discount = discount_call("$3")
+        discount = discount_call("$3"),
+        cust = customer.cte(),
+        found = customer.found(),
+        id = customer.id(),
     );
     with_audit(&ctes, "$12", "$7", "$8")
 }
@@ -121,18 +124,24 @@ pub fn remember_spread(tenant: pgrx::Uuid, code: &str, yes: bool) {
 mod unit {
     #[test]
     fn the_spread_claim_takes_the_fast_claims_parameters_and_only_unlimited_vouchers() {
-        let sql = super::spread_claim_sql();
+        use super::Customer;
+        let sql = super::spread_claim_sql(Customer::ByIndex);
         for n in 1..=13 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
         assert!(!sql.contains("$14"));
+        assert!(sql.starts_with("WITH cust AS ("));
+        assert!(sql.contains("AND EXISTS (SELECT FROM cust)),"));
+        let none = super::spread_claim_sql(Customer::None);
+        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
+        assert!(none.starts_with("WITH free AS ("));
         assert!(sql.contains("c.redemption_limit IS NULL AND c.kind = 'discount'"));
         assert!(sql.contains("INSERT INTO voucher.code_use"));
         assert!(sql.contains("SKIP LOCKED"));
         // the voucher row is never updated on this path (see the module's doc)
         assert!(!sql.contains("UPDATE voucher.code "));
         // and the fast claim leaves exactly these vouchers to it
-        assert!(super::super::statements::fast_claim_sql()
+        assert!(super::super::statements::fast_claim_sql(Customer::None)
             .contains("AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')"));
     }
 

@@ -68,16 +68,63 @@ SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
     )
 }
 
+/// The customer a claim names, found by the blind index of its source_id ($6) and read FOR KEY
+/// SHARE, as `crypto::customers::find_or_create` reads it: a `forget_customer` in progress makes
+/// the claim wait, and the forgotten row then no longer matches. Part of the claim statements
+/// (issue 17): as a statement of its own, with its executor start and end, plan check and SPI
+/// call, this look-up was a tenth of a shop redemption's CPU. A claim that names a customer
+/// claims nothing while the customer does not exist yet; the caller then creates it
+/// (`find_or_create`) and claims again. A call without a customer takes the statement without
+/// this part (`Customer::None`): it would cost that call a locking scan's start-up for nothing.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Customer {
+    None,
+    ByIndex,
+}
+
+impl Customer {
+    /// The CTE to put first (with its comma), or nothing.
+    pub fn cte(self) -> &'static str {
+        match self {
+            Customer::None => "",
+            Customer::ByIndex => {
+                "cust AS (
+    SELECT cu.customer_id FROM voucher.customer cu
+     WHERE cu.tenant_id = $1 AND cu.source_index = $6
+       FOR KEY SHARE),
+"
+            }
+        }
+    }
+
+    /// The condition the claim adds: the named customer exists.
+    pub fn found(self) -> &'static str {
+        match self {
+            Customer::None => "",
+            Customer::ByIndex => "\n       AND EXISTS (SELECT FROM cust)",
+        }
+    }
+
+    /// The redemption's customer_id.
+    pub fn id(self) -> &'static str {
+        match self {
+            Customer::None => "NULL::uuid",
+            Customer::ByIndex => "(SELECT cust.customer_id FROM cust)",
+        }
+    }
+}
+
 /// The common case in one statement: claim a use of the code if every rule passes and the
 /// campaign has no per-customer limit (and a limit or a balance: vouchers without either take
 /// hot.rs's spread claim), record the redemption and its audit row. When it matches
 /// no row the caller evaluates the code to say why (or takes the per-customer path).
-/// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 customer, $7 order id,
-/// $8 idempotency key, $9 request hash, $10 metadata (encrypted), $11 actor label, $12 actor
-/// (jsonb text), $13 the data key of the metadata.
-pub fn fast_claim_sql() -> String {
+/// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the customer's blind
+/// index ([`Customer`]; unused by `Customer::None`), $7 order id, $8 idempotency key, $9 request
+/// hash, $10 metadata (encrypted), $11 actor label, $12 actor (jsonb text), $13 the data key of
+/// the metadata.
+pub fn fast_claim_sql(customer: Customer) -> String {
     let ctes = format!(
-        "claim AS (
+        "{cust}claim AS (
     UPDATE voucher.code v
        SET redeemed_count = v.redeemed_count + 1,
            balance = v.balance - CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END
@@ -90,7 +137,7 @@ pub fn fast_claim_sql() -> String {
        AND (c.redemption_limit IS NULL OR v.redeemed_count < c.redemption_limit)
        AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
        AND c.per_customer_limit IS NULL
-       AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')
+       AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount'){found}
        AND CASE WHEN c.kind = 'gift_card'
                 THEN coalesce($4, $3) > 0 AND v.balance >= coalesce($4, $3)
                 ELSE $4::numeric IS NULL
@@ -103,12 +150,15 @@ rec AS (
     INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
         customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
         request_hash, metadata, redeemed_by, key_id)
-    SELECT $1, $5, claim.voucher_id, claim.campaign_id, $6, $7, $3, claim.spend, claim.discount,
-           claim.balance, $8, $9, $10, $11, $13
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, claim.spend,
+           claim.discount, claim.balance, $8, $9, $10, $11, $13
       FROM claim
     RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
               discount, balance_after)",
-        discount = discount_call("$3")
+        discount = discount_call("$3"),
+        cust = customer.cte(),
+        found = customer.found(),
+        id = customer.id(),
     );
     with_audit(&ctes, "$12", "$7", "$8")
 }
@@ -145,8 +195,10 @@ pub struct Statements {
     pub evaluate: Option<OwnedPreparedStatement>,
     pub usage: Option<OwnedPreparedStatement>,
     pub fast_claim: Option<OwnedPreparedStatement>,
+    pub fast_claim_customer: Option<OwnedPreparedStatement>,
     pub claim: Option<OwnedPreparedStatement>,
     pub spread_claim: Option<OwnedPreparedStatement>,
+    pub spread_claim_customer: Option<OwnedPreparedStatement>,
     pub idempotency_find: Option<OwnedPreparedStatement>,
     pub usage_claim: Option<OwnedPreparedStatement>,
 }
@@ -362,13 +414,27 @@ mod unit {
 
     #[test]
     fn the_fast_claim_uses_every_parameter() {
-        let sql = super::fast_claim_sql();
+        use super::Customer;
+        let sql = super::fast_claim_sql(Customer::ByIndex);
         for n in 1..=13 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
         assert!(!sql.contains("$14"));
         assert!(sql.contains("per_customer_limit IS NULL"));
         assert!(sql.contains("'redemption.created'"));
+        // the customer: found by its blind index, locked, required, recorded
+        assert!(sql.starts_with("WITH cust AS ("));
+        assert!(sql.contains("cu.source_index = $6\n       FOR KEY SHARE"));
+        assert!(sql.contains("AND EXISTS (SELECT FROM cust)"));
+        assert!(sql.contains("claim.campaign_id, (SELECT cust.customer_id FROM cust), $7"));
+        // without one: every parameter but $6, and no look-up of a customer
+        let none = super::fast_claim_sql(Customer::None);
+        for n in (1..=13).filter(|&n| n != 6) {
+            assert!(none.contains(&format!("${n}")), "${n} unused");
+        }
+        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
+        assert!(none.starts_with("WITH claim AS ("));
+        assert!(none.contains("claim.campaign_id, NULL::uuid, $7"));
         let sql = super::claim_sql();
         for n in 1..=16 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
