@@ -245,25 +245,35 @@ fn redeem_impl(
                     &fast_args,
                 ))
             };
-            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>| {
-                if hot::is_spread(tenant, &req.code) {
+            // `forget`: a spread claim that matched nothing drops the code from the memory of
+            // spread codes. Not while a named customer may just not exist yet: that miss says
+            // nothing about the voucher. A fast claim that then succeeds does drop it (it takes
+            // no voucher that spreads), and so does an evaluation below that finds it does not.
+            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>, forget: bool| {
+                let spread = hot::is_spread(tenant, &req.code);
+                if spread {
                     if let Some(r) = spread_claim(client) {
                         return Some(r);
                     }
-                    hot::remember_spread(tenant, &req.code, false);
+                    if forget {
+                        hot::remember_spread(tenant, &req.code, false);
+                    }
                 }
-                let rows = run(
+                let made = done(run(
                     client,
                     fast_slot,
                     || fast_claim_sql(with),
                     &fast_types,
                     true,
                     &fast_args,
-                );
-                done(rows)
+                ));
+                if spread && made.is_some() {
+                    hot::remember_spread(tenant, &req.code, false);
+                }
+                made
             };
             if !cluster {
-                if let Some(r) = one_statement(client) {
+                if let Some(r) = one_statement(client, index.is_none()) {
                     return Ok(r);
                 }
             }
@@ -280,7 +290,7 @@ fn redeem_impl(
                     )?;
                     known_customer = (!created).then_some(id);
                     if created && !cluster {
-                        if let Some(r) = one_statement(client) {
+                        if let Some(r) = one_statement(client, true) {
                             return Ok(r);
                         }
                     }
@@ -306,12 +316,14 @@ fn redeem_impl(
                     Verdict::Refused { sqlstate, .. } => return Err(VoucherError::rule(sqlstate)),
                 };
 
-            if !cluster && hot::spreads(&v) {
-                hot::remember_spread(tenant, &req.code, true);
-                if let Some(r) = spread_claim(client) {
-                    return Ok(r);
+            if !cluster {
+                hot::remember_spread(tenant, &req.code, hot::spreads(&v));
+                if hot::spreads(&v) {
+                    if let Some(r) = spread_claim(client) {
+                        return Ok(r);
+                    }
+                    return Err(refusal_after_miss(client, tenant, &req));
                 }
-                return Err(refusal_after_miss(client, tenant, &req));
             }
 
             if let (Some(limit), Some(cust)) = (v.per_customer_limit, cust) {

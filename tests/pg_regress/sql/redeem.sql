@@ -424,3 +424,36 @@ DROP POLICY hide_pct_2 ON voucher.code;
 SELECT v.code, x.valid, x.sqlstate, x.voucher_id IS NOT NULL AS found
   FROM (VALUES ('pct-2'), ('five-2')) v(code), LATERAL voucher.validate(v.code, order_amount => 10) x;
 ROLLBACK;
+
+------------------------------------------------------------------------------------------------
+-- A customer named for the first time (issue 17): the one-statement claims find the customer
+-- themselves (src/redeem/statements.rs, Customer), match nothing while it does not exist, and
+-- the call then creates it and claims again. Whichever path a code takes (the fast claim of a
+-- limited voucher, the spread claim of an unlimited one, the per-customer claim), one customer
+-- per new source_id, every redemption naming it; a refused call (not started yet, used up)
+-- creates no customer (rolled back)
+------------------------------------------------------------------------------------------------
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT voucher.add_code(c.id, c.code) IS NOT NULL AS added
+  FROM (VALUES (:'three'::uuid, 'FIRST-LIMITED'), (:'unlimited', 'FIRST-UNLIMITED'),
+               (:'per_cust', 'FIRST-PER-CUSTOMER'), (:'later', 'FIRST-LATER')) c(id, code);
+SELECT v.code, v.customer, try(format('SELECT voucher.redeem(%L, customer => %L)', v.code, v.customer)) AS outcome
+  FROM (VALUES (1, 'first-limited', 'fresh-a'), (2, 'first-limited', 'fresh-a'),
+               (3, 'first-unlimited', 'fresh-b'), (4, 'first-unlimited', 'fresh-b'),
+               (5, 'first-unlimited', 'fresh-c'), (6, 'first-limited', 'fresh-c'),
+               (7, 'first-per-customer', 'fresh-d'), (8, 'first-per-customer', 'fresh-d'),
+               (9, 'first-later', 'fresh-e'), (10, 'first-limited', 'fresh-f')) v(n, code, customer)
+ ORDER BY v.n;
+SELECT source_id, count(*) AS rows FROM voucher.customers WHERE source_id LIKE 'fresh-%'
+ GROUP BY source_id ORDER BY source_id;
+SELECT r.code, r.customer, count(*) AS redemptions,
+       bool_and(r.customer_id = c.customer_id) AS names_the_customer
+  FROM voucher.redemptions r JOIN voucher.customers c ON c.source_id = r.customer
+ WHERE r.customer LIKE 'fresh-%'
+ GROUP BY r.code, r.customer ORDER BY r.code, r.customer;
+SELECT voucher_code, redeemed_count FROM (
+    SELECT code AS voucher_code, redeemed_count FROM voucher.vouchers
+     WHERE code IN ('FIRST-LIMITED', 'FIRST-UNLIMITED', 'FIRST-PER-CUSTOMER', 'FIRST-LATER')) v
+ ORDER BY voucher_code;
+ROLLBACK;
