@@ -19,6 +19,7 @@ use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
+use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{AnyNumeric, JsonB};
 
 use super::hot;
@@ -36,7 +37,6 @@ use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
 use crate::throttle;
-use pgrx::spi::OwnedPreparedStatement;
 
 thread_local! {
     /// The actor label and audit jsonb of the last API key this backend redeemed with.
@@ -149,7 +149,7 @@ fn redeem_impl(
             // claim below runs as single-shard statements instead (src/scale/redeem.rs)
             let cluster = crate::scale::cluster::active();
             // The customer, by the blind index of its source_id (crypto). The one-statement
-            // claims find it themselves (statements::CUSTOMER_CTE); the other paths, and a
+            // claims find it themselves (statements::Customer); the other paths, and a
             // claim that found no such customer, take find_or_create below, which creates it.
             let index = match req.customer {
                 Some(c) if !cluster => {

@@ -36,10 +36,11 @@ pub fn spreads(v: &Voucher) -> bool {
 /// The claim of a voucher without a limit, in one statement: every rule checked on the voucher
 /// and campaign rows as read (no lock on the voucher row), the use counted in the backend's slot,
 /// the redemption (with its slot) and its audit row written. Same parameters as
-/// `fast_claim_sql` ($1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id,
-/// $6 the customer's blind index (`Customer`), $7 order id, $8 idempotency key, $9 request hash, $10 metadata (encrypted),
-/// $11 actor label, $12 actor, $13 the metadata's data key); no row when a rule fails (the caller
-/// then evaluates, to say why).
+/// `fast_claim_sql` ($1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the
+/// customer's blind index (`Customer`), $7 order id, $8 idempotency key, $9 request hash,
+/// $10 metadata (encrypted), $11 actor label, $12 actor, $13 the metadata's data key); no row
+/// when a rule fails or the named customer does not exist yet (the caller then creates it, or
+/// evaluates, to say why).
 pub fn spread_claim_sql(customer: Customer) -> String {
     let ctes = format!(
         "{cust}free AS (
