@@ -127,6 +127,9 @@ fn redeem_impl(
     let mut known_customer: Option<pgrx::Uuid> = None;
     let outcome = as_definer(|| {
         Spi::connect_mut(|client| {
+            // the actor as `::jsonb::text` prints it (kept per backend): the claims hash it as
+            // given, and parse it once, for the stored column
+            let actor_json = &crate::audit::write::jsonb_text(client, actor_json);
             // A retry with the same key returns the first result (idempotency.rs). Two steps on
             // purpose: the look-up's snapshot must be taken after the lock.
             if let Some(key) = idempotency_key {

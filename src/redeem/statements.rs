@@ -42,7 +42,9 @@ SELECT u.used FROM voucher.customer_usage u
 /// Wraps the CTEs `claim` (the UPDATE) and `rec` (the INSERT of the redemption, returning only
 /// the columns the audit row names: RETURNING * built a projection of every column per call),
 /// so the same statement writes the audit row (the row HMAC is computed over the jsonb exactly
-/// as stored) and returns voucher_id, discount, balance_after.
+/// as stored) and returns voucher_id, discount, balance_after. `actor` names the parameter that
+/// holds the actor as `::jsonb::text` prints it (`audit::write::jsonb_text`): it is parsed once,
+/// for the stored column, and hashed as given (jsonb's text form is a fixed point of parsing).
 pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
     format!(
         "WITH {ctes},
@@ -60,7 +62,7 @@ audit AS (
                                      object_id, details, row_hash)
     SELECT $1, ev.id, ev.at, {actor}::jsonb, 'redemption.created', 'voucher', ev.voucher_id::text,
            ev.details,
-           voucher._audit_hash($1, ev.id, ev.at, {actor}::jsonb::text, 'redemption.created',
+           voucher._audit_hash($1, ev.id, ev.at, {actor}, 'redemption.created',
                                'voucher', ev.voucher_id::text, ev.details::text)
       FROM ev
     RETURNING event_id)
@@ -120,8 +122,8 @@ impl Customer {
 /// no row the caller evaluates the code to say why (or takes the per-customer path).
 /// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the customer's blind
 /// index ([`Customer`]; unused by `Customer::None`), $7 order id, $8 idempotency key, $9 request
-/// hash, $10 metadata (encrypted), $11 actor label, $12 actor (jsonb text), $13 the data key of
-/// the metadata.
+/// hash, $10 metadata (encrypted), $11 actor label, $12 actor (jsonb text, as [`with_audit`]
+/// wants it), $13 the data key of the metadata.
 pub fn fast_claim_sql(customer: Customer) -> String {
     let ctes = format!(
         "{cust}claim AS (
@@ -167,8 +169,8 @@ rec AS (
 /// and its audit row, in one statement.
 /// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
 /// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
-/// $12 request hash, $13 metadata (encrypted), $14 actor label, $15 actor (jsonb text), $16 the
-/// data key of the metadata.
+/// $12 request hash, $13 metadata (encrypted), $14 actor label, $15 actor (jsonb text, as
+/// [`with_audit`] wants it), $16 the data key of the metadata.
 pub fn claim_sql() -> String {
     let ctes = "claim AS (
     UPDATE voucher.code v
