@@ -26,11 +26,13 @@ import hashlib
 import json
 import os
 import platform
+import random
 import re
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -305,7 +307,7 @@ def cpu_series(label, samples):
 
 
 def row(rid, op, unit, ours, base, goal=None, note=None):
-    """unit: 'TPS' (higher is better), 'ms' or 'MB' (lower is better). goal: ('>=', 0.9) etc.,
+    """unit: 'TPS' (higher is better), 'ms', 'MB', 'µs' or 'kinstr' (lower is better). goal: ('>=', 0.9) etc.,
     on the ratio of medians ours / base."""
     return {"id": rid, "op": op, "unit": unit, "ours": ours, "base": base, "goal": goal, "note": note}
 
@@ -907,6 +909,128 @@ def case_shop():
     ]
 
 
+# Instructions per call, counted by callgrind in a single-user backend: what the shared host's
+# load cannot change (TPS swings by a third between runs of one side here, and CPU time with it).
+INSTR_CALLS = (100, 500) if QUICK else (200, 1200)
+
+
+def as_postgres(cmd):
+    """cmd run as the cluster's owner (postgres) when we are root, as scripts/cluster.sh does."""
+    return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
+
+
+def instr_script(kind, calls):
+    """SQL for a single-user backend, one statement per line: P1's workload as `calls` prepared
+    calls of `kind` (ours, peer, floor, bare), as the benchmark's login role. The same calls for
+    every side (a fixed seed): vouchers P1.., a customer per call (1 in 10 new), an order amount
+    and an order id."""
+    m = STATE["main"]
+    prepare = {
+        "ours": "SELECT * FROM voucher.redeem($1, customer => $2, order_amount => $3, order_id => $4)",
+        "peer": f"SELECT * FROM peer.redeem('{m['tenant']}', $1, customer => $2, order_amount => $3, "
+                "order_id => $4)",
+        "floor": f"SELECT * FROM bare.shop_redeem('{m['tenant']}', $1, $3, $4)",
+        "bare": "WITH v AS (UPDATE bare.code SET redeemed_count = redeemed_count + 1 "
+                f"WHERE tenant_id = '{m['tenant']}' AND code = $1 AND active AND redeemed_count < 1 "
+                "RETURNING tenant_id, voucher_id, campaign_id) "
+                "INSERT INTO bare.redemption (tenant_id, redemption_id, voucher_id, campaign_id, order_id, "
+                "order_amount, discount, redeemed_by) SELECT tenant_id, gen_random_uuid(), voucher_id, "
+                "campaign_id, $4, $3, round($3 / 10, 2), 'bench' FROM v",
+    }[kind]
+    lines = [f"SET SESSION AUTHORIZATION {APP_ROLE}"]
+    if kind == "ours":
+        lines.append(f"SELECT voucher.authenticate('{m['key']}', true) IS NOT NULL AS ok")
+    lines.append(f"PREPARE shop(text, text, numeric, text) AS {prepare}")
+    rnd = random.Random(17)
+    for i in range(1, calls + 1):
+        new = rnd.randint(1, 10) == 1
+        customer = f"new-i{i}" if new else f"cust-{rnd.randint(1, CUSTOMERS)}"
+        lines.append(f"EXECUTE shop('P{i}', '{customer}', {rnd.randint(2000, 20000) / 100:.2f}, 'order-{i}')")
+    path = os.path.join(WORK, f"instr-{kind}-{calls}.sql")
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return path
+
+
+def callgrind(script):
+    """Instructions a single-user backend executes running `script` in MAIN_DB: the benchmark
+    cluster is stopped for it and started again with its own options (pg_ctl restart reads
+    postmaster.opts)."""
+    data = scalar("postgres", "SHOW data_directory")
+    pg_ctl = os.path.join(PGI.bindir, "pg_ctl")
+    out_dir = tempfile.mkdtemp(prefix="voucher-callgrind-")
+    os.chmod(out_dir, 0o777)
+    out = os.path.join(out_dir, "callgrind.out")
+    subprocess.run(as_postgres([pg_ctl, "-D", data, "-m", "fast", "-w", "stop"]), check=True,
+                   capture_output=True)
+    try:
+        with open(script) as f:
+            p = subprocess.run(as_postgres([
+                "valgrind", "--tool=callgrind", f"--callgrind-out-file={out}",
+                os.path.join(PGI.bindir, "postgres"), "--single", "-D", data,
+                "-c", "shared_preload_libraries=voucher_ext", "-c", "voucher.seal_interval=0", MAIN_DB]),
+                stdin=f, capture_output=True, text=True)
+        errors = [line for line in (p.stdout + p.stderr).splitlines() if "ERROR" in line]
+        if p.returncode != 0 or errors:
+            raise Failure(f"callgrind of {os.path.basename(script)} failed (rc {p.returncode}): "
+                          + " / ".join(errors[:3]))
+        with open(out) as f:
+            total = next((int(line.split()[1]) for line in f if line.startswith("totals:")), None)
+        if total is None:
+            raise Failure(f"callgrind of {os.path.basename(script)}: no totals in its output")
+        return total
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        subprocess.run(as_postgres([pg_ctl, "-D", data, "-l", os.path.join(os.path.dirname(data), "server.log"),
+                                    "-w", "restart"]), check=True, capture_output=True)
+        POSTMASTER.pop("pid", None)  # a new postmaster: backends_cpu must find it again
+
+
+def instr_side(kind):
+    """Thousands of instructions per call of `kind`: two runs of the same calls (n1 and n2 of
+    INSTR_CALLS) from the same reset state; their difference over n2 - n1 leaves out the backend's
+    start, the first calls' catalog and plan caching, and its end."""
+    schema = {"ours": "voucher", "peer": "peer", "floor": "bare", "bare": "bare"}[kind]
+    totals = []
+    for calls in INSTR_CALLS:
+        reset_main()
+        totals.append(callgrind(instr_script(kind, calls)))
+        got = int(scalar(MAIN_DB, f"SELECT count(*) FROM {schema}.redemption"))
+        if got != calls:
+            raise Failure(f"{kind}: {got:,} redemptions after {calls:,} calls under callgrind")
+        if kind in ("ours", "peer"):
+            named = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
+            if named != calls:
+                raise Failure(f"{kind}: {named:,} of {calls:,} redemptions with a customer")
+    per_call = (totals[1] - totals[0]) / (INSTR_CALLS[1] - INSTR_CALLS[0]) / 1000
+    log(f"    {kind}: {per_call:,.1f}k instructions per call")
+    return {"label": kind, "values": [per_call], "p95": None}
+
+
+@case("instr", "I. instructions per shop redemption in one backend (callgrind): ours vs the peer, the floor "
+               "and bare", needs=("main",))
+def case_instr():
+    if not shutil.which("valgrind"):
+        raise Failure("valgrind is missing (scripts/bench.sh installs it)")
+    s = {k: instr_side(k) for k in ("ours", "peer", "floor", "bare")}
+    n1, n2 = INSTR_CALLS
+    how = (f"callgrind's count of every instruction a single-user backend executes, calls {n1 + 1}-{n2} of P1's "
+           "workload (a fixed seed: the same vouchers, customers, 1 in 10 new, amounts and order ids for every "
+           "side), each a prepared statement run as the benchmark's login role; one run per side: the count "
+           "does not depend on the machine's load. No client protocol, no concurrency: what the single-user "
+           "backend leaves out (commit waits, lock and buffer contention) the CPU rows P1c, P2c measure")
+    return [
+        row("P1i", "instructions per shop redemption (thousands, one backend): P1's `redeem` vs the PL/pgSQL peer",
+            "kinstr", dict(s["ours"], label="redeem"), dict(s["peer"], label="PL/pgSQL peer"), note=how),
+        row("P2i", "instructions per shop redemption: P1's `redeem` vs the bare UPDATE+INSERT", "kinstr",
+            dict(s["ours"], label="redeem"), dict(s["bare"], label="bare")),
+        row("Pfi", "instructions per shop redemption: the floor function vs the bare UPDATE+INSERT", "kinstr",
+            dict(s["floor"], label="function(+audit)"), dict(s["bare"], label="bare")),
+        row("Pgi", "instructions per shop redemption: P1's `redeem` vs the floor function", "kinstr",
+            dict(s["ours"], label="redeem"), dict(s["floor"], label="function(+audit)")),
+    ]
+
+
 @case("shopasync", "P with synchronous_commit = off: the CPU cost once nobody waits for the WAL flush",
       needs=("main",))
 def case_shop_async():
@@ -1293,7 +1417,7 @@ def cell(s, unit):
     return f"{fnum(med(vals), unit)} ({fnum(min(vals), unit)}–{fnum(max(vals), unit)})"
 
 
-UNIT_LABEL = {"TPS": "TPS ↑", "ms": "ms ↓", "MB": "MB ↓", "µs": "µs/tx ↓"}
+UNIT_LABEL = {"TPS": "TPS ↑", "ms": "ms ↓", "MB": "MB ↓", "µs": "µs/tx ↓", "kinstr": "k instr/tx ↓"}
 
 
 def table(results):
@@ -1354,7 +1478,8 @@ def render(results, meta):
 
 def legend_text():
     return ("↑ higher is better (throughput, so the ratio is ours ÷ baseline TPS and ≥ 1 means we "
-            "are faster); ↓ lower is better (time, memory or the server's CPU per transaction, "
+            "are faster); ↓ lower is better (time, memory, the server's CPU or the instructions per "
+            "transaction, "
             "so the ratio is ours ÷ baseline and ≤ 1 means we are faster). Medians of all runs; PASS/FAIL compares the ratio of "
             "the medians with the goal.")
 

@@ -17,14 +17,18 @@ PORT=${BENCH_PORT:-54340}
 start=$(now)
 
 "$ROOT/scripts/setup.sh"
-if ! command -v gnuplot >/dev/null; then
-    is_root || die "gnuplot is missing: install gnuplot-nox (or run this as root)"
-    log "installing gnuplot-nox"
+# A tool the suite runs, from Debian when it is missing.
+need_tool() {
+    command -v "$1" >/dev/null && return
+    is_root || die "$1 is missing: install $2 (or run this as root)"
+    log "installing $2"
     export DEBIAN_FRONTEND=noninteractive
-    apt-get install -y -qq gnuplot-nox >/dev/null 2>&1 \
-        || { apt-get update -qq && apt-get install -y -qq gnuplot-nox >/dev/null; } \
-        || die "apt-get install gnuplot-nox failed"
-fi
+    apt-get install -y -qq "$2" >/dev/null 2>&1 \
+        || { apt-get update -qq && apt-get install -y -qq "$2" >/dev/null; } \
+        || die "apt-get install $2 failed"
+}
+need_tool gnuplot gnuplot-nox  # the client-count picture
+need_tool valgrind valgrind    # callgrind counts the instructions of rows P1i-Pgi (case instr)
 
 sock="$(cluster_base)/$NAME"
 lib="$("$PG_CONFIG" --pkglibdir)/voucher_ext.so"
