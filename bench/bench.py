@@ -611,6 +611,15 @@ def check_audit(s, table, db=MAIN_DB):
 
 
 IDEM = ", idempotency_key => 'idem-' || :n"
+# The schema of each side of the shop rows: its redemption and audit tables.
+SHOP_SCHEMA = {"ours": "voucher", "peer": "peer", "bare": "bare", "floor": "bare"}
+
+
+def check_customers_named(schema, n):
+    """Every one of the n redemptions in the side's table names its customer."""
+    named = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
+    if named != n:
+        raise Failure(f"{schema}.redemption: {named:,} of {n:,} with a customer")
 
 
 def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=None):
@@ -623,7 +632,7 @@ def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=N
            "floor": "bench_seq_bare"}[kind]
     script = render_script(f"shop_{kind}", SEQ=seq, KEY=m["key"], TENANT=m["tenant"], STRIDE=stride, N=n,
                            IDEM=IDEM if idem else "")
-    schema = {"ours": "voucher", "peer": "peer", "bare": "bare", "floor": "bare"}[kind]
+    schema = SHOP_SCHEMA[kind]
 
     def run():
         s = check_redemptions(pgbench(MAIN_DB, script, clients=clients, sync_commit=sync_commit,
@@ -633,9 +642,7 @@ def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=N
             return check_audit(s, "bare.audit_event")
         if kind != "bare":
             check_audit(s, f"{schema}.audit_event")
-            with_customer = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
-            if with_customer != s["tx"]:
-                raise Failure(f"{schema}.redemption: {with_customer:,} of {s['tx']:,} with a customer")
+            check_customers_named(schema, s["tx"])
             if idem:
                 keyed = int(scalar(MAIN_DB, f"SELECT count(idempotency_key) FROM {schema}.redemption"))
                 if keyed != s["tx"]:
@@ -990,7 +997,7 @@ def instr_side(kind):
     """Thousands of instructions per call of `kind`: two runs of the same calls (n1 and n2 of
     INSTR_CALLS) from the same reset state; their difference over n2 - n1 leaves out the backend's
     start, the first calls' catalog and plan caching, and its end."""
-    schema = {"ours": "voucher", "peer": "peer", "floor": "bare", "bare": "bare"}[kind]
+    schema = SHOP_SCHEMA[kind]
     totals = []
     for calls in INSTR_CALLS:
         reset_main()
@@ -999,9 +1006,7 @@ def instr_side(kind):
         if got != calls:
             raise Failure(f"{kind}: {got:,} redemptions after {calls:,} calls under callgrind")
         if kind in ("ours", "peer"):
-            named = int(scalar(MAIN_DB, f"SELECT count(customer_id) FROM {schema}.redemption"))
-            if named != calls:
-                raise Failure(f"{kind}: {named:,} of {calls:,} redemptions with a customer")
+            check_customers_named(schema, calls)
     per_call = (totals[1] - totals[0]) / (INSTR_CALLS[1] - INSTR_CALLS[0]) / 1000
     log(f"    {kind}: {per_call:,.1f}k instructions per call")
     return {"label": kind, "values": [per_call], "p95": None}

@@ -320,8 +320,9 @@ fn redeem_impl(
                 };
 
             if !cluster {
-                hot::remember_spread(tenant, &req.code, hot::spreads(&v));
-                if hot::spreads(&v) {
+                let spreads = hot::spreads(&v);
+                hot::remember_spread(tenant, &req.code, spreads);
+                if spreads {
                     if let Some(r) = spread_claim(client) {
                         return Ok(r);
                     }
