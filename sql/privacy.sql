@@ -68,7 +68,7 @@ CREATE TRIGGER keep_customer AFTER UPDATE OF tenant_id, customer_id ON voucher.c
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.customer_id <> NEW.customer_id)
     EXECUTE FUNCTION voucher._consent_keep_refs();
 CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.consent FOR EACH ROW
-    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+    WHEN (NOT voucher._by_definer()) EXECUTE FUNCTION voucher._audit_direct_dml();
 CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.consent
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
 

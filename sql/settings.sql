@@ -29,7 +29,7 @@ CREATE TRIGGER setting_changed AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 
 -- Direct changes by a DBA are audited like those of the other tables.
 CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON voucher.tenant_setting FOR EACH ROW
-    WHEN (current_user <> 'voucher_definer') EXECUTE FUNCTION voucher._audit_direct_dml();
+    WHEN (NOT voucher._by_definer()) EXECUTE FUNCTION voucher._audit_direct_dml();
 CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.tenant_setting
     FOR EACH STATEMENT EXECUTE FUNCTION voucher._audit_direct_truncate();
 

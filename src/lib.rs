@@ -70,7 +70,8 @@ extension_sql_file!(
         audit::hash::audit_hash_sql,
         audit::write::audit_sql,
         audit::write::audit_direct_sql,
-        audit::retention::audit_purging
+        audit::retention::audit_purging,
+        tenancy::definer::by_definer
     ]
 );
 extension_sql_file!(

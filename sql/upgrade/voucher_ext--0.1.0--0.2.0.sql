@@ -1355,6 +1355,40 @@ CREATE TRIGGER keep_refs_truncate AFTER TRUNCATE ON voucher.campaign
 CREATE TRIGGER keep_campaign AFTER UPDATE OF tenant_id, campaign_id ON voucher.code
     FOR EACH ROW WHEN (OLD.tenant_id <> NEW.tenant_id OR OLD.campaign_id <> NEW.campaign_id)
     EXECUTE FUNCTION voucher._codes_keep_refs();
+-- the details of a redemption's audit row, built in Rust (src/redeem/details.rs)
+CREATE FUNCTION voucher."_redemption_details"(
+	"redemption_id" uuid, /* Option < pgrx :: Uuid > */
+	"campaign_id" uuid, /* Option < pgrx :: Uuid > */
+	"customer_id" uuid, /* Option < pgrx :: Uuid > */
+	"order_id" TEXT, /* Option < & str > */
+	"order_amount" NUMERIC, /* Option < AnyNumeric > */
+	"amount" NUMERIC, /* Option < AnyNumeric > */
+	"discount" NUMERIC, /* Option < AnyNumeric > */
+	"balance_after" NUMERIC, /* Option < AnyNumeric > */
+	"idempotency_key" TEXT /* Option < & str > */
+) RETURNS jsonb /* Jsonb */
+IMMUTABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'redemption_details_wrapper';
+-- the direct-DML audit triggers' condition as a function call (sql/audit.sql says why)
+CREATE FUNCTION voucher."_by_definer"() RETURNS bool /* bool */
+STRICT STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'by_definer_wrapper';
+DO $triggers$
+DECLARE
+    r record;
+BEGIN
+    FOR r IN SELECT t.tgrelid::regclass AS rel FROM pg_catalog.pg_trigger t
+              WHERE t.tgname = 'audit_direct_dml'
+                AND t.tgfoid = 'voucher._audit_direct_dml()'::pg_catalog.regprocedure LOOP
+        EXECUTE pg_catalog.format('DROP TRIGGER audit_direct_dml ON %s', r.rel);
+        EXECUTE pg_catalog.format(
+            'CREATE TRIGGER audit_direct_dml AFTER UPDATE OR DELETE ON %s FOR EACH ROW '
+            'WHEN (NOT voucher._by_definer()) EXECUTE FUNCTION voucher._audit_direct_dml()', r.rel);
+    END LOOP;
+END
+$triggers$;
 -- end perf --------------------------------------------------------------------------------
 
 -- Operations: the last foreign keys among the extension's tables go (pg_restore -j loads the
@@ -1536,3 +1570,8 @@ GRANT EXECUTE ON FUNCTION
 TO voucher_client;
 GRANT EXECUTE ON FUNCTION voucher.run_customer_retention(integer) TO voucher_operator;
 GRANT SELECT ON voucher.consents TO voucher_client;
+-- perf (src/redeem/details.rs; the direct-DML audit triggers' WHEN, src/tenancy/definer.rs)
+GRANT EXECUTE ON FUNCTION
+    voucher._redemption_details(uuid, uuid, uuid, text, numeric, numeric, numeric, numeric, text),
+    voucher._by_definer()
+TO voucher_definer;

@@ -6,5 +6,6 @@ pub mod error;
 pub mod events;
 pub mod gucs;
 pub mod index;
+pub mod jsonb;
 pub mod rng;
 pub mod spi;

@@ -13,6 +13,7 @@
 //! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`; nothing to Rust.
 
 pub mod api;
+pub mod details;
 pub mod discount;
 pub mod hot;
 pub mod idempotency;

@@ -41,8 +41,8 @@ SELECT u.used FROM voucher.customer_usage u
 
 /// Wraps the CTEs `claim` (the UPDATE) and `rec` (the INSERT of the redemption, returning only
 /// the columns the audit row names: RETURNING * built a projection of every column per call),
-/// so the same statement writes the audit row (the row HMAC is computed over the jsonb exactly
-/// as stored) and returns voucher_id, discount, balance_after. `actor` names the parameter that
+/// so the same statement writes the audit row (details from `voucher._redemption_details`,
+/// details.rs; the row HMAC is computed over the jsonb exactly as stored) and returns voucher_id, discount, balance_after. `actor` names the parameter that
 /// holds the actor as `::jsonb::text` prints it (`audit::write::jsonb_text`): it is parsed once,
 /// for the stored column, and hashed as given (jsonb's text form is a fixed point of parsing).
 pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
@@ -51,11 +51,9 @@ pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str
 ev AS (
     SELECT nextval('voucher.audit_event_id_seq') AS id, now() AS at, rec.voucher_id,
            rec.discount, rec.balance_after,
-           jsonb_build_object('redemption_id', rec.redemption_id, 'campaign_id', rec.campaign_id,
-                              'customer_id', rec.customer_id, 'order_id', {order_id},
-                              'order_amount', rec.order_amount, 'amount', rec.amount,
-                              'discount', rec.discount, 'balance_after', rec.balance_after,
-                              'idempotency_key', {idempotency_key}) AS details
+           voucher._redemption_details(rec.redemption_id, rec.campaign_id, rec.customer_id,
+                                       {order_id}, rec.order_amount, rec.amount, rec.discount,
+                                       rec.balance_after, {idempotency_key}) AS details
       FROM rec),
 audit AS (
     INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,

@@ -87,10 +87,8 @@ pub fn claim(client: &mut SpiClient<'_>, c: &Claim<'_>) -> Option<Option<AnyNume
     // the audit row's details exactly as the one-statement form builds them (jsonb of the row)
     let details = client
         .update(
-            "SELECT jsonb_build_object('redemption_id', $1::uuid, 'campaign_id', $2::uuid,
-                 'customer_id', $3::uuid, 'order_id', $4::text, 'order_amount', $5::numeric,
-                 'amount', $6::numeric, 'discount', $7::numeric, 'balance_after', $8::numeric,
-                 'idempotency_key', $9::text)::text",
+            "SELECT voucher._redemption_details($1::uuid, $2::uuid, $3::uuid, $4::text,
+                 $5::numeric, $6::numeric, $7::numeric, $8::numeric, $9::text)::text",
             Some(1),
             &[
                 c.redemption_id.into(),
