@@ -1125,7 +1125,20 @@ CREATE TRIGGER audit_direct_truncate BEFORE TRUNCATE ON voucher.code_use
 ALTER TABLE voucher.redemption ADD COLUMN use_slot smallint;
 COMMENT ON COLUMN voucher.redemption.use_slot IS
     'The voucher.code_use slot this use was counted in; NULL: the voucher''s own redeemed_count.';
-CREATE OR REPLACE VIEW voucher.vouchers WITH (security_barrier) AS
+-- the counters' checks as domains (sql/codes.sql says why). The view reads the columns, so it
+-- is made again; the domains get their checks after the columns have their types, so that the
+-- type change rewrites nothing (ALTER DOMAIN ADD CONSTRAINT then checks the rows in one scan).
+DROP VIEW voucher.vouchers;
+CREATE DOMAIN voucher.use_count AS integer;
+CREATE DOMAIN voucher.balance_left AS numeric;
+ALTER TABLE voucher.code
+    DROP CONSTRAINT code_redeemed_count_check,
+    DROP CONSTRAINT code_balance_check,
+    ALTER COLUMN redeemed_count TYPE voucher.use_count,
+    ALTER COLUMN balance TYPE voucher.balance_left;
+ALTER DOMAIN voucher.use_count ADD CONSTRAINT code_redeemed_count_check CHECK (VALUE >= 0);
+ALTER DOMAIN voucher.balance_left ADD CONSTRAINT code_balance_check CHECK (VALUE >= 0);
+CREATE VIEW voucher.vouchers WITH (security_barrier) AS
 SELECT v.voucher_id AS id, coalesce(v.display, v.code) AS code, v.code AS canonical_code,
        v.campaign_id, c.name AS campaign, c.kind, v.active AND c.active AS active,
        v.redeemed_count + u.used AS redeemed_count, c.redemption_limit,
@@ -1136,6 +1149,7 @@ SELECT v.voucher_id AS id, coalesce(v.display, v.code) AS code, v.code AS canoni
   CROSS JOIN LATERAL (SELECT coalesce(sum(x.used), 0)::integer AS used FROM voucher.code_use x
                        WHERE x.tenant_id = v.tenant_id AND x.voucher_id = v.voucher_id) u
  WHERE voucher._can_read('read_catalog');
+COMMENT ON VIEW voucher.vouchers IS 'The tenant''s vouchers with their remaining uses and balances.';
 CREATE OR REPLACE FUNCTION voucher.rollback_redemption(
     INOUT redemption_id  uuid,
     reason               text DEFAULT NULL,
@@ -1544,7 +1558,8 @@ GRANT EXECUTE ON FUNCTION
     voucher.rotate_data_key(integer),
     voucher.destroy_retired_keys(interval)
 TO voucher_client;
-GRANT SELECT ON voucher.customers, voucher.redemptions, voucher.tenant_keys TO voucher_client;
+GRANT SELECT ON voucher.customers, voucher.redemptions, voucher.tenant_keys, voucher.vouchers
+    TO voucher_client;
 GRANT EXECUTE ON FUNCTION voucher._decrypt(text, text, uuid, bytea)
     TO voucher_client, voucher_operator, voucher_definer;
 GRANT EXECUTE ON FUNCTION voucher._throttle_capacity(), voucher.key_fingerprints() TO voucher_operator;

@@ -16,10 +16,12 @@ use crate::common::spi::run_kept;
 
 /// A code's voucher and campaign columns, as stored: $1 tenant, $2 code. The rules are judged
 /// in Rust (`evaluate`): the statement only looks the rows up, so starting it builds no
-/// expressions beyond plain columns.
+/// expressions beyond plain columns. The counters are read as their domains' base types
+/// (sql/codes.sql): pgrx reads a column only as the type it has.
 pub const EVALUATE_SQL: &str = "\
-SELECT v.voucher_id, v.campaign_id, c.kind, v.balance, c.redemption_limit,
-       c.per_customer_limit, v.active AND c.active, c.starts_at, c.expires_at, v.redeemed_count,
+SELECT v.voucher_id, v.campaign_id, c.kind, v.balance::numeric, c.redemption_limit,
+       c.per_customer_limit, v.active AND c.active, c.starts_at, c.expires_at,
+       v.redeemed_count::integer,
        c.min_order_amount, c.discount_type, c.discount_value, c.max_discount, c.currency
   FROM voucher.code v
   JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id

@@ -44,7 +44,7 @@ pub fn claim(client: &mut SpiClient<'_>, c: &Claim<'_>) -> Option<Option<AnyNume
               WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
                 AND ($3::integer IS NULL OR v.redeemed_count < $3)
                 AND ($4::numeric IS NULL OR v.balance >= $4)
-             RETURNING v.balance",
+             RETURNING v.balance::numeric",
             None,
             &[
                 c.tenant.into(),

@@ -192,6 +192,13 @@ SELECT try(format('UPDATE voucher.code SET campaign_id = gen_random_uuid() WHERE
                   :'t_a', :'a_voucher')) AS move_to_no_tenant,
        try(format('UPDATE voucher.code SET campaign_id = %L WHERE tenant_id = %L AND voucher_id = %L',
                   :'other_campaign', :'t_a', :'a_voucher')) AS repoint_to_a_campaign;
+-- the counters' checks are domains (issue 17): below zero is still refused, also by direct DML
+SELECT try(format('UPDATE voucher.code SET redeemed_count = -1 WHERE tenant_id = %L AND voucher_id = %L',
+                  :'t_a', :'a_voucher')) AS negative_count,
+       try(format('UPDATE voucher.code SET balance = -0.01 WHERE tenant_id = %L AND voucher_id = %L',
+                  :'t_a', :'a_voucher')) AS negative_balance,
+       try(format('UPDATE voucher.code SET redeemed_count = redeemed_count + 1, balance = 0 '
+                  'WHERE tenant_id = %L AND voucher_id = %L', :'t_a', :'a_voucher')) AS zero_balance;
 -- without its codes, a campaign goes; a truncate must take the codes with it
 SELECT try(format('DELETE FROM voucher.code WHERE tenant_id = %L AND campaign_id = %L',
                   :'t_a', :'used_campaign')) AS delete_its_codes,
