@@ -182,6 +182,28 @@ SELECT try($$SELECT voucher.redeem('gift-2', customer => 'c9', amount => 41, ord
        try($$SELECT voucher.redeem('gift-2', amount => 40, order_id => 'o-1', idempotency_key => 'order-o-1')$$) AS other_args;
 SELECT balance FROM voucher.validate('gift-2');
 COMMIT;
+-- a voucher without a limit (its uses spread over slot rows) under a key: this backend has
+-- redeemed it, knows it spreads and looks the key up before the spread claim; a new backend
+-- does not, and finds the first redemption in the fast claim's own look-up of the key
+BEGIN;
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT redemption_id AS unl_id, replayed
+  FROM voucher.redeem('unl-1', order_id => 'o-2', idempotency_key => 'order-o-2') \gset
+SELECT :'replayed' AS replayed,
+       (SELECT redemption_id = :'unl_id' FROM voucher.redeem('unl-1', order_id => 'o-2',
+                                                             idempotency_key => 'order-o-2')) AS same_id;
+COMMIT;
+\c
+BEGIN;
+SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
+SELECT redemption_id = :'unl_id' AS same_id, replayed
+  FROM voucher.redeem('unl-1', order_id => 'o-2', idempotency_key => 'order-o-2');
+SELECT try($$SELECT voucher.redeem('unl-1', order_id => 'o-3', idempotency_key => 'order-o-2')$$) AS other_order;
+COMMIT;
+BEGIN;
+SELECT voucher.authenticate(:'admin') IS NOT NULL AS ok;
+SELECT count(*) AS redemptions_under_the_key FROM voucher.redemptions WHERE idempotency_key = 'order-o-2';
+COMMIT;
 
 ------------------------------------------------------------------------------------------------
 -- rollback: gives back the use and the amount, once
