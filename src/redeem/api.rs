@@ -26,7 +26,7 @@ use super::hot;
 use super::idempotency::{self, RedeemRow};
 use super::rules::{judge, Request, Verdict};
 use super::statements::{
-    claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, Customer, Prior, Statements, MISTYPED,
+    claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, Customer, Statements, MISTYPED,
 };
 use crate::audit;
 use crate::common::error::{api, Result, VoucherError};
@@ -130,38 +130,27 @@ fn redeem_impl(
             // the actor as `::jsonb::text` prints it (kept per backend): the claims hash it as
             // given, and parse it once, for the stored column
             let actor_json = &crate::audit::write::jsonb_text(client, actor_json);
+            // A retry with the same key returns the first result (idempotency.rs). Two steps on
+            // purpose: the look-up's snapshot must be taken after the lock.
+            if let Some(key) = idempotency_key {
+                idempotency::lock(tenant, key);
+                let prior = idempotency::replay(
+                    client,
+                    tenant,
+                    key,
+                    hash.as_ref(),
+                    &req,
+                    order_id,
+                    metadata.as_ref(),
+                )?;
+                if let Some(row) = prior {
+                    return Ok(row);
+                }
+            }
+
             // scale: on a Citus cluster the one-statement forms are not router plans; the
             // claim below runs as single-shard statements instead (src/scale/redeem.rs)
             let cluster = crate::scale::cluster::active();
-            // A retry with the same key returns the first result (idempotency.rs). The look-up's
-            // snapshot must be taken after the lock. The fast claim below makes the look-up in
-            // its own statement (statements::Prior: a statement start and end fewer per keyed
-            // call); a call that takes another path first (a Citus cluster, a code known to
-            // spread) makes it here. Either way no path below claims before it was made, and
-            // while this transaction holds the lock no other can commit a use of the key.
-            let prior = match idempotency_key {
-                Some(key) => {
-                    idempotency::lock(tenant, key);
-                    if cluster || hot::is_spread(tenant, &req.code) {
-                        let found = idempotency::replay(
-                            client,
-                            tenant,
-                            key,
-                            hash.as_ref(),
-                            &req,
-                            order_id,
-                            metadata.as_ref(),
-                        )?;
-                        if let Some(row) = found {
-                            return Ok(row);
-                        }
-                        Prior::None
-                    } else {
-                        Prior::Found
-                    }
-                }
-                None => Prior::None,
-            };
             // The customer, by the blind index of its source_id (crypto). The one-statement
             // claims find it themselves (statements::Customer); the other paths, and a
             // claim that found no such customer, take find_or_create below, which creates it.
@@ -220,115 +209,74 @@ fn redeem_impl(
                 actor_json.as_str().into(),
                 meta_key.into(),
             ];
-            // A claim's row: the redemption just made, or (a keyed fast claim) the one the key
-            // already names, replayed if the arguments match (VC009 if not).
-            let done =
-                |rows: pgrx::spi::SpiTupleTable<'_>, keyed: bool| -> Result<Option<RedeemRow>> {
-                    if rows.is_empty() {
-                        return Ok(None);
-                    }
+            let done = |rows: pgrx::spi::SpiTupleTable<'_>| {
+                (!rows.is_empty()).then(|| {
                     let row = rows.first();
-                    let voucher_id = row.get(1).ok().flatten().expect("voucher_id");
-                    let discount = row.get(2).ok().flatten().expect("discount");
-                    let balance_after = row.get(3).ok().flatten();
-                    if keyed {
-                        if let Some(first) = row.get::<pgrx::Uuid>(4).ok().flatten() {
-                            let stored = row.get::<Vec<u8>>(5).ok().flatten();
-                            idempotency::check_replay(
-                                stored.as_ref(),
-                                hash.as_ref(),
-                                &req,
-                                order_id,
-                                metadata.as_ref(),
-                            )?;
-                            return Ok(Some((first, voucher_id, discount, balance_after, true)));
-                        }
-                    }
-                    Ok(Some((
+                    (
                         redemption_id,
-                        voucher_id,
-                        discount,
-                        balance_after,
+                        row.get(1).ok().flatten().expect("voucher_id"),
+                        row.get(2).ok().flatten().expect("discount"),
+                        row.get(3).ok().flatten(),
                         false,
-                    )))
-                };
+                    )
+                })
+            };
             // The one-statement claims, each in two forms: naming a customer (found by $6) or
             // none. A code seen to be a voucher without a limit takes the spread claim (hot.rs)
             // first, any other the fast claim.
             type Slot = fn(&mut Statements) -> &mut Option<OwnedPreparedStatement>;
-            // The fast claim has a third form, looking the idempotency key up too (`prior`).
-            let (with, fast_slot, spread_slot): (Customer, Slot, Slot) =
-                match (index.is_some(), prior) {
-                    (true, Prior::None) => (
-                        Customer::ByIndex,
-                        |s| &mut s.fast_claim_customer,
-                        |s| &mut s.spread_claim_customer,
-                    ),
-                    (true, Prior::Found) => (
-                        Customer::ByIndex,
-                        |s| &mut s.fast_claim_customer_keyed,
-                        |s| &mut s.spread_claim_customer,
-                    ),
-                    (false, Prior::None) => (
-                        Customer::None,
-                        |s| &mut s.fast_claim,
-                        |s| &mut s.spread_claim,
-                    ),
-                    (false, Prior::Found) => (
-                        Customer::None,
-                        |s| &mut s.fast_claim_keyed,
-                        |s| &mut s.spread_claim,
-                    ),
-                };
-            let spread_claim = |client: &pgrx::spi::SpiClient<'_>| {
-                done(
-                    run(
-                        client,
-                        spread_slot,
-                        || hot::spread_claim_sql(with),
-                        &fast_types,
-                        true,
-                        &fast_args,
-                    ),
-                    false,
+            let (with, fast_slot, spread_slot): (Customer, Slot, Slot) = if index.is_some() {
+                (
+                    Customer::ByIndex,
+                    |s| &mut s.fast_claim_customer,
+                    |s| &mut s.spread_claim_customer,
                 )
+            } else {
+                (
+                    Customer::None,
+                    |s| &mut s.fast_claim,
+                    |s| &mut s.spread_claim,
+                )
+            };
+            let spread_claim = |client: &pgrx::spi::SpiClient<'_>| {
+                done(run(
+                    client,
+                    spread_slot,
+                    || hot::spread_claim_sql(with),
+                    &fast_types,
+                    true,
+                    &fast_args,
+                ))
             };
             // `forget`: a spread claim that matched nothing drops the code from the memory of
             // spread codes. Not while a named customer may just not exist yet: that miss says
             // nothing about the voucher. A fast claim that then succeeds does drop it (it takes
             // no voucher that spreads), and so does an evaluation below that finds it does not.
-            // A keyed call (`Prior::Found`) takes the fast claim first whatever it remembers:
-            // the spread claim does not look the key up.
-            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>,
-                                 forget: bool|
-             -> Result<Option<RedeemRow>> {
-                let spread = prior == Prior::None && hot::is_spread(tenant, &req.code);
+            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>, forget: bool| {
+                let spread = hot::is_spread(tenant, &req.code);
                 if spread {
-                    if let Some(r) = spread_claim(client)? {
-                        return Ok(Some(r));
+                    if let Some(r) = spread_claim(client) {
+                        return Some(r);
                     }
                     if forget {
                         hot::remember_spread(tenant, &req.code, false);
                     }
                 }
-                let made = done(
-                    run(
-                        client,
-                        fast_slot,
-                        || fast_claim_sql(with, prior),
-                        &fast_types,
-                        true,
-                        &fast_args,
-                    ),
-                    prior == Prior::Found,
-                )?;
+                let made = done(run(
+                    client,
+                    fast_slot,
+                    || fast_claim_sql(with),
+                    &fast_types,
+                    true,
+                    &fast_args,
+                ));
                 if spread && made.is_some() {
                     hot::remember_spread(tenant, &req.code, false);
                 }
-                Ok(made)
+                made
             };
             if !cluster {
-                if let Some(r) = one_statement(client, index.is_none())? {
+                if let Some(r) = one_statement(client, index.is_none()) {
                     return Ok(r);
                 }
             }
@@ -345,7 +293,7 @@ fn redeem_impl(
                     )?;
                     known_customer = (!created).then_some(id);
                     if created && !cluster {
-                        if let Some(r) = one_statement(client, true)? {
+                        if let Some(r) = one_statement(client, true) {
                             return Ok(r);
                         }
                     }
@@ -375,7 +323,7 @@ fn redeem_impl(
                 let spreads = hot::spreads(&v);
                 hot::remember_spread(tenant, &req.code, spreads);
                 if spreads {
-                    if let Some(r) = spread_claim(client)? {
+                    if let Some(r) = spread_claim(client) {
                         return Ok(r);
                     }
                     return Err(refusal_after_miss(client, tenant, &req));

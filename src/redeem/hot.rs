@@ -142,11 +142,8 @@ mod unit {
         // the voucher row is never updated on this path (see the module's doc)
         assert!(!sql.contains("UPDATE voucher.code "));
         // and the fast claim leaves exactly these vouchers to it
-        assert!(super::super::statements::fast_claim_sql(
-            Customer::None,
-            super::super::statements::Prior::None
-        )
-        .contains("AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')"));
+        assert!(super::super::statements::fast_claim_sql(Customer::None)
+            .contains("AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')"));
     }
 
     #[test]

@@ -84,21 +84,6 @@ pub fn lock(tenant: pgrx::Uuid, key: &str) {
     }
 }
 
-/// A replay must repeat the first request's arguments: VC009 if the stored fingerprint is
-/// neither this request's nor (crypto: a request stored by 0.1.0) its unkeyed SHA-256.
-pub fn check_replay(
-    stored: Option<&Vec<u8>>,
-    hash: Option<&Vec<u8>>,
-    req: &Request,
-    order_id: Option<&str>,
-    metadata: Option<&JsonB>,
-) -> Result<()> {
-    if stored != hash && stored != Some(&legacy_fingerprint(req, order_id, metadata)) {
-        return Err(VoucherError::rule("VC009"));
-    }
-    Ok(())
-}
-
 /// The first result under this key, if a committed redemption carries it (call after `lock`):
 /// replayed if the arguments match, VC009 if they do not.
 pub fn replay(
@@ -132,7 +117,10 @@ pub fn replay(
     }
     let p = prior.first();
     let stored = p.get::<Vec<u8>>(5).ok().flatten();
-    check_replay(stored.as_ref(), hash, req, order_id, metadata)?;
+    // crypto: a request stored by 0.1.0 holds the unkeyed SHA-256
+    if stored.as_ref() != hash && stored != Some(legacy_fingerprint(req, order_id, metadata)) {
+        return Err(VoucherError::rule("VC009"));
+    }
     Ok(Some((
         p.get(1).ok().flatten().expect("redemption_id"),
         p.get(2).ok().flatten().expect("voucher_id"),

@@ -48,63 +48,6 @@ SELECT u.used FROM voucher.customer_usage u
 /// holds the actor as `::jsonb::text` prints it (`audit::write::jsonb_text`): it is parsed once,
 /// for the stored column, and hashed as given (jsonb's text form is a fixed point of parsing).
 pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
-    with_audit_then(ctes, actor, order_id, idempotency_key, Prior::None)
-}
-
-/// Whether a claim statement also looks its idempotency key up ([`fast_claim_sql`]).
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub enum Prior {
-    /// No key, or the caller looked it up already (`idempotency::replay`).
-    None,
-    /// The CTE `prior` (the committed redemption under key $8, if any) comes first; the claim
-    /// claims nothing when it found one, and the statement returns that one instead, with its
-    /// redemption_id and request_hash as fourth and fifth columns (NULL on a row just made).
-    Found,
-}
-
-impl Prior {
-    /// The CTE to put first (with its comma), or nothing.
-    pub fn cte(self) -> &'static str {
-        match self {
-            Prior::None => "",
-            Prior::Found => {
-                "prior AS (
-    SELECT p.redemption_id, p.voucher_id, p.discount, p.balance_after, p.request_hash
-      FROM voucher.redemption p
-     WHERE p.tenant_id = $1 AND p.idempotency_key = $8),
-"
-            }
-        }
-    }
-
-    /// The condition the claim adds: no redemption carries the key yet.
-    pub fn absent(self) -> &'static str {
-        match self {
-            Prior::None => "",
-            Prior::Found => "\n       AND NOT EXISTS (SELECT FROM prior)",
-        }
-    }
-}
-
-/// [`with_audit`], returning the `prior` row too when there is one ([`Prior::Found`]).
-fn with_audit_then(
-    ctes: &str,
-    actor: &str,
-    order_id: &str,
-    idempotency_key: &str,
-    prior: Prior,
-) -> String {
-    let tail = match prior {
-        Prior::None => {
-            "SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
-        }
-        Prior::Found => {
-            "SELECT ev.voucher_id, ev.discount, ev.balance_after, NULL::uuid, NULL::bytea
-  FROM ev CROSS JOIN audit
-UNION ALL
-SELECT p.voucher_id, p.discount, p.balance_after, p.redemption_id, p.request_hash FROM prior p"
-        }
-    };
     format!(
         "WITH {ctes},
 ev AS (
@@ -123,7 +66,7 @@ audit AS (
                                'voucher', ev.voucher_id::text, ev.details::text)
       FROM ev
     RETURNING event_id)
-{tail}"
+SELECT ev.voucher_id, ev.discount, ev.balance_after FROM ev CROSS JOIN audit"
     )
 }
 
@@ -180,13 +123,10 @@ impl Customer {
 /// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the customer's blind
 /// index ([`Customer`]; unused by `Customer::None`), $7 order id, $8 idempotency key, $9 request
 /// hash, $10 metadata (encrypted), $11 actor label, $12 actor (jsonb text, as [`with_audit`]
-/// wants it), $13 the data key of the metadata. With [`Prior::Found`] it also looks the
-/// idempotency key up (a keyed call's look-up was a statement of its own, with its executor start
-/// and end: a tenth of a keyed redemption's instructions in callgrind), and claims only when no
-/// redemption carries the key.
-pub fn fast_claim_sql(customer: Customer, prior: Prior) -> String {
+/// wants it), $13 the data key of the metadata.
+pub fn fast_claim_sql(customer: Customer) -> String {
     let ctes = format!(
-        "{prior_cte}{cust}claim AS (
+        "{cust}claim AS (
     UPDATE voucher.code v
        SET redeemed_count = v.redeemed_count + 1,
            balance = v.balance - CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END
@@ -199,7 +139,7 @@ pub fn fast_claim_sql(customer: Customer, prior: Prior) -> String {
        AND (c.redemption_limit IS NULL OR v.redeemed_count < c.redemption_limit)
        AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
        AND c.per_customer_limit IS NULL
-       AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount'){found}{absent}
+       AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount'){found}
        AND CASE WHEN c.kind = 'gift_card'
                 THEN coalesce($4, $3) > 0 AND v.balance >= coalesce($4, $3)
                 ELSE $4::numeric IS NULL
@@ -218,13 +158,11 @@ rec AS (
     RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
               discount, balance_after)",
         discount = discount_call("$3"),
-        prior_cte = prior.cte(),
         cust = customer.cte(),
         found = customer.found(),
-        absent = prior.absent(),
         id = customer.id(),
     );
-    with_audit_then(&ctes, "$12", "$7", "$8", prior)
+    with_audit(&ctes, "$12", "$7", "$8")
 }
 
 /// Claims a use (and a gift card amount) of an evaluated voucher, and records the redemption
@@ -260,8 +198,6 @@ pub struct Statements {
     pub usage: Option<OwnedPreparedStatement>,
     pub fast_claim: Option<OwnedPreparedStatement>,
     pub fast_claim_customer: Option<OwnedPreparedStatement>,
-    pub fast_claim_keyed: Option<OwnedPreparedStatement>,
-    pub fast_claim_customer_keyed: Option<OwnedPreparedStatement>,
     pub claim: Option<OwnedPreparedStatement>,
     pub spread_claim: Option<OwnedPreparedStatement>,
     pub spread_claim_customer: Option<OwnedPreparedStatement>,
@@ -481,7 +417,7 @@ mod unit {
     #[test]
     fn the_fast_claim_uses_every_parameter() {
         use super::Customer;
-        let sql = super::fast_claim_sql(Customer::ByIndex, super::Prior::None);
+        let sql = super::fast_claim_sql(Customer::ByIndex);
         for n in 1..=13 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
@@ -494,27 +430,13 @@ mod unit {
         assert!(sql.contains("AND EXISTS (SELECT FROM cust)"));
         assert!(sql.contains("claim.campaign_id, (SELECT cust.customer_id FROM cust), $7"));
         // without one: every parameter but $6, and no look-up of a customer
-        let none = super::fast_claim_sql(Customer::None, super::Prior::None);
+        let none = super::fast_claim_sql(Customer::None);
         for n in (1..=13).filter(|&n| n != 6) {
             assert!(none.contains(&format!("${n}")), "${n} unused");
         }
         assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
         assert!(none.starts_with("WITH claim AS ("));
         assert!(none.contains("claim.campaign_id, NULL::uuid, $7"));
-        assert!(!sql.contains("prior") && !none.contains("prior"));
-        // keyed: the look-up of the key first, the claim only without a prior redemption, and
-        // the prior redemption returned with its id and fingerprint
-        for with in [Customer::ByIndex, Customer::None] {
-            let keyed = super::fast_claim_sql(with, super::Prior::Found);
-            assert!(keyed.starts_with("WITH prior AS (\n    SELECT p.redemption_id"));
-            assert!(keyed.contains("p.tenant_id = $1 AND p.idempotency_key = $8)"));
-            assert!(keyed.contains("AND NOT EXISTS (SELECT FROM prior)\n       AND CASE"));
-            assert!(keyed.ends_with(
-                "UNION ALL\nSELECT p.voucher_id, p.discount, p.balance_after, p.redemption_id, \
-                 p.request_hash FROM prior p"
-            ));
-            assert!(!keyed.contains("$14"));
-        }
         let sql = super::claim_sql();
         for n in 1..=16 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");

@@ -182,9 +182,8 @@ SELECT try($$SELECT voucher.redeem('gift-2', customer => 'c9', amount => 41, ord
        try($$SELECT voucher.redeem('gift-2', amount => 40, order_id => 'o-1', idempotency_key => 'order-o-1')$$) AS other_args;
 SELECT balance FROM voucher.validate('gift-2');
 COMMIT;
--- a voucher without a limit (its uses spread over slot rows) under a key: this backend has
--- redeemed it, knows it spreads and looks the key up before the spread claim; a new backend
--- does not, and finds the first redemption in the fast claim's own look-up of the key
+-- a voucher without a limit (its uses spread over slot rows) under a key: replayed in the
+-- backend that redeemed it (it remembers that the code spreads) and in a new one (it does not)
 BEGIN;
 SELECT voucher.authenticate(:'redeemer') IS NOT NULL AS ok;
 SELECT redemption_id AS unl_id, replayed
