@@ -129,6 +129,8 @@ GRANT EXECUTE ON FUNCTION
     voucher._code_shape(text, text, text, text, boolean),
     voucher._discount(text, numeric, numeric, text, numeric),
     voucher._redemption_details(uuid, uuid, uuid, text, numeric, numeric, numeric, numeric, text),
+    voucher._claimable(timestamptz, timestamptz, integer, integer, numeric, integer, text, numeric,
+                       text, numeric, numeric, boolean),
     voucher._by_definer(),                             -- the direct-DML audit triggers' WHEN
     voucher._money(numeric, text),
     voucher._raise(text, text),

@@ -1384,6 +1384,24 @@ CREATE FUNCTION voucher."_redemption_details"(
 IMMUTABLE PARALLEL SAFE
 LANGUAGE c /* Rust */
 AS 'MODULE_PATHNAME', 'redemption_details_wrapper';
+-- the one-statement claims' rules, judged in Rust (src/redeem/statements.rs)
+CREATE FUNCTION voucher."_claimable"(
+	"starts_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"expires_at" timestamp with time zone, /* Option < TimestampWithTimeZone > */
+	"redemption_limit" INT, /* Option < i32 > */
+	"redeemed_count" INT, /* Option < i32 > */
+	"min_order_amount" NUMERIC, /* Option < AnyNumeric > */
+	"per_customer_limit" INT, /* Option < i32 > */
+	"kind" TEXT, /* Option < & str > */
+	"balance" NUMERIC, /* Option < AnyNumeric > */
+	"discount_type" TEXT, /* Option < & str > */
+	"order_amount" NUMERIC, /* Option < AnyNumeric > */
+	"amount" NUMERIC, /* Option < AnyNumeric > */
+	"spread" bool /* Option < bool > */
+) RETURNS bool /* bool */
+STABLE PARALLEL SAFE
+LANGUAGE c /* Rust */
+AS 'MODULE_PATHNAME', 'claimable_wrapper';
 -- the direct-DML audit triggers' condition as a function call (sql/audit.sql says why)
 CREATE FUNCTION voucher."_by_definer"() RETURNS bool /* bool */
 STRICT STABLE PARALLEL SAFE
@@ -1585,8 +1603,11 @@ GRANT EXECUTE ON FUNCTION
 TO voucher_client;
 GRANT EXECUTE ON FUNCTION voucher.run_customer_retention(integer) TO voucher_operator;
 GRANT SELECT ON voucher.consents TO voucher_client;
--- perf (src/redeem/details.rs; the direct-DML audit triggers' WHEN, src/tenancy/definer.rs)
+-- perf (src/redeem/details.rs, src/redeem/statements.rs; the direct-DML audit triggers' WHEN,
+-- src/tenancy/definer.rs)
 GRANT EXECUTE ON FUNCTION
     voucher._redemption_details(uuid, uuid, uuid, text, numeric, numeric, numeric, numeric, text),
+    voucher._claimable(timestamptz, timestamptz, integer, integer, numeric, integer, text, numeric,
+                       text, numeric, numeric, boolean),
     voucher._by_definer()
 TO voucher_definer;

@@ -48,14 +48,10 @@ pub fn spread_claim_sql(customer: Customer) -> String {
       FROM voucher.code v
       JOIN voucher.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id
      WHERE v.tenant_id = $1 AND v.code = $2
-       AND c.redemption_limit IS NULL AND c.kind = 'discount' AND c.per_customer_limit IS NULL
-       AND v.active AND c.active
-       AND (c.starts_at IS NULL OR c.starts_at <= now())
-       AND (c.expires_at IS NULL OR c.expires_at > now())
-       AND (c.min_order_amount IS NULL OR $3 >= c.min_order_amount)
-       AND $4::numeric IS NULL
-       AND ($3 IS NOT NULL OR c.discount_type IS NULL
-            OR c.discount_type NOT IN ('percent', 'fixed')){found}),
+       AND v.active AND c.active{found}
+       AND voucher._claimable(c.starts_at, c.expires_at, c.redemption_limit, v.redeemed_count,
+                              c.min_order_amount, c.per_customer_limit, c.kind, v.balance,
+                              c.discount_type, $3, $4, true)),
 pick AS (
     SELECT u.slot FROM voucher.code_use u
      WHERE u.tenant_id = $1 AND u.voucher_id = (SELECT free.voucher_id FROM free)
@@ -132,18 +128,19 @@ mod unit {
         }
         assert!(!sql.contains("$14"));
         assert!(sql.starts_with("WITH cust AS ("));
-        assert!(sql.contains("AND EXISTS (SELECT FROM cust)),"));
+        assert!(sql.contains("AND EXISTS (SELECT FROM cust)\n       AND voucher._claimable("));
         let none = super::spread_claim_sql(Customer::None);
         assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
         assert!(none.starts_with("WITH free AS ("));
-        assert!(sql.contains("c.redemption_limit IS NULL AND c.kind = 'discount'"));
+        // only vouchers without a limit (voucher._claimable's `spread`)
+        assert!(sql.contains("c.discount_type, $3, $4, true)),"));
         assert!(sql.contains("INSERT INTO voucher.code_use"));
         assert!(sql.contains("SKIP LOCKED"));
         // the voucher row is never updated on this path (see the module's doc)
         assert!(!sql.contains("UPDATE voucher.code "));
         // and the fast claim leaves exactly these vouchers to it
         assert!(super::super::statements::fast_claim_sql(Customer::None)
-            .contains("AND NOT (c.redemption_limit IS NULL AND c.kind = 'discount')"));
+            .contains("c.discount_type, $3, $4, false)"));
     }
 
     #[test]
