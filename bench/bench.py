@@ -926,16 +926,17 @@ def as_postgres(cmd):
     return (["runuser", "-u", "postgres", "--"] + cmd) if os.geteuid() == 0 else cmd
 
 
-def instr_script(kind, calls):
+def instr_script(kind, calls, idem=False):
     """SQL for a single-user backend, one statement per line: P1's workload as `calls` prepared
     calls of `kind` (ours, peer, floor, bare), as the benchmark's login role. The same calls for
     every side (a fixed seed): vouchers P1.., a customer per call (1 in 10 new), an order amount
-    and an order id."""
+    and an order id; `idem` (ours, peer): P3's idempotency key per call too."""
     m = STATE["main"]
+    key = ", idempotency_key => $5" if idem else ""
     prepare = {
-        "ours": "SELECT * FROM voucher.redeem($1, customer => $2, order_amount => $3, order_id => $4)",
+        "ours": f"SELECT * FROM voucher.redeem($1, customer => $2, order_amount => $3, order_id => $4{key})",
         "peer": f"SELECT * FROM peer.redeem('{m['tenant']}', $1, customer => $2, order_amount => $3, "
-                "order_id => $4)",
+                f"order_id => $4{key})",
         "floor": f"SELECT * FROM bare.shop_redeem('{m['tenant']}', $1, $3, $4)",
         "bare": "WITH v AS (UPDATE bare.code SET redeemed_count = redeemed_count + 1 "
                 f"WHERE tenant_id = '{m['tenant']}' AND code = $1 AND active AND redeemed_count < 1 "
@@ -947,13 +948,14 @@ def instr_script(kind, calls):
     lines = [f"SET SESSION AUTHORIZATION {APP_ROLE}"]
     if kind == "ours":
         lines.append(f"SELECT voucher.authenticate('{m['key']}', true) IS NOT NULL AS ok")
-    lines.append(f"PREPARE shop(text, text, numeric, text) AS {prepare}")
+    lines.append(f"PREPARE shop(text, text, numeric, text{', text' if idem else ''}) AS {prepare}")
     rnd = random.Random(17)
     for i in range(1, calls + 1):
         new = rnd.randint(1, 10) == 1
         customer = f"new-i{i}" if new else f"cust-{rnd.randint(1, CUSTOMERS)}"
-        lines.append(f"EXECUTE shop('P{i}', '{customer}', {rnd.randint(2000, 20000) / 100:.2f}, 'order-{i}')")
-    path = os.path.join(WORK, f"instr-{kind}-{calls}.sql")
+        key = f", 'idem-{i}'" if idem else ""
+        lines.append(f"EXECUTE shop('P{i}', '{customer}', {rnd.randint(2000, 20000) / 100:.2f}, 'order-{i}'{key})")
+    path = os.path.join(WORK, f"instr-{kind}{'-idem' if idem else ''}-{calls}.sql")
     with open(path, "w") as f:
         f.write("\n".join(lines) + "\n")
     return path
@@ -993,22 +995,27 @@ def callgrind(script):
         POSTMASTER.pop("pid", None)  # a new postmaster: backends_cpu must find it again
 
 
-def instr_side(kind):
-    """Thousands of instructions per call of `kind`: two runs of the same calls (n1 and n2 of
-    INSTR_CALLS) from the same reset state; their difference over n2 - n1 leaves out the backend's
-    start, the first calls' catalog and plan caching, and its end."""
+def instr_side(kind, idem=False):
+    """Thousands of instructions per call of `kind` (`idem`: with P3's idempotency keys): two runs
+    of the same calls (n1 and n2 of INSTR_CALLS) from the same reset state; their difference over
+    n2 - n1 leaves out the backend's start, the first calls' catalog and plan caching, and its
+    end."""
     schema = SHOP_SCHEMA[kind]
     totals = []
     for calls in INSTR_CALLS:
         reset_main()
-        totals.append(callgrind(instr_script(kind, calls)))
+        totals.append(callgrind(instr_script(kind, calls, idem)))
         got = int(scalar(MAIN_DB, f"SELECT count(*) FROM {schema}.redemption"))
         if got != calls:
             raise Failure(f"{kind}: {got:,} redemptions after {calls:,} calls under callgrind")
         if kind in ("ours", "peer"):
             check_customers_named(schema, calls)
+        if idem:
+            keyed = int(scalar(MAIN_DB, f"SELECT count(DISTINCT idempotency_key) FROM {schema}.redemption"))
+            if keyed != calls:
+                raise Failure(f"{kind}: {keyed:,} of {calls:,} redemptions with their idempotency key")
     per_call = (totals[1] - totals[0]) / (INSTR_CALLS[1] - INSTR_CALLS[0]) / 1000
-    log(f"    {kind}: {per_call:,.1f}k instructions per call")
+    log(f"    {kind}{' with keys' if idem else ''}: {per_call:,.1f}k instructions per call")
     return {"label": kind, "values": [per_call], "p95": None}
 
 
@@ -1018,6 +1025,7 @@ def case_instr():
     if not shutil.which("valgrind"):
         raise Failure("valgrind is missing (scripts/bench.sh installs it)")
     s = {k: instr_side(k) for k in ("ours", "peer", "floor", "bare")}
+    s["ours idem"], s["peer idem"] = instr_side("ours", idem=True), instr_side("peer", idem=True)
     n1, n2 = INSTR_CALLS
     how = (f"callgrind's count of every instruction a single-user backend executes, calls {n1 + 1}-{n2} of P1's "
            "workload (a fixed seed: the same vouchers, customers, 1 in 10 new, amounts and order ids for every "
@@ -1033,6 +1041,11 @@ def case_instr():
             dict(s["floor"], label="function(+audit)"), dict(s["bare"], label="bare")),
         row("Pgi", "instructions per shop redemption: P1's `redeem` vs the floor function", "kinstr",
             dict(s["ours"], label="redeem"), dict(s["floor"], label="function(+audit)")),
+        row("P3i", "instructions per shop redemption with an idempotency key: P3's `redeem` vs the peer "
+            "with the same keys", "kinstr",
+            dict(s["ours idem"], label="redeem+key"), dict(s["peer idem"], label="peer+key")),
+        row("P4i", "instructions per shop redemption: P3's `redeem` with a key vs the bare UPDATE+INSERT",
+            "kinstr", dict(s["ours idem"], label="redeem+key"), dict(s["bare"], label="bare")),
     ]
 
 
