@@ -43,8 +43,9 @@ pub fn redemption_details(
 mod tests {
     use pgrx::prelude::*;
 
-    /// The same jsonb (equal, the same text and the same size) as jsonb_build_object of the same values: numbers of
-    /// every scale, NaN and the infinities (text, as there), NULLs, strings that need escaping.
+    /// The same jsonb (equal, with the same text and size) as jsonb_build_object of the same
+    /// values: numbers of every scale, NaN and the infinities (text, as there), NULLs, strings
+    /// that need escaping.
     #[pg_test]
     fn details_are_jsonb_build_object() {
         let cases = [

@@ -8,9 +8,11 @@
 //! - `idempotency`: idempotency keys (fingerprint, lock, look-up of the first result).
 //! - `hot`: vouchers without a limit count their uses in 16 slot rows (voucher.code_use), so a
 //!   hot voucher's redemptions do not queue on its row.
+//! - `details`: the details of a redemption's audit row, built as jsonb in Rust.
 //! - `validate` and `api` (`redeem`): the SQL-facing functions.
 //!
-//! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`; nothing to Rust.
+//! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`,
+//! `_redemption_details` and `_claimable` (the one-statement claims' rules); nothing to Rust.
 
 pub mod api;
 pub mod details;

@@ -61,11 +61,11 @@ pub fn caller() -> pg_sys::Oid {
 /// The WHEN of the direct-DML audit triggers (sql/audit.sql). Written as
 /// `current_user <> 'voucher_definer'`, the condition was read back from its stored form (with a
 /// 64-byte `name` constant, one number per byte) and planned by every statement that updates
-/// one of our tables: 25k instructions per redemption (issue 17, callgrind). A call without
-/// arguments reads back in a fraction of that. Like every function of ours it is not executable
-/// by PUBLIC, only by voucher_definer (sql/finalize.sql): other changes come from superusers and
-/// the tables' owner; a role a DBA grants UPDATE or DELETE on a table also needs EXECUTE on
-/// this, or its changes are refused (42501), never made unaudited.
+/// one of our tables: 27k instructions per redemption (issue 17, callgrind). As a call without
+/// arguments it costs 13k, reading back, planning and running. Like every function of ours it is
+/// not executable by PUBLIC, only by voucher_definer (sql/finalize.sql): other changes come from
+/// superusers and the tables' owner; a role a DBA grants UPDATE or DELETE on a table also needs
+/// EXECUTE on this, or its changes are refused (42501), never made unaudited.
 #[pgrx::pg_extern(stable, parallel_safe, name = "_by_definer")]
 pub fn by_definer() -> bool {
     caller() == definer_oid()
