@@ -25,7 +25,9 @@ LANGUAGE plpgsql STABLE SECURITY DEFINER
 AS $$
 BEGIN
     RETURN QUERY
-    SELECT v.voucher_id, v.active, v.redeemed_count, v.balance, c.kind, c.discount_type,
+    -- the counters as their domains' base types (bare.code is voucher.code's shape)
+    SELECT v.voucher_id, v.active, v.redeemed_count::integer, v.balance::numeric, c.kind,
+           c.discount_type,
            c.discount_value, c.starts_at, c.expires_at, c.redemption_limit
       FROM bare.code v
       JOIN bare.campaign c ON c.tenant_id = v.tenant_id AND c.campaign_id = v.campaign_id

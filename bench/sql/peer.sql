@@ -105,7 +105,10 @@ DECLARE
     v record;
     state text;
 BEGIN
-    SELECT x.voucher_id, x.balance, x.active AND k.active AS enabled, x.redeemed_count, k.kind,
+    -- the counters as their domains' base types (the tables are voucher.code's shape): RETURN
+    -- QUERY wants the declared numeric
+    SELECT x.voucher_id, x.balance::numeric AS balance, x.active AND k.active AS enabled,
+           x.redeemed_count::integer AS redeemed_count, k.kind,
            k.starts_at, k.expires_at, k.redemption_limit, k.per_customer_limit,
            k.min_order_amount, k.discount_type, k.discount_value, k.max_discount, k.currency,
            -- the customer as a scalar sub-select, as voucher's USAGE_SQL: each table probed by
