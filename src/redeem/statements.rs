@@ -385,10 +385,6 @@ pub fn claimable(
     let (Some(kind), Some(spread)) = (kind, spread) else {
         return false;
     };
-    let spreads = redemption_limit.is_none() && kind == "discount";
-    if per_customer_limit.is_some() || spreads != spread {
-        return false;
-    }
     let req = Request {
         code: String::new(),
         customer: None,
@@ -414,6 +410,9 @@ pub fn claimable(
         currency: None,
     };
     let v = voucher_without_discount(&req, columns, |_, _| 0);
+    if v.per_customer_limit.is_some() || super::hot::spreads(&v) != spread {
+        return false;
+    }
     matches!(judge(Some(v), &req, true), Ok(Verdict::Valid { .. }))
 }
 
