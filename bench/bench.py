@@ -622,6 +622,13 @@ def check_customers_named(schema, n):
         raise Failure(f"{schema}.redemption: {named:,} of {n:,} with a customer")
 
 
+def check_keys_recorded(schema, n):
+    """Every one of the n redemptions in the side's table carries its own idempotency key."""
+    keyed = int(scalar(MAIN_DB, f"SELECT count(DISTINCT idempotency_key) FROM {schema}.redemption"))
+    if keyed != n:
+        raise Failure(f"{schema}.redemption: {keyed:,} of {n:,} with their idempotency key")
+
+
 def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=None):
     """The shop-shaped redemption (issue 17). kind: ours (voucher.redeem, session auth), peer
     (the PL/pgSQL peer, bench/sql/peer.sql), bare (UPDATE+INSERT). idem: an idempotency key per
@@ -644,9 +651,7 @@ def shop_side(kind, idem=False, clients=CLIENTS, sync_commit=True, stride=1, n=N
             check_audit(s, f"{schema}.audit_event")
             check_customers_named(schema, s["tx"])
             if idem:
-                keyed = int(scalar(MAIN_DB, f"SELECT count(idempotency_key) FROM {schema}.redemption"))
-                if keyed != s["tx"]:
-                    raise Failure(f"{schema}.redemption: {keyed:,} of {s['tx']:,} with an idempotency key")
+                check_keys_recorded(schema, s["tx"])
         return s
     return run
 
@@ -1011,9 +1016,7 @@ def instr_side(kind, idem=False):
         if kind in ("ours", "peer"):
             check_customers_named(schema, calls)
         if idem:
-            keyed = int(scalar(MAIN_DB, f"SELECT count(DISTINCT idempotency_key) FROM {schema}.redemption"))
-            if keyed != calls:
-                raise Failure(f"{kind}: {keyed:,} of {calls:,} redemptions with their idempotency key")
+            check_keys_recorded(schema, calls)
     per_call = (totals[1] - totals[0]) / (INSTR_CALLS[1] - INSTR_CALLS[0]) / 1000
     log(f"    {kind}{' with keys' if idem else ''}: {per_call:,.1f}k instructions per call")
     return {"label": kind, "values": [per_call], "p95": None}
