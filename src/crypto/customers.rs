@@ -129,7 +129,7 @@ pub fn find_or_create(
         return Ok((id, false));
     }
     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
-    let row = id.to_string();
+    let row = crate::common::uuid_text(id.as_bytes());
     // two encryptions: the source_id and the customer's own key
     let (key_id, key) = store::reserve_for(client, tenant, 2)?;
     let ct = store::seal_with(
@@ -179,9 +179,10 @@ ON CONFLICT (tenant_id, source_index) DO NOTHING
 RETURNING customer_id";
 
 /// [`INSERT_CUSTOMER`] plus the `customer.created` audit row in the same statement (exactly the
-/// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb text),
-/// $12 the event id (`audit::write::take_event_id`, taken first: no subquery needs to use it twice;
-/// a conflict leaves a gap, as a rollback does), $13 `$11::jsonb::text` (cached per backend).
+/// row `audit::write` makes: the row hash over the stored values); $11 the actor (jsonb, parsed
+/// once per backend: `audit::write::jsonb_datum`), $12 the event id
+/// (`audit::write::take_event_id`, taken first: no subquery needs to use it twice; a conflict
+/// leaves a gap, as a rollback does), $13 `$11::text` (cached per backend).
 const INSERT_CUSTOMER_AUDITED: &str = "\
 WITH c AS (
     INSERT INTO voucher.customer (tenant_id, customer_id, source_index, email_index, key_id,
@@ -191,7 +192,7 @@ WITH c AS (
     RETURNING customer_id)
 INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type, object_id,
                                  details, row_hash)
-SELECT $1, $12, now(), $11::jsonb, 'customer.created', 'customer', $2::text, '{}'::jsonb,
+SELECT $1, $12, now(), $11, 'customer.created', 'customer', $2::text, '{}'::jsonb,
        voucher._audit_hash($1, $12, now(), $13, 'customer.created', 'customer', $2::text, '{}')
   FROM c
 RETURNING event_id";
@@ -220,7 +221,7 @@ const AUDITED_TYPES: [pg_sys::Oid; 13] = [
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
     pg_sys::BYTEAOID,
-    pg_sys::TEXTOID,
+    pg_sys::JSONBOID,
     pg_sys::INT8OID,
     pg_sys::TEXTOID,
 ];
@@ -313,7 +314,9 @@ fn upsert_impl(
     let source_id = source_id.expect("checked");
     let tenant = ctx.tenant;
     let metadata_text = metadata.as_ref().map(|m| m.0.to_string());
-    let actor = context::actor_json(Some(&ctx)).to_string();
+    // the actor as audit jsonb text (kept per backend for a key, as redemptions keep it)
+    let actors = context::actor_strings(&ctx);
+    let actor = actors.1.as_str();
     let (id, action, changed) = as_definer(|| {
         Spi::connect_mut(
             |client| -> Result<(pgrx::Uuid, &'static str, Vec<&'static str>)> {
@@ -357,7 +360,7 @@ fn upsert_impl(
                     // the transaction id, then the event id (the sealing horizon of the audit log)
                     let event_id = crate::audit::write::take_event_id();
                     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
-                    let row = id.to_string();
+                    let row = crate::common::uuid_text(id.as_bytes());
                     // the four fields and the customer's own key
                     let (key_id, key) = store::reserve_for(client, &tenant, 5)?;
                     let seal = |column: &str, v: &[u8]| {
@@ -386,9 +389,9 @@ fn upsert_impl(
                         name.map(|n| seal("name", n.as_bytes())).into(),
                         seal("metadata", meta.as_bytes()).into(),
                         audit_key.into(),
-                        actor.as_str().into(),
+                        crate::audit::write::jsonb_datum(actor),
                         event_id.into(),
-                        crate::audit::write::jsonb_text(client, &actor).into(),
+                        crate::audit::write::jsonb_text(client, actor).into(),
                     ];
                     let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
                     if !made.is_empty() {

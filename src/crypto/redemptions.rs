@@ -17,7 +17,7 @@ pub fn seal_metadata(
     metadata: &JsonB,
 ) -> Result<(i32, Vec<u8>)> {
     let (key_id, key) = store::reserve(client, tenant)?;
-    let row = redemption.to_string();
+    let row = crate::common::uuid_text(redemption.as_bytes());
     let ct = store::seal_with(
         key_id,
         &key,

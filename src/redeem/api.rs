@@ -14,9 +14,6 @@
 //!
 //! Everything runs as voucher_definer, so row-level security applies to every statement.
 
-use std::cell::RefCell;
-use std::rc::Rc;
-
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
@@ -37,43 +34,6 @@ use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
 use crate::throttle;
-
-thread_local! {
-    /// The actor label and audit jsonb of the last API key this backend redeemed with.
-    static ACTOR: RefCell<Option<(KeyOf, Actors)>> = const { RefCell::new(None) };
-}
-
-/// An API key and its role: all an API key's actor label and audit jsonb depend on.
-type KeyOf = ([u8; 16], &'static str);
-/// The actor label and the audit jsonb (as text).
-type Actors = Rc<(String, String)>;
-
-/// The actor label (`redeemed_by`) and audit jsonb (as text) of this context. A key's are kept
-/// per backend (formatting them was the largest part of this library's own time per
-/// redemption in the issue 17 profile); an operator's are made each time (a role's name can
-/// change).
-fn actor_strings(ctx: &context::Context) -> Actors {
-    let make = || {
-        Rc::new((
-            context::actor_label(ctx),
-            context::actor_json(Some(ctx)).to_string(),
-        ))
-    };
-    let Some(key) = ctx.key_id.map(|k| (k, ctx.role.as_str())) else {
-        return make();
-    };
-    ACTOR.with(|a| {
-        let mut a = a.borrow_mut();
-        match &*a {
-            Some((k, v)) if *k == key => v.clone(),
-            _ => {
-                let v = make();
-                *a = Some((key, v.clone()));
-                v
-            }
-        }
-    })
-}
 
 /// Why a claim that matched no row failed: the code evaluated again on a fresh snapshot. A
 /// voucher that still looks valid lost its last use to a concurrent redemption (VC004).
@@ -121,7 +81,7 @@ fn redeem_impl(
         .map(|_| idempotency::fingerprint(&ctx.tenant, &req, order_id, metadata.as_ref()))
         .transpose()?;
     let tenant = ctx.tenant_uuid();
-    let actors = actor_strings(&ctx);
+    let actors = context::actor_strings(&ctx);
     let (actor, actor_json) = (&actors.0, &actors.1);
 
     let mut known_customer: Option<pgrx::Uuid> = None;
@@ -193,8 +153,11 @@ fn redeem_impl(
                 text,
                 text,
                 pg_sys::INT4OID,
+                pg_sys::JSONBOID,
             ];
-            let fast_args: [DatumWithOid; 13] = [
+            // the actor parsed once per backend, for the audit row's jsonb column
+            let actor_jsonb = || audit::write::jsonb_datum(actor_json);
+            let fast_args: [DatumWithOid; 14] = [
                 tenant.into(),
                 req.code.as_str().into(),
                 req.order_amount.clone().into(),
@@ -208,6 +171,7 @@ fn redeem_impl(
                 actor.as_str().into(),
                 actor_json.as_str().into(),
                 meta_key.into(),
+                actor_jsonb(),
             ];
             let done = |rows: pgrx::spi::SpiTupleTable<'_>| {
                 (!rows.is_empty()).then(|| {
@@ -406,6 +370,7 @@ fn redeem_impl(
                     text,
                     text,
                     pg_sys::INT4OID,
+                    pg_sys::JSONBOID,
                 ],
                 true,
                 &[
@@ -425,6 +390,7 @@ fn redeem_impl(
                     actor.as_str().into(),
                     actor_json.as_str().into(),
                     meta_key.into(),
+                    actor_jsonb(),
                 ],
             );
             if claimed.is_empty() {

@@ -38,7 +38,8 @@ pub fn spreads(v: &Voucher) -> bool {
 /// the redemption (with its slot) and its audit row written. Same parameters as
 /// `fast_claim_sql` ($1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the
 /// customer's blind index (`Customer`), $7 order id, $8 idempotency key, $9 request hash,
-/// $10 metadata (encrypted), $11 actor label, $12 actor, $13 the metadata's data key); no row
+/// $10 metadata (encrypted), $11 actor label, $12 actor, $13 the metadata's data key, $14 the
+/// actor as jsonb); no row
 /// when a rule fails or the named customer does not exist yet (the caller then creates it, or
 /// evaluates, to say why).
 pub fn spread_claim_sql(customer: Customer) -> String {
@@ -89,7 +90,7 @@ rec AS (
         found = customer.found(),
         id = customer.id(),
     );
-    with_audit(&ctes, "$12", "$7", "$8")
+    with_audit(&ctes, "$12", "$14", "$7", "$8")
 }
 
 /// Codes (per tenant) this backend saw take the spread claim: their next redemption tries it
@@ -123,14 +124,14 @@ mod unit {
     fn the_spread_claim_takes_the_fast_claims_parameters_and_only_unlimited_vouchers() {
         use super::Customer;
         let sql = super::spread_claim_sql(Customer::ByIndex);
-        for n in 1..=13 {
+        for n in 1..=14 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$14"));
+        assert!(!sql.contains("$15"));
         assert!(sql.starts_with("WITH cust AS ("));
         assert!(sql.contains("AND EXISTS (SELECT FROM cust)\n       AND voucher._claimable("));
         let none = super::spread_claim_sql(Customer::None);
-        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
+        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$15"));
         assert!(none.starts_with("WITH free AS ("));
         // only vouchers without a limit (voucher._claimable's `spread`)
         assert!(sql.contains("c.discount_type, $3, $4, true)),"));

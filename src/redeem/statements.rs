@@ -46,9 +46,16 @@ SELECT u.used FROM voucher.customer_usage u
 /// so the same statement writes the audit row (details from `voucher._redemption_details`,
 /// details.rs; the row HMAC is computed over the jsonb exactly as stored) and returns
 /// voucher_id, discount, balance_after. `actor` names the parameter that holds the actor as
-/// `::jsonb::text` prints it (`audit::write::jsonb_text`): it is parsed once, for the stored
-/// column, and hashed as given (jsonb's text form is a fixed point of parsing).
-pub fn with_audit(ctes: &str, actor: &str, order_id: &str, idempotency_key: &str) -> String {
+/// `::jsonb::text` prints it (`audit::write::jsonb_text`), hashed as given (jsonb's text form is
+/// a fixed point of parsing); `actor_jsonb` the same actor as jsonb (`audit::write::jsonb_datum`,
+/// parsed once per backend), for the stored column.
+pub fn with_audit(
+    ctes: &str,
+    actor: &str,
+    actor_jsonb: &str,
+    order_id: &str,
+    idempotency_key: &str,
+) -> String {
     format!(
         "WITH {ctes},
 ev AS (
@@ -61,7 +68,7 @@ ev AS (
 audit AS (
     INSERT INTO voucher.audit_event (tenant_id, event_id, at, actor, action, object_type,
                                      object_id, details, row_hash)
-    SELECT $1, ev.id, ev.at, {actor}::jsonb, 'redemption.created', 'voucher', ev.voucher_id::text,
+    SELECT $1, ev.id, ev.at, {actor_jsonb}, 'redemption.created', 'voucher', ev.voucher_id::text,
            ev.details,
            voucher._audit_hash($1, ev.id, ev.at, {actor}, 'redemption.created',
                                'voucher', ev.voucher_id::text, ev.details::text)
@@ -124,7 +131,7 @@ impl Customer {
 /// $1 tenant, $2 code, $3 order amount, $4 amount, $5 redemption id, $6 the customer's blind
 /// index ([`Customer`]; unused by `Customer::None`), $7 order id, $8 idempotency key, $9 request
 /// hash, $10 metadata (encrypted), $11 actor label, $12 actor (jsonb text, as [`with_audit`]
-/// wants it), $13 the data key of the metadata.
+/// wants it), $13 the data key of the metadata, $14 the actor as jsonb.
 pub fn fast_claim_sql(customer: Customer) -> String {
     let ctes = format!(
         "{cust}claim AS (
@@ -155,7 +162,7 @@ rec AS (
         found = customer.found(),
         id = customer.id(),
     );
-    with_audit(&ctes, "$12", "$7", "$8")
+    with_audit(&ctes, "$12", "$14", "$7", "$8")
 }
 
 /// Claims a use (and a gift card amount) of an evaluated voucher, and records the redemption
@@ -163,7 +170,7 @@ rec AS (
 /// $1 tenant, $2 voucher, $3 redemption limit, $4 spend, $5 redemption id, $6 campaign,
 /// $7 customer, $8 order id, $9 order amount, $10 discount, $11 idempotency key,
 /// $12 request hash, $13 metadata (encrypted), $14 actor label, $15 actor (jsonb text, as
-/// [`with_audit`] wants it), $16 the data key of the metadata.
+/// [`with_audit`] wants it), $16 the data key of the metadata, $17 the actor as jsonb.
 pub fn claim_sql() -> String {
     let ctes = "claim AS (
     UPDATE voucher.code v
@@ -179,7 +186,7 @@ rec AS (
     SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14, $16 FROM claim
     RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
               discount, balance_after)";
-    with_audit(ctes, "$15", "$8", "$11")
+    with_audit(ctes, "$15", "$17", "$8", "$11")
 }
 
 /// Prepared statements, kept for the life of the backend.
@@ -484,10 +491,14 @@ mod unit {
     fn the_fast_claim_uses_every_parameter() {
         use super::Customer;
         let sql = super::fast_claim_sql(Customer::ByIndex);
-        for n in 1..=13 {
+        for n in 1..=14 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$14"));
+        assert!(!sql.contains("$15"));
+        // the audit row stores the actor passed as jsonb and hashes its text
+        assert!(sql.contains("ev.at, $14, 'redemption.created'"));
+        assert!(sql.contains("voucher._audit_hash($1, ev.id, ev.at, $12,"));
+        assert!(!sql.contains("::jsonb,"));
         // the rules: judged by voucher._claimable (rules::judge), not restated in SQL
         assert!(sql.contains(
             "voucher._claimable(c.starts_at, c.expires_at, c.redemption_limit, v.redeemed_count,"
@@ -502,17 +513,18 @@ mod unit {
         assert!(sql.contains("claim.campaign_id, (SELECT cust.customer_id FROM cust), $7"));
         // without one: every parameter but $6, and no look-up of a customer
         let none = super::fast_claim_sql(Customer::None);
-        for n in (1..=13).filter(|&n| n != 6) {
+        for n in (1..=14).filter(|&n| n != 6) {
             assert!(none.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$14"));
+        assert!(!none.contains("$6") && !none.contains("FROM cust") && !none.contains("$15"));
         assert!(none.starts_with("WITH claim AS ("));
         assert!(none.contains("claim.campaign_id, NULL::uuid, $7"));
         let sql = super::claim_sql();
-        for n in 1..=16 {
+        for n in 1..=17 {
             assert!(sql.contains(&format!("${n}")), "${n} unused");
         }
-        assert!(!sql.contains("$17"));
+        assert!(!sql.contains("$18"));
+        assert!(sql.contains("ev.at, $17, 'redemption.created'"));
     }
 }
 

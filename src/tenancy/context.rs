@@ -13,6 +13,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::ffi::CString;
+use std::rc::Rc;
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
@@ -312,6 +313,38 @@ pub fn actor_label(ctx: &Context) -> String {
         (None, Some(op)) => format!("operator:{}", definer::role_name(op)),
         (None, None) => "unknown".to_string(),
     }
+}
+
+thread_local! {
+    /// The actor label and audit jsonb of the last API key this backend acted with.
+    static ACTOR: RefCell<Option<(KeyOf, Actors)>> = const { RefCell::new(None) };
+}
+
+/// An API key and its role: all an API key's actor label and audit jsonb depend on.
+type KeyOf = ([u8; 16], &'static str);
+/// The actor label and the audit jsonb (as text).
+pub type Actors = Rc<(String, String)>;
+
+/// The actor label (`redeemed_by`) and audit jsonb (as text) of this context. A key's are kept
+/// per backend (formatting them was the largest part of this library's own time per
+/// redemption in the issue 17 profile); an operator's are made each time (a role's name can
+/// change). Redemptions and `upsert_customer` take them here.
+pub fn actor_strings(ctx: &Context) -> Actors {
+    let make = || Rc::new((actor_label(ctx), actor_json(Some(ctx)).to_string()));
+    let Some(key) = ctx.key_id.map(|k| (k, ctx.role.as_str())) else {
+        return make();
+    };
+    ACTOR.with(|a| {
+        let mut a = a.borrow_mut();
+        match &*a {
+            Some((k, v)) if *k == key => v.clone(),
+            _ => {
+                let v = make();
+                *a = Some((key, v.clone()));
+                v
+            }
+        }
+    })
 }
 
 /// Runs `f` with RLS seeing `tenant`, whatever the session's context.
