@@ -27,6 +27,47 @@ pub unsafe fn attnum(rel: pg_sys::Relation, name: &str) -> Option<i16> {
 /// `rel` must be an open relation; its indexes are opened and closed here (the locks are held
 /// to the end of the transaction, as the executor's).
 pub unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys::Oid> {
+    unique_index_where(rel, keys, None)
+}
+
+/// As [`unique_index`], for an index whose predicate is exactly `not_null IS NOT NULL` (a unique
+/// key of the rows that have one): a probe with a non-NULL value of that column finds every row
+/// that can match.
+///
+/// # Safety
+/// As [`unique_index`].
+pub unsafe fn unique_index_not_null(
+    rel: pg_sys::Relation,
+    keys: &[i16],
+    not_null: i16,
+) -> Option<pg_sys::Oid> {
+    unique_index_where(rel, keys, Some(not_null))
+}
+
+/// Is the index's predicate exactly `att IS NOT NULL` on the indexed table's column `att`?
+unsafe fn predicate_is_not_null(idx: pg_sys::Relation, att: i16) -> bool {
+    let list = pg_sys::RelationGetIndexPredicate(idx);
+    if list.is_null() || (*list).length != 1 {
+        return false;
+    }
+    let node = pg_sys::list_nth(list, 0).cast::<pg_sys::Node>();
+    if (*node).type_ != pg_sys::NodeTag::T_NullTest {
+        return false;
+    }
+    let test = node.cast::<pg_sys::NullTest>();
+    let arg = (*test).arg.cast::<pg_sys::Node>();
+    (*test).nulltesttype == pg_sys::NullTestType::IS_NOT_NULL
+        && !(*test).argisrow
+        && !arg.is_null()
+        && (*arg).type_ == pg_sys::NodeTag::T_Var
+        && (*arg.cast::<pg_sys::Var>()).varattno == att
+}
+
+unsafe fn unique_index_where(
+    rel: pg_sys::Relation,
+    keys: &[i16],
+    not_null: Option<i16>,
+) -> Option<pg_sys::Oid> {
     let list = pg_sys::RelationGetIndexList(rel);
     let n = if list.is_null() { 0 } else { (*list).length };
     let mut found = None;
@@ -40,11 +81,14 @@ pub unsafe fn unique_index(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys
             && (*form).indisvalid
             && (*form).indnkeyatts as usize == keys.len()
             && indkey[..keys.len()] == *keys
-            && pg_sys::heap_attisnull(
-                (*idx).rd_indextuple,
-                pg_sys::Anum_pg_index_indpred as i32,
-                std::ptr::null_mut(),
-            )
+            && match not_null {
+                None => pg_sys::heap_attisnull(
+                    (*idx).rd_indextuple,
+                    pg_sys::Anum_pg_index_indpred as i32,
+                    std::ptr::null_mut(),
+                ),
+                Some(att) => predicate_is_not_null(idx, att),
+            }
             && pg_sys::heap_attisnull(
                 (*idx).rd_indextuple,
                 pg_sys::Anum_pg_index_indexprs as i32,

@@ -73,7 +73,10 @@ fn hashtext(value: &str) -> pg_sys::Datum {
 /// `pg_advisory_xact_lock(hashtext(tenant::text), hashtext(key))`, called directly (as a kept
 /// statement it was an executor start and end per keyed call for one function call).
 pub fn lock(tenant: pgrx::Uuid, key: &str) {
-    let (a, b) = (hashtext(&tenant.to_string()), hashtext(key));
+    let (a, b) = (
+        hashtext(&crate::common::uuid_text(tenant.as_bytes())),
+        hashtext(key),
+    );
     // SAFETY: the SQL function's own C entry point with its two int4 arguments; it raises
     // (deadlock, cancel) as the statement did.
     unsafe {
@@ -95,6 +98,34 @@ pub fn replay(
     order_id: Option<&str>,
     metadata: Option<&JsonB>,
 ) -> Result<Option<RedeemRow>> {
+    let prior = match super::lookup::find_prior(tenant, key) {
+        super::lookup::Prior::Row(row) => Some(*row),
+        super::lookup::Prior::None => None,
+        super::lookup::Prior::Fallback => find_by_statement(client, tenant, key),
+    };
+    let Some((redemption_id, voucher_id, discount, balance_after, stored)) = prior else {
+        return Ok(None);
+    };
+    // crypto: a request stored by 0.1.0 holds the unkeyed SHA-256
+    if stored.as_ref() != hash && stored != Some(legacy_fingerprint(req, order_id, metadata)) {
+        return Err(VoucherError::rule("VC009"));
+    }
+    Ok(Some((
+        redemption_id,
+        voucher_id,
+        discount,
+        balance_after,
+        true,
+    )))
+}
+
+/// [`replay`]'s look-up as a statement, where the index probe (`lookup::find_prior`) cannot
+/// answer (Citus, a policy or index changed by hand, another tenant's context).
+fn find_by_statement(
+    client: &SpiClient<'_>,
+    tenant: pgrx::Uuid,
+    key: &str,
+) -> Option<super::lookup::PriorRow> {
     let types = [pgrx::Uuid::type_oid(), pg_sys::TEXTOID];
     let args: [DatumWithOid; 2] = [tenant.into(), key.into()];
     // by the unique index whatever the statistics say (run_kept plans it without sequential
@@ -113,21 +144,16 @@ pub fn replay(
         &args,
     );
     if prior.is_empty() {
-        return Ok(None);
+        return None;
     }
     let p = prior.first();
-    let stored = p.get::<Vec<u8>>(5).ok().flatten();
-    // crypto: a request stored by 0.1.0 holds the unkeyed SHA-256
-    if stored.as_ref() != hash && stored != Some(legacy_fingerprint(req, order_id, metadata)) {
-        return Err(VoucherError::rule("VC009"));
-    }
-    Ok(Some((
+    Some((
         p.get(1).ok().flatten().expect("redemption_id"),
         p.get(2).ok().flatten().expect("voucher_id"),
         p.get(3).ok().flatten().expect("discount"),
         p.get(4).ok().flatten(),
-        true,
-    )))
+        p.get::<Vec<u8>>(5).ok().flatten(),
+    ))
 }
 
 #[cfg(any(test, feature = "pg_test"))]

@@ -25,7 +25,7 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::statements::Columns;
-use crate::common::index::{attnum, eq_key, tenant_keys, unique_index};
+use crate::common::index::{attnum, eq_key, tenant_keys, unique_index, unique_index_not_null};
 use crate::tenancy::context;
 
 /// What the look-up found, or that it could not answer.
@@ -171,6 +171,18 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
         };
         if stale {
             r.set(None);
+        }
+    });
+    KEYS.with(|k| {
+        let stale = match k.get() {
+            Some(Some(x)) => {
+                relid == pg_sys::InvalidOid || [x.redemption, x.index].contains(&relid)
+            }
+            Some(None) => true,
+            None => false,
+        };
+        if stale {
+            k.set(None);
         }
     });
 }
@@ -447,6 +459,166 @@ unsafe fn probe_both(
     }
 }
 
+/// Attribute numbers (1-based) of the redemption columns an idempotent replay reads.
+#[derive(Clone, Copy)]
+struct RedemptionAtts {
+    tenant_id: i16,
+    redemption_id: i16,
+    voucher_id: i16,
+    discount: i16,
+    balance_after: i16,
+    request_hash: i16,
+}
+
+#[derive(Clone, Copy)]
+struct ResolvedKeys {
+    redemption: pg_sys::Oid,
+    /// the unique index on (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
+    index: pg_sys::Oid,
+    atts: RedemptionAtts,
+    policy: Policy,
+}
+
+thread_local! {
+    /// As `RESOLVED`, for the redemption table and its idempotency key index.
+    static KEYS: Cell<Option<Option<ResolvedKeys>>> = const { Cell::new(None) };
+}
+
+unsafe fn resolve_keys() -> Option<ResolvedKeys> {
+    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
+    if schema == pg_sys::InvalidOid {
+        return None;
+    }
+    let redemption = pg_sys::get_relname_relid(c"redemption".as_ptr(), schema);
+    if redemption == pg_sys::InvalidOid {
+        return None;
+    }
+    let rel = pg_sys::table_open(redemption, pg_sys::AccessShareLock as i32);
+    let a = |n| attnum(rel, n);
+    let atts = (|| {
+        Some(RedemptionAtts {
+            tenant_id: a("tenant_id")?,
+            redemption_id: a("redemption_id")?,
+            voucher_id: a("voucher_id")?,
+            discount: a("discount")?,
+            balance_after: a("balance_after")?,
+            request_hash: a("request_hash")?,
+        })
+    })();
+    let index = match (atts, a("idempotency_key")) {
+        (Some(x), Some(key)) => unique_index_not_null(rel, &[x.tenant_id, key], key),
+        _ => None,
+    };
+    let policy = verified_policy(rel);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    Some(ResolvedKeys {
+        redemption,
+        index: index?,
+        atts: atts?,
+        policy: policy?,
+    })
+}
+
+fn resolved_keys() -> Option<ResolvedKeys> {
+    if !CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    KEYS.with(|k| {
+        k.get().unwrap_or_else(|| {
+            // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+            let x = unsafe { resolve_keys() };
+            k.set(Some(x));
+            x
+        })
+    })
+}
+
+/// The redemption an idempotency key names: redemption_id, voucher_id, discount,
+/// balance_after, request_hash.
+pub type PriorRow = (
+    pgrx::Uuid,
+    pgrx::Uuid,
+    AnyNumeric,
+    Option<AnyNumeric>,
+    Option<Vec<u8>>,
+);
+
+/// What the idempotency key probe found.
+pub enum Prior {
+    Row(Box<PriorRow>),
+    None,
+    /// the statement must answer (as for [`find`])
+    Fallback,
+}
+
+/// The redemption of `tenant` that carries idempotency key `key`, read by the unique index on
+/// (tenant_id, idempotency_key) instead of the kept statement that cost a keyed redemption about
+/// 60k instructions (plan revalidation, executor start and end, the RLS init plan; issue 17),
+/// under the same rules as [`find`] (the verified tenant policy, the row's tenant checked again,
+/// voucher_definer's SELECT privilege). Like that statement (SPI, not read-only), it reads after
+/// a command counter increment on a fresh snapshot: called after the key's lock, it sees the
+/// redemption a twin committed while this call waited, and this transaction's own. Call as
+/// voucher_definer.
+pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
+    if crate::scale::cluster::citus_loaded() || context::current_tenant() != Some(*tenant) {
+        return Prior::Fallback;
+    }
+    let Some(r) = resolved_keys() else {
+        return Prior::Fallback;
+    };
+    // SAFETY: as in `find`: the relation and index ids were resolved above (forgotten on
+    // invalidation), opened with a read's lock kept to the end of the transaction; datums are
+    // copied out before the slot is dropped. The snapshot pushed here is popped below, or by the
+    // (sub)transaction's abort if the probe raises.
+    unsafe {
+        if !may_read(r.redemption) {
+            return Prior::Fallback;
+        }
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let rel = pg_sys::try_table_open(r.redemption, pg_sys::AccessShareLock as i32);
+        // an invalidation taken in with the lock forgot `r`: its index id may be stale
+        let current = KEYS.with(|k| k.get()).is_some();
+        let found = if current && !rel.is_null() && policy_holds(rel, &r.policy) {
+            let a = r.atts;
+            let row = probe(
+                rel,
+                r.index,
+                a.tenant_id,
+                &tenant,
+                key.into_datum().expect("a text datum"),
+                pg_sys::F_TEXTEQ,
+                |row| {
+                    (
+                        row.get::<pgrx::Uuid>(a.redemption_id),
+                        row.get::<pgrx::Uuid>(a.voucher_id),
+                        row.get::<AnyNumeric>(a.discount),
+                        row.get::<AnyNumeric>(a.balance_after),
+                        row.get::<Vec<u8>>(a.request_hash),
+                    )
+                },
+            );
+            match row {
+                Some((Some(id), Some(voucher), Some(discount), balance, hash)) => {
+                    Prior::Row(Box::new((id, voucher, discount, balance, hash)))
+                }
+                // a row without its NOT NULL columns is not one this code reads: let the
+                // statement say what it is
+                Some(_) => Prior::Fallback,
+                None => Prior::None,
+            }
+        } else {
+            Prior::Fallback
+        };
+        if !rel.is_null() {
+            pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        }
+        pg_sys::PopActiveSnapshot();
+        found
+    }
+}
+
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
 mod tests {
@@ -520,5 +692,80 @@ mod tests {
         Spi::run("ALTER TABLE voucher.code DROP CONSTRAINT code_tenant_id_code_key").unwrap();
         assert!(matches!(as_definer(|| find(b, "SAME1")), Found::Fallback));
         assert_eq!(verdict(), probed);
+    }
+
+    fn prior_id(found: super::Prior) -> Option<pgrx::Uuid> {
+        match found {
+            super::Prior::Row(r) => Some(r.0),
+            _ => None,
+        }
+    }
+
+    /// The idempotency key probe finds what the statement finds: this transaction's own
+    /// redemption under the key, nothing under another key, each tenant only its own key; and
+    /// leaves the answer to the statement for another tenant's context, a changed policy or a
+    /// missing index.
+    #[pg_test]
+    fn the_key_probe_finds_only_the_tenants_own_redemption() {
+        use super::{find_prior, Prior};
+        let redeem = |code: &str| {
+            Spi::get_one::<pgrx::Uuid>(&format!(
+                "SELECT redemption_id FROM voucher.redeem('{code}', idempotency_key => 'order-7')"
+            ))
+            .unwrap()
+        };
+        let a = authenticate("key probe a");
+        Spi::run("SELECT voucher.add_code(voucher.create_campaign('a'), 'KEY-A')").unwrap();
+        let a_first = redeem("KEY-A");
+        assert!(a_first.is_some());
+        assert_eq!(as_definer(|| prior_id(find_prior(a, "order-7"))), a_first);
+        assert!(matches!(
+            as_definer(|| find_prior(a, "order-8")),
+            Prior::None
+        ));
+        // a replay returns the first result
+        let replayed = Spi::get_one::<bool>(
+            "SELECT replayed FROM voucher.redeem('KEY-A', idempotency_key => 'order-7')",
+        )
+        .unwrap();
+        assert_eq!(replayed, Some(true));
+        let b = authenticate("key probe b");
+        Spi::run("SELECT voucher.add_code(voucher.create_campaign('b'), 'KEY-B')").unwrap();
+        assert!(matches!(
+            as_definer(|| find_prior(b, "order-7")),
+            Prior::None
+        ));
+        let b_first = redeem("KEY-B");
+        assert_ne!(a_first, b_first);
+        assert_eq!(as_definer(|| prior_id(find_prior(b, "order-7"))), b_first);
+        // asked for another tenant than the context's, the probe does not answer
+        assert!(matches!(
+            as_definer(|| find_prior(a, "order-7")),
+            Prior::Fallback
+        ));
+        // a restrictive policy added by hand: the statement answers (and applies it)
+        Spi::run("CREATE POLICY extra ON voucher.redemption AS RESTRICTIVE USING (true)").unwrap();
+        assert!(matches!(
+            as_definer(|| find_prior(b, "order-7")),
+            Prior::Fallback
+        ));
+        let again = || {
+            Spi::get_one::<String>(
+                "SELECT format('%s %s', redemption_id, replayed) \
+                   FROM voucher.redeem('KEY-B', idempotency_key => 'order-7')",
+            )
+            .unwrap()
+            .unwrap()
+        };
+        assert_eq!(again(), format!("{} t", b_first.unwrap()));
+        Spi::run("DROP POLICY extra ON voucher.redemption").unwrap();
+        assert_eq!(as_definer(|| prior_id(find_prior(b, "order-7"))), b_first);
+        // without the unique index the statement answers
+        Spi::run("DROP INDEX voucher.redemption_idempotency_key_idx").unwrap();
+        assert!(matches!(
+            as_definer(|| find_prior(b, "order-7")),
+            Prior::Fallback
+        ));
+        assert_eq!(again(), format!("{} t", b_first.unwrap()));
     }
 }
