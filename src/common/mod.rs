@@ -9,6 +9,7 @@ pub mod index;
 pub mod jsonb;
 pub mod rng;
 pub mod spi;
+pub mod srf;
 
 /// A uuid's canonical text (`uuid_out`'s: 36 lower-case characters, 8-4-4-4-12), for the hot
 /// paths. pgrx's `Display` of a uuid gives the same text through `core::fmt`, at about 3,700

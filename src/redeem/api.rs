@@ -29,6 +29,7 @@ use crate::audit;
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::Event;
 use crate::common::rng;
+use crate::common::srf::TableIterator;
 use crate::customers::{check_metadata, MAX_TEXT};
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;

@@ -7,6 +7,7 @@ use super::lookup::{self, Found};
 use super::rules::{judge, Request, Verdict};
 use super::statements::{evaluate, looks_mistyped, used, voucher_of, MISTYPED};
 use crate::common::error::{api, Result, VoucherError};
+use crate::common::srf::TableIterator;
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::Action;
