@@ -99,12 +99,14 @@ pub fn seal_for_audit(
 /// The customer with this source_id: its id, and whether this call created it. Redemptions call
 /// it: one index probe on the blind index, no decryption; creation encrypts the source_id.
 /// `index`: the blind index of `source_id` if the caller computed it already
-/// (`store::source_index`), else None.
+/// (`store::source_index`), else None. `likely_new`: the caller's look-up did not find it, so
+/// the INSERT comes first (its conflict, a customer made meanwhile, falls back to the look-up).
 pub fn find_or_create(
     client: &mut SpiClient<'_>,
     tenant: &Tenant,
     source_id: &str,
     index: Option<Vec<u8>>,
+    likely_new: bool,
 ) -> Result<(pgrx::Uuid, bool)> {
     let index = match index {
         Some(i) => i,
@@ -125,8 +127,10 @@ pub fn find_or_create(
         .ok()
         .flatten()
     };
-    if let Some(id) = find(client, &index) {
-        return Ok((id, false));
+    if !likely_new {
+        if let Some(id) = find(client, &index) {
+            return Ok((id, false));
+        }
     }
     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
     let row = crate::common::uuid_text(id.as_bytes());

@@ -240,14 +240,22 @@ fn redeem_impl(
                 }
                 made
             };
-            if !cluster {
+            // A customer the index probe does not find is created first (find_or_create
+            // below), then claimed for: not a claim that would find no customer before it.
+            let new_customer = !cluster
+                && index
+                    .as_ref()
+                    .is_some_and(|i| super::lookup::customer_exists(tenant, i) == Some(false));
+            if !cluster && !new_customer {
                 if let Some(r) = one_statement(client, index.is_none()) {
                     return Ok(r);
                 }
             }
 
             // The customer, created encrypted if new. A claim above that matched nothing because
-            // the customer did not exist yet is made again now that it does.
+            // the customer did not exist yet is made again now that it does, and so is the claim
+            // skipped above for a customer that looked new (made meanwhile by a concurrent call,
+            // it is found here).
             let cust = match req.customer {
                 Some(c) => {
                     let (id, created) = crate::crypto::customers::find_or_create(
@@ -255,9 +263,10 @@ fn redeem_impl(
                         &ctx.tenant,
                         c,
                         index.clone(),
+                        new_customer,
                     )?;
                     known_customer = (!created).then_some(id);
-                    if created && !cluster {
+                    if (created || new_customer) && !cluster {
                         if let Some(r) = one_statement(client, true) {
                             return Ok(r);
                         }

@@ -173,18 +173,8 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
             r.set(None);
         }
     });
-    KEYS.with(|k| {
-        let stale = match k.get() {
-            Some(Some(x)) => {
-                relid == pg_sys::InvalidOid || [x.redemption, x.index].contains(&relid)
-            }
-            Some(None) => true,
-            None => false,
-        };
-        if stale {
-            k.set(None);
-        }
-    });
+    KEYS.with(|k| forget_one(k, relid));
+    CUSTOMERS.with(|k| forget_one(k, relid));
 }
 
 unsafe fn resolve() -> Option<Resolved> {
@@ -459,10 +449,126 @@ unsafe fn probe_both(
     }
 }
 
-/// Attribute numbers (1-based) of the redemption columns an idempotent replay reads.
+/// A table probed by one unique index on (tenant_id, key), resolved once per backend.
+#[derive(Clone, Copy)]
+struct OneIndex<A: Copy> {
+    rel: pg_sys::Oid,
+    index: pg_sys::Oid,
+    tenant_id: i16,
+    /// the other columns the probe reads
+    atts: A,
+    policy: Policy,
+}
+
+/// Resolves voucher.`table`, its unique index on (tenant_id, `key`) (with `not_null`: the index
+/// is the one with exactly `WHERE key IS NOT NULL`), the columns `atts` names, and its policy.
+unsafe fn resolve_one<A: Copy>(
+    table: &CStr,
+    key: &str,
+    not_null: bool,
+    atts: impl FnOnce(&dyn Fn(&str) -> Option<i16>) -> Option<A>,
+) -> Option<OneIndex<A>> {
+    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
+    if schema == pg_sys::InvalidOid {
+        return None;
+    }
+    let oid = pg_sys::get_relname_relid(table.as_ptr(), schema);
+    if oid == pg_sys::InvalidOid {
+        return None;
+    }
+    let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as i32);
+    let a = |n: &str| attnum(rel, n);
+    let tenant_id = a("tenant_id");
+    let atts = atts(&a);
+    let index = match (tenant_id, a(key)) {
+        (Some(t), Some(k)) if not_null => unique_index_not_null(rel, &[t, k], k),
+        (Some(t), Some(k)) => unique_index(rel, &[t, k]),
+        _ => None,
+    };
+    let policy = verified_policy(rel);
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    Some(OneIndex {
+        rel: oid,
+        index: index?,
+        tenant_id: tenant_id?,
+        atts: atts?,
+        policy: policy?,
+    })
+}
+
+/// The cached resolution in `cache`, resolved with `resolve` when there is none.
+fn resolved_one<A: Copy>(
+    cache: &'static std::thread::LocalKey<Cell<Option<Option<OneIndex<A>>>>>,
+    resolve: impl FnOnce() -> Option<OneIndex<A>>,
+) -> Option<OneIndex<A>> {
+    if !CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
+    cache.with(|k| {
+        k.get().unwrap_or_else(|| {
+            let x = resolve();
+            k.set(Some(x));
+            x
+        })
+    })
+}
+
+/// Forgets `cache` if `relid` is its table or index (or everything was invalidated).
+fn forget_one<A: Copy>(cache: &Cell<Option<Option<OneIndex<A>>>>, relid: pg_sys::Oid) {
+    let stale = match cache.get() {
+        Some(Some(x)) => relid == pg_sys::InvalidOid || [x.rel, x.index].contains(&relid),
+        Some(None) => true, // a schema change may have created what was missing
+        None => false,
+    };
+    if stale {
+        cache.set(None);
+    }
+}
+
+/// Probes `r` for the row of `tenant` whose key is `key` (equality function `key_proc`) under
+/// the active snapshot, as [`find`]'s probes do: the verified policy and no other, the row's
+/// tenant checked again; `read` reads it. Err(()) when the statement must answer.
+///
+/// # Safety
+/// Call as voucher_definer with a snapshot set; `key` must stay valid for the scan.
+unsafe fn probe_one<A: Copy, R>(
+    cache: &'static std::thread::LocalKey<Cell<Option<Option<OneIndex<A>>>>>,
+    r: &OneIndex<A>,
+    tenant: &pgrx::Uuid,
+    key: pg_sys::Datum,
+    key_proc: u32,
+    read: impl FnOnce(&Row, &A) -> R,
+) -> Result<Option<R>, ()> {
+    if !may_read(r.rel) {
+        return Err(());
+    }
+    let rel = pg_sys::try_table_open(r.rel, pg_sys::AccessShareLock as i32);
+    if rel.is_null() {
+        return Err(());
+    }
+    // an invalidation taken in with the lock forgot `r`: its index id may be stale
+    let current = cache.with(|k| k.get()).is_some();
+    let out = if current && policy_holds(rel, &r.policy) {
+        Ok(probe(
+            rel,
+            r.index,
+            r.tenant_id,
+            tenant,
+            key,
+            key_proc,
+            |row| read(row, &r.atts),
+        ))
+    } else {
+        Err(())
+    };
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    out
+}
+
+/// The columns an idempotent replay reads of voucher.redemption.
 #[derive(Clone, Copy)]
 struct RedemptionAtts {
-    tenant_id: i16,
     redemption_id: i16,
     voucher_id: i16,
     discount: i16,
@@ -470,68 +576,11 @@ struct RedemptionAtts {
     request_hash: i16,
 }
 
-#[derive(Clone, Copy)]
-struct ResolvedKeys {
-    redemption: pg_sys::Oid,
-    /// the unique index on (tenant_id, idempotency_key) WHERE idempotency_key IS NOT NULL
-    index: pg_sys::Oid,
-    atts: RedemptionAtts,
-    policy: Policy,
-}
-
 thread_local! {
-    /// As `RESOLVED`, for the redemption table and its idempotency key index.
-    static KEYS: Cell<Option<Option<ResolvedKeys>>> = const { Cell::new(None) };
-}
-
-unsafe fn resolve_keys() -> Option<ResolvedKeys> {
-    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
-    if schema == pg_sys::InvalidOid {
-        return None;
-    }
-    let redemption = pg_sys::get_relname_relid(c"redemption".as_ptr(), schema);
-    if redemption == pg_sys::InvalidOid {
-        return None;
-    }
-    let rel = pg_sys::table_open(redemption, pg_sys::AccessShareLock as i32);
-    let a = |n| attnum(rel, n);
-    let atts = (|| {
-        Some(RedemptionAtts {
-            tenant_id: a("tenant_id")?,
-            redemption_id: a("redemption_id")?,
-            voucher_id: a("voucher_id")?,
-            discount: a("discount")?,
-            balance_after: a("balance_after")?,
-            request_hash: a("request_hash")?,
-        })
-    })();
-    let index = match (atts, a("idempotency_key")) {
-        (Some(x), Some(key)) => unique_index_not_null(rel, &[x.tenant_id, key], key),
-        _ => None,
-    };
-    let policy = verified_policy(rel);
-    pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    Some(ResolvedKeys {
-        redemption,
-        index: index?,
-        atts: atts?,
-        policy: policy?,
-    })
-}
-
-fn resolved_keys() -> Option<ResolvedKeys> {
-    if !CALLBACK.with(|c| c.replace(true)) {
-        // SAFETY: registers a plain function, once per backend.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
-    }
-    KEYS.with(|k| {
-        k.get().unwrap_or_else(|| {
-            // SAFETY: catalog look-ups; raises a normal ERROR on failure.
-            let x = unsafe { resolve_keys() };
-            k.set(Some(x));
-            x
-        })
-    })
+    /// As `RESOLVED`: voucher.redemption and its idempotency key index.
+    static KEYS: Cell<Option<Option<OneIndex<RedemptionAtts>>>> = const { Cell::new(None) };
+    /// voucher.customer and its unique index on (tenant_id, source_index).
+    static CUSTOMERS: Cell<Option<Option<OneIndex<()>>>> = const { Cell::new(None) };
 }
 
 /// The redemption an idempotency key names: redemption_id, voucher_id, discount,
@@ -552,6 +601,11 @@ pub enum Prior {
     Fallback,
 }
 
+/// May this backend probe for `tenant` at all (see the module comment)?
+fn may_probe(tenant: pgrx::Uuid) -> bool {
+    !crate::scale::cluster::citus_loaded() && context::current_tenant() == Some(*tenant)
+}
+
 /// The redemption of `tenant` that carries idempotency key `key`, read by the unique index on
 /// (tenant_id, idempotency_key) instead of the kept statement that cost a keyed redemption about
 /// 60k instructions (plan revalidation, executor start and end, the RLS init plan; issue 17),
@@ -561,61 +615,85 @@ pub enum Prior {
 /// redemption a twin committed while this call waited, and this transaction's own. Call as
 /// voucher_definer.
 pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
-    if crate::scale::cluster::citus_loaded() || context::current_tenant() != Some(*tenant) {
+    if !may_probe(tenant) {
         return Prior::Fallback;
     }
-    let Some(r) = resolved_keys() else {
+    // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+    let Some(r) = resolved_one(&KEYS, || unsafe {
+        resolve_one(c"redemption", "idempotency_key", true, |a| {
+            Some(RedemptionAtts {
+                redemption_id: a("redemption_id")?,
+                voucher_id: a("voucher_id")?,
+                discount: a("discount")?,
+                balance_after: a("balance_after")?,
+                request_hash: a("request_hash")?,
+            })
+        })
+    }) else {
         return Prior::Fallback;
     };
-    // SAFETY: as in `find`: the relation and index ids were resolved above (forgotten on
-    // invalidation), opened with a read's lock kept to the end of the transaction; datums are
-    // copied out before the slot is dropped. The snapshot pushed here is popped below, or by the
+    // SAFETY: as in `find`; the snapshot pushed here is popped below, or by the
     // (sub)transaction's abort if the probe raises.
     unsafe {
-        if !may_read(r.redemption) {
-            return Prior::Fallback;
-        }
         pg_sys::CommandCounterIncrement();
         pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let rel = pg_sys::try_table_open(r.redemption, pg_sys::AccessShareLock as i32);
-        // an invalidation taken in with the lock forgot `r`: its index id may be stale
-        let current = KEYS.with(|k| k.get()).is_some();
-        let found = if current && !rel.is_null() && policy_holds(rel, &r.policy) {
-            let a = r.atts;
-            let row = probe(
-                rel,
-                r.index,
-                a.tenant_id,
-                &tenant,
-                key.into_datum().expect("a text datum"),
-                pg_sys::F_TEXTEQ,
-                |row| {
-                    (
-                        row.get::<pgrx::Uuid>(a.redemption_id),
-                        row.get::<pgrx::Uuid>(a.voucher_id),
-                        row.get::<AnyNumeric>(a.discount),
-                        row.get::<AnyNumeric>(a.balance_after),
-                        row.get::<Vec<u8>>(a.request_hash),
-                    )
-                },
-            );
-            match row {
-                Some((Some(id), Some(voucher), Some(discount), balance, hash)) => {
-                    Prior::Row(Box::new((id, voucher, discount, balance, hash)))
-                }
-                // a row without its NOT NULL columns is not one this code reads: let the
-                // statement say what it is
-                Some(_) => Prior::Fallback,
-                None => Prior::None,
-            }
-        } else {
-            Prior::Fallback
-        };
-        if !rel.is_null() {
-            pg_sys::table_close(rel, pg_sys::NoLock as i32);
-        }
+        let row = probe_one(
+            &KEYS,
+            &r,
+            &tenant,
+            key.into_datum().expect("a text datum"),
+            pg_sys::F_TEXTEQ,
+            |row, a| {
+                (
+                    row.get::<pgrx::Uuid>(a.redemption_id),
+                    row.get::<pgrx::Uuid>(a.voucher_id),
+                    row.get::<AnyNumeric>(a.discount),
+                    row.get::<AnyNumeric>(a.balance_after),
+                    row.get::<Vec<u8>>(a.request_hash),
+                )
+            },
+        );
         pg_sys::PopActiveSnapshot();
-        found
+        match row {
+            Ok(Some((Some(id), Some(voucher), Some(discount), balance, hash))) => {
+                Prior::Row(Box::new((id, voucher, discount, balance, hash)))
+            }
+            // a row without its NOT NULL columns is not one this code reads: let the
+            // statement say what it is
+            Ok(Some(_)) | Err(()) => Prior::Fallback,
+            Ok(None) => Prior::None,
+        }
+    }
+}
+
+/// Is there a customer of `tenant` with this blind index of its source_id, as a statement run
+/// now would see it (a command counter increment, a fresh snapshot, as [`find_prior`])? None
+/// when the probe cannot tell (then the caller assumes there may be).
+/// Only a hint of the order to take: a redemption for a customer that does not exist yet creates
+/// it before its claim instead of after a claim that finds no customer (a whole statement,
+/// about 10 % of a shop's calls). The claim still finds the customer itself, locked.
+pub fn customer_exists(tenant: pgrx::Uuid, source_index: &[u8]) -> Option<bool> {
+    if !may_probe(tenant) {
+        return None;
+    }
+    // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+    let r = resolved_one(&CUSTOMERS, || unsafe {
+        resolve_one(c"customer", "source_index", false, |_| Some(()))
+    })?;
+    // SAFETY: as in `find_prior`; the bytea datum lives in this memory context during the scan.
+    unsafe {
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let found = probe_one(
+            &CUSTOMERS,
+            &r,
+            &tenant,
+            source_index.into_datum().expect("a bytea datum"),
+            pg_sys::F_BYTEAEQ,
+            |_, _| (),
+        );
+        pg_sys::PopActiveSnapshot();
+        found.ok().map(|found| found.is_some())
     }
 }
 
@@ -767,5 +845,41 @@ mod tests {
             Prior::Fallback
         ));
         assert_eq!(again(), format!("{} t", b_first.unwrap()));
+    }
+
+    /// The customer probe says whether a customer exists, by the blind index of its id, for
+    /// the context's tenant only; a redemption for a new customer creates it and redeems once.
+    #[pg_test]
+    fn the_customer_probe_finds_only_the_tenants_own_customer() {
+        use super::customer_exists;
+        let a = authenticate("customer probe a");
+        let index = |id: &str| {
+            let customer =
+                Spi::get_one::<pgrx::Uuid>(&format!("SELECT voucher.upsert_customer('{id}')"))
+                    .unwrap()
+                    .unwrap();
+            Spi::get_one_with_args::<Vec<u8>>(
+                "SELECT source_index FROM voucher.customer WHERE customer_id = $1",
+                &[customer.into()],
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let known = index("known-1");
+        assert_eq!(as_definer(|| customer_exists(a, &known)), Some(true));
+        assert_eq!(as_definer(|| customer_exists(a, &[7u8; 32])), Some(false));
+        // a new customer's first redemption: created, then claimed for, once
+        Spi::run("SELECT voucher.add_code(voucher.create_campaign('p', redemption_limit => 5), 'CUST-P')")
+            .unwrap();
+        Spi::run("SELECT voucher.redeem('CUST-P', customer => 'fresh-1')").unwrap();
+        let made = Spi::get_one::<i64>(
+            "SELECT count(*) FROM voucher.redemptions WHERE customer = 'fresh-1'",
+        )
+        .unwrap();
+        assert_eq!(made, Some(1));
+        let b = authenticate("customer probe b");
+        // another tenant's context: not answered for a; b does not see a's customer
+        assert_eq!(as_definer(|| customer_exists(a, &known)), None);
+        assert_eq!(as_definer(|| customer_exists(b, &known)), Some(false));
     }
 }
