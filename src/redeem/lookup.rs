@@ -1,4 +1,6 @@
-//! validate's look-up of a code and its campaign by their unique indexes, without a statement.
+//! validate's look-up of a code and its campaign by their unique indexes, without a statement;
+//! and, by the same rules, redeem's look-ups of an idempotency key ([`find_prior`]) and of
+//! whether a customer exists ([`customer_exists`]).
 //!
 //! Why: the look-up as a kept SPI statement (`EVALUATE_SQL`) cost more than a third of a
 //! validate call's backend time (issue 17 profile): plan-cache revalidation, executor start-up
