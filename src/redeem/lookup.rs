@@ -528,12 +528,14 @@ fn forget_one<A: Copy>(cache: &Cell<Option<Option<OneIndex<A>>>>, relid: pg_sys:
     }
 }
 
-/// Probes `r` for the row of `tenant` whose key is `key` (equality function `key_proc`) under
-/// the active snapshot, as [`find`]'s probes do: the verified policy and no other, the row's
-/// tenant checked again; `read` reads it. Err(()) when the statement must answer.
+/// Probes `r` for the row of `tenant` whose key is `key` (equality function `key_proc`) as
+/// [`find`]'s probes do (the verified policy and no other, the row's tenant checked again), and
+/// as an SPI statement that is not read-only would see it: after a command counter increment, on
+/// a fresh snapshot (popped on return, or by the (sub)transaction's abort if the probe raises).
+/// `read` reads the row. Err(()) when the statement must answer.
 ///
 /// # Safety
-/// Call as voucher_definer with a snapshot set; `key` must stay valid for the scan.
+/// Call as voucher_definer; `key` must stay valid for the scan.
 unsafe fn probe_one<A: Copy, R>(
     cache: &'static std::thread::LocalKey<Cell<Option<Option<OneIndex<A>>>>>,
     r: &OneIndex<A>,
@@ -552,15 +554,13 @@ unsafe fn probe_one<A: Copy, R>(
     // an invalidation taken in with the lock forgot `r`: its index id may be stale
     let current = cache.with(|k| k.get()).is_some();
     let out = if current && policy_holds(rel, &r.policy) {
-        Ok(probe(
-            rel,
-            r.index,
-            r.tenant_id,
-            tenant,
-            key,
-            key_proc,
-            |row| read(row, &r.atts),
-        ))
+        pg_sys::CommandCounterIncrement();
+        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+        let row = probe(rel, r.index, r.tenant_id, tenant, key, key_proc, |row| {
+            read(row, &r.atts)
+        });
+        pg_sys::PopActiveSnapshot();
+        Ok(row)
     } else {
         Err(())
     };
@@ -613,9 +613,9 @@ fn may_probe(tenant: pgrx::Uuid) -> bool {
 /// 60k instructions (plan revalidation, executor start and end, the RLS init plan; issue 17),
 /// under the same rules as [`find`] (the verified tenant policy, the row's tenant checked again,
 /// voucher_definer's SELECT privilege). Like that statement (SPI, not read-only), it reads after
-/// a command counter increment on a fresh snapshot: called after the key's lock, it sees the
-/// redemption a twin committed while this call waited, and this transaction's own. Call as
-/// voucher_definer.
+/// a command counter increment on a fresh snapshot ([`probe_one`]): called after the key's lock,
+/// it sees the redemption a twin committed while this call waited, and this transaction's own.
+/// Call as voucher_definer.
 pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
     if !may_probe(tenant) {
         return Prior::Fallback;
@@ -634,12 +634,9 @@ pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
     }) else {
         return Prior::Fallback;
     };
-    // SAFETY: as in `find`; the snapshot pushed here is popped below, or by the
-    // (sub)transaction's abort if the probe raises.
-    unsafe {
-        pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let row = probe_one(
+    // SAFETY: as in `find`; the key datum lives in this memory context during the scan.
+    let row = unsafe {
+        probe_one(
             &KEYS,
             &r,
             &tenant,
@@ -654,23 +651,22 @@ pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
                     row.get::<Vec<u8>>(a.request_hash),
                 )
             },
-        );
-        pg_sys::PopActiveSnapshot();
-        match row {
-            Ok(Some((Some(id), Some(voucher), Some(discount), balance, hash))) => {
-                Prior::Row(Box::new((id, voucher, discount, balance, hash)))
-            }
-            // a row without its NOT NULL columns is not one this code reads: let the
-            // statement say what it is
-            Ok(Some(_)) | Err(()) => Prior::Fallback,
-            Ok(None) => Prior::None,
+        )
+    };
+    match row {
+        Ok(Some((Some(id), Some(voucher), Some(discount), balance, hash))) => {
+            Prior::Row(Box::new((id, voucher, discount, balance, hash)))
         }
+        // a row without its NOT NULL columns is not one this code reads: let the statement say
+        // what it is
+        Ok(Some(_)) | Err(()) => Prior::Fallback,
+        Ok(None) => Prior::None,
     }
 }
 
 /// Is there a customer of `tenant` with this blind index of its source_id, as a statement run
-/// now would see it (a command counter increment, a fresh snapshot, as [`find_prior`])? None
-/// when the probe cannot tell (then the caller assumes there may be).
+/// now would see it ([`probe_one`])? None when the probe cannot tell (then the caller assumes
+/// there may be).
 /// Only a hint of the order to take: a redemption for a customer that does not exist yet creates
 /// it before its claim instead of after a claim that finds no customer (a whole statement,
 /// about 10 % of a shop's calls). The claim still finds the customer itself, locked.
@@ -682,21 +678,18 @@ pub fn customer_exists(tenant: pgrx::Uuid, source_index: &[u8]) -> Option<bool> 
     let r = resolved_one(&CUSTOMERS, || unsafe {
         resolve_one(c"customer", "source_index", false, |_| Some(()))
     })?;
-    // SAFETY: as in `find_prior`; the bytea datum lives in this memory context during the scan.
-    unsafe {
-        pg_sys::CommandCounterIncrement();
-        pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-        let found = probe_one(
+    // SAFETY: as in `find`; the bytea datum lives in this memory context during the scan.
+    let found = unsafe {
+        probe_one(
             &CUSTOMERS,
             &r,
             &tenant,
             source_index.into_datum().expect("a bytea datum"),
             pg_sys::F_BYTEAEQ,
             |_, _| (),
-        );
-        pg_sys::PopActiveSnapshot();
-        found.ok().map(|found| found.is_some())
-    }
+        )
+    };
+    found.ok().map(|found| found.is_some())
 }
 
 #[cfg(any(test, feature = "pg_test"))]
