@@ -59,15 +59,17 @@ where
 thread_local! {
     /// function oid -> its result's blessed tuple descriptor (in TopMemoryContext).
     static DESCS: RefCell<Vec<(pg_sys::Oid, pg_sys::TupleDesc)>> = const { RefCell::new(Vec::new()) };
+    /// Descriptors forgotten by an invalidation, freed by the next [`result_desc`].
+    static STALE: RefCell<Vec<pg_sys::TupleDesc>> = const { RefCell::new(Vec::new()) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Any change of `pg_proc` (a function dropped, created or replaced, an extension updated)
-/// forgets every kept descriptor: a function oid is never trusted past it.
+/// forgets every kept descriptor: a function oid is never trusted past it. They are freed by the
+/// next call that needs one, not here: an invalidation may arrive while one is in use.
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, _cache: i32, _hash: u32) {
-    // (the descriptors stay allocated: a statement running now may still use one; a few
-    // hundred bytes per change of pg_proc in this backend)
-    DESCS.with(|d| d.borrow_mut().clear());
+    let gone: Vec<_> = DESCS.with(|d| d.borrow_mut().drain(..).map(|(_, t)| t).collect());
+    STALE.with(|s| s.borrow_mut().extend(gone));
 }
 
 /// The result descriptor of the function being called, blessed (kept per backend).
@@ -81,6 +83,10 @@ unsafe fn result_desc(fcinfo: pg_sys::FunctionCallInfo) -> pg_sys::TupleDesc {
             Some(forget),
             pg_sys::Datum::from(0),
         );
+    }
+    // (no descriptor is in use between two calls: each is used only by the call that took it)
+    for stale in STALE.with(|s| std::mem::take(&mut *s.borrow_mut())) {
+        pg_sys::FreeTupleDesc(stale);
     }
     let fn_oid = (*(*fcinfo).flinfo).fn_oid;
     if let Some(d) = DESCS.with(|d| d.borrow().iter().find(|(o, _)| *o == fn_oid).map(|x| x.1)) {
@@ -192,6 +198,10 @@ mod tests {
         // (the invalidation is applied at the next command's start)
         assert_eq!(count("SELECT count(*) FROM pg_proc WHERE procost = 101"), 1);
         assert!(!kept());
+        // the next call frees the forgotten descriptor and keeps a new one
+        assert_eq!(reason(), before);
+        assert!(kept());
+        assert!(super::STALE.with(|s| s.borrow().is_empty()));
         assert_eq!(reason(), before);
     }
 }

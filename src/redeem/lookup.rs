@@ -66,7 +66,7 @@ struct CampaignAtts {
 }
 
 /// A table's one row-level security policy as verified when resolved (a copy, in
-/// TopMemoryContext): each call compares the relcache's current policy with it.
+/// [`policy_memory`]): each call compares the relcache's current policy with it.
 #[derive(Clone, Copy)]
 struct Policy {
     qual: *mut pg_sys::Node,
@@ -148,11 +148,52 @@ unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
     if ok != Ok(Some(true)) {
         return None;
     }
-    let old = pg_sys::MemoryContextSwitchTo(pg_sys::TopMemoryContext);
+    let old = pg_sys::MemoryContextSwitchTo(policy_memory());
+    COPIES.with(|c| c.set(c.get() + 1));
     let qual = pg_sys::copyObjectImpl((*p).qual.cast()).cast::<pg_sys::Node>();
     let roles = pg_sys::pg_detoast_datum_copy((*p).roles.cast());
     pg_sys::MemoryContextSwitchTo(old);
     Some(Policy { qual, roles })
+}
+
+thread_local! {
+    /// Where the verified policies are copied (a child of TopMemoryContext).
+    static POLICY_MEMORY: Cell<pg_sys::MemoryContext> = const { Cell::new(std::ptr::null_mut()) };
+    /// Policies copied there since it was last emptied.
+    static COPIES: Cell<u32> = const { Cell::new(0) };
+}
+
+/// Copies kept before [`trim_policies`] empties their memory: every ANALYZE or VACUUM of a
+/// probed table invalidates its resolution, and each new one copies its policy again.
+const POLICY_COPIES: u32 = 64;
+
+unsafe fn policy_memory() -> pg_sys::MemoryContext {
+    POLICY_MEMORY.with(|m| {
+        if m.get().is_null() {
+            m.set(pg_sys::AllocSetContextCreateInternal(
+                pg_sys::TopMemoryContext,
+                c"voucher_ext probe policies".as_ptr(),
+                0,
+                1024,
+                8 * 1024,
+            ));
+        }
+        m.get()
+    })
+}
+
+/// At the start of a probe (none is running then: they do not nest): past [`POLICY_COPIES`]
+/// copies, forgets every resolution and frees the copies; the next probes resolve again.
+fn trim_policies() {
+    if COPIES.with(|c| c.get()) <= POLICY_COPIES {
+        return;
+    }
+    RESOLVED.with(|r| r.set(None));
+    KEYS.with(|k| k.set(None));
+    CUSTOMERS.with(|k| k.set(None));
+    COPIES.with(|c| c.set(0));
+    // SAFETY: no resolution refers to the copies any more (all forgotten above).
+    unsafe { pg_sys::MemoryContextReset(policy_memory()) };
 }
 
 thread_local! {
@@ -318,6 +359,7 @@ unsafe fn may_read(rel: pg_sys::Oid) -> bool {
 
 /// The code `code` of `tenant` with its campaign's columns. Call as voucher_definer.
 pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
+    trim_policies();
     if crate::scale::cluster::citus_loaded()
         || context::current_tenant() != Some(*tenant)
         // SAFETY: reads backend-local state.
@@ -617,6 +659,7 @@ fn may_probe(tenant: pgrx::Uuid) -> bool {
 /// it sees the redemption a twin committed while this call waited, and this transaction's own.
 /// Call as voucher_definer.
 pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
+    trim_policies();
     if !may_probe(tenant) {
         return Prior::Fallback;
     }
@@ -671,6 +714,7 @@ pub fn find_prior(tenant: pgrx::Uuid, key: &str) -> Prior {
 /// it before its claim instead of after a claim that finds no customer (a whole statement,
 /// about 10 % of a shop's calls). The claim still finds the customer itself, locked.
 pub fn customer_exists(tenant: pgrx::Uuid, source_index: &[u8]) -> Option<bool> {
+    trim_policies();
     if !may_probe(tenant) {
         return None;
     }
@@ -872,6 +916,16 @@ mod tests {
         )
         .unwrap();
         assert_eq!(made, Some(1));
+        // each change of the table makes the probe resolve (and copy its policy) again: the
+        // copies' memory stays bounded, and the answers right
+        for _ in 0..200 {
+            Spi::run("ALTER TABLE voucher.customer SET (autovacuum_enabled = true)").unwrap();
+            assert_eq!(as_definer(|| customer_exists(a, &known)), Some(true));
+        }
+        assert!(super::COPIES.with(|c| c.get()) <= super::POLICY_COPIES + 1);
+        // SAFETY: reads the size of a memory context of this backend.
+        let bytes = unsafe { pg_sys::MemoryContextMemAllocated(super::policy_memory(), true) };
+        assert!(bytes < 256 * 1024, "{bytes} bytes of policy copies");
         let b = authenticate("customer probe b");
         // another tenant's context: not answered for a; b does not see a's customer
         assert_eq!(as_definer(|| customer_exists(a, &known)), None);
