@@ -41,7 +41,6 @@ pub enum Found {
 /// Attribute numbers (1-based) of the columns read.
 #[derive(Clone, Copy)]
 struct CodeAtts {
-    tenant_id: i16,
     voucher_id: i16,
     campaign_id: i16,
     active: i16,
@@ -51,7 +50,6 @@ struct CodeAtts {
 
 #[derive(Clone, Copy)]
 struct CampaignAtts {
-    tenant_id: i16,
     kind: i16,
     redemption_limit: i16,
     per_customer_limit: i16,
@@ -71,18 +69,6 @@ struct CampaignAtts {
 struct Policy {
     qual: *mut pg_sys::Node,
     roles: *mut pg_sys::varlena,
-}
-
-#[derive(Clone, Copy)]
-struct Resolved {
-    code: pg_sys::Oid,
-    code_index: pg_sys::Oid,
-    code_atts: CodeAtts,
-    code_policy: Policy,
-    campaign: pg_sys::Oid,
-    campaign_index: pg_sys::Oid,
-    campaign_atts: CampaignAtts,
-    campaign_policy: Policy,
 }
 
 /// The policy `_isolate_tenant` creates, as pg_get_expr prints it with only pg_catalog on the
@@ -188,7 +174,8 @@ fn trim_policies() {
     if COPIES.with(|c| c.get()) <= POLICY_COPIES {
         return;
     }
-    RESOLVED.with(|r| r.set(None));
+    CODES.with(|k| k.set(None));
+    CAMPAIGNS.with(|k| k.set(None));
     KEYS.with(|k| k.set(None));
     CUSTOMERS.with(|k| k.set(None));
     COPIES.with(|c| c.set(0));
@@ -197,106 +184,54 @@ fn trim_policies() {
 }
 
 thread_local! {
-    /// None: not resolved yet (or invalidated); Some(None): this schema has no such indexes.
-    static RESOLVED: Cell<Option<Option<Resolved>>> = const { Cell::new(None) };
+    /// Each probed table's resolution ([`OneIndex`]). None: not resolved yet (or invalidated);
+    /// Some(None): this schema has no such index, policy or columns.
+    static CODES: Cell<Option<Option<OneIndex<CodeAtts>>>> = const { Cell::new(None) };
+    static CAMPAIGNS: Cell<Option<Option<OneIndex<CampaignAtts>>>> = const { Cell::new(None) };
     static CALLBACK: Cell<bool> = const { Cell::new(false) };
 }
 
 unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
-    RESOLVED.with(|r| {
-        let stale = match r.get() {
-            Some(Some(x)) => {
-                relid == pg_sys::InvalidOid
-                    || [x.code, x.code_index, x.campaign, x.campaign_index].contains(&relid)
-            }
-            Some(None) => true, // a schema change may have created what was missing
-            None => false,
-        };
-        if stale {
-            r.set(None);
-        }
-    });
+    CODES.with(|k| forget_one(k, relid));
+    CAMPAIGNS.with(|k| forget_one(k, relid));
     KEYS.with(|k| forget_one(k, relid));
     CUSTOMERS.with(|k| forget_one(k, relid));
 }
 
-unsafe fn resolve() -> Option<Resolved> {
-    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
-    if schema == pg_sys::InvalidOid {
-        return None;
-    }
-    let code = pg_sys::get_relname_relid(c"code".as_ptr(), schema);
-    let campaign = pg_sys::get_relname_relid(c"campaign".as_ptr(), schema);
-    if code == pg_sys::InvalidOid || campaign == pg_sys::InvalidOid {
-        return None;
-    }
-    let rel = pg_sys::table_open(code, pg_sys::AccessShareLock as i32);
-    let a = |n| attnum(rel, n);
-    let code_atts = (|| {
-        Some(CodeAtts {
-            tenant_id: a("tenant_id")?,
-            voucher_id: a("voucher_id")?,
-            campaign_id: a("campaign_id")?,
-            active: a("active")?,
-            redeemed_count: a("redeemed_count")?,
-            balance: a("balance")?,
+/// voucher.code by its unique index on (tenant_id, code), and voucher.campaign by its primary
+/// key: validate's two probes.
+fn resolved() -> Option<(OneIndex<CodeAtts>, OneIndex<CampaignAtts>)> {
+    // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+    let code = resolved_one(&CODES, || unsafe {
+        resolve_one(c"code", "code", false, |a| {
+            Some(CodeAtts {
+                voucher_id: a("voucher_id")?,
+                campaign_id: a("campaign_id")?,
+                active: a("active")?,
+                redeemed_count: a("redeemed_count")?,
+                balance: a("balance")?,
+            })
         })
-    })();
-    let code_index = match (code_atts, a("code")) {
-        (Some(c), Some(code_col)) => unique_index(rel, &[c.tenant_id, code_col]),
-        _ => None,
-    };
-    let code_policy = verified_policy(rel);
-    pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    let rel = pg_sys::table_open(campaign, pg_sys::AccessShareLock as i32);
-    let a = |n| attnum(rel, n);
-    let campaign_atts = (|| {
-        Some(CampaignAtts {
-            tenant_id: a("tenant_id")?,
-            kind: a("kind")?,
-            redemption_limit: a("redemption_limit")?,
-            per_customer_limit: a("per_customer_limit")?,
-            active: a("active")?,
-            starts_at: a("starts_at")?,
-            expires_at: a("expires_at")?,
-            min_order_amount: a("min_order_amount")?,
-            discount_type: a("discount_type")?,
-            discount_value: a("discount_value")?,
-            max_discount: a("max_discount")?,
-            currency: a("currency")?,
+    })?;
+    // SAFETY: as above.
+    let campaign = resolved_one(&CAMPAIGNS, || unsafe {
+        resolve_one(c"campaign", "campaign_id", false, |a| {
+            Some(CampaignAtts {
+                kind: a("kind")?,
+                redemption_limit: a("redemption_limit")?,
+                per_customer_limit: a("per_customer_limit")?,
+                active: a("active")?,
+                starts_at: a("starts_at")?,
+                expires_at: a("expires_at")?,
+                min_order_amount: a("min_order_amount")?,
+                discount_type: a("discount_type")?,
+                discount_value: a("discount_value")?,
+                max_discount: a("max_discount")?,
+                currency: a("currency")?,
+            })
         })
-    })();
-    let campaign_index = match (campaign_atts, a("campaign_id")) {
-        (Some(c), Some(id)) => unique_index(rel, &[c.tenant_id, id]),
-        _ => None,
-    };
-    let campaign_policy = verified_policy(rel);
-    pg_sys::table_close(rel, pg_sys::NoLock as i32);
-    Some(Resolved {
-        code,
-        code_index: code_index?,
-        code_atts: code_atts?,
-        code_policy: code_policy?,
-        campaign,
-        campaign_index: campaign_index?,
-        campaign_atts: campaign_atts?,
-        campaign_policy: campaign_policy?,
-    })
-}
-
-fn resolved() -> Option<Resolved> {
-    if !CALLBACK.with(|c| c.replace(true)) {
-        // SAFETY: registers a plain function, once per backend.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
-    }
-    RESOLVED.with(|r| {
-        r.get().unwrap_or_else(|| {
-            // SAFETY: catalog look-ups; raises a normal ERROR on failure.
-            let x = unsafe { resolve() };
-            r.set(Some(x));
-            x
-        })
-    })
+    })?;
+    Some((code, campaign))
 }
 
 /// One row of `rel` by its unique index `index` on (tenant_id, `key`), read into `slot`'s values.
@@ -360,24 +295,21 @@ unsafe fn may_read(rel: pg_sys::Oid) -> bool {
 /// The code `code` of `tenant` with its campaign's columns. Call as voucher_definer.
 pub fn find(tenant: pgrx::Uuid, code: &str) -> Found {
     trim_policies();
-    if crate::scale::cluster::citus_loaded()
-        || context::current_tenant() != Some(*tenant)
-        // SAFETY: reads backend-local state.
-        || !unsafe { pg_sys::ActiveSnapshotSet() }
-    {
+    // SAFETY: reads backend-local state.
+    if !may_probe(tenant) || !unsafe { pg_sys::ActiveSnapshotSet() } {
         return Found::Fallback;
     }
-    let Some(r) = resolved() else {
+    let Some((code_r, campaign_r)) = resolved() else {
         return Found::Fallback;
     };
     // SAFETY: relation ids resolved above (forgotten on invalidation), opened with the lock the
     // executor takes for a read and kept until the transaction ends; datums are copied out
     // before the slot is dropped.
     unsafe {
-        if !may_read(r.code) || !may_read(r.campaign) {
+        if !may_read(code_r.rel) || !may_read(campaign_r.rel) {
             return Found::Fallback;
         }
-        with_statement_snapshot(|| probes(&r, tenant, code))
+        with_statement_snapshot(|| probes(&code_r, &campaign_r, tenant, code))
     }
 }
 
@@ -399,21 +331,26 @@ unsafe fn with_statement_snapshot<R>(f: impl FnOnce() -> R) -> R {
 }
 
 /// The two probes: the code, then its campaign.
-unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
+unsafe fn probes(
+    code_r: &OneIndex<CodeAtts>,
+    campaign_r: &OneIndex<CampaignAtts>,
+    tenant: pgrx::Uuid,
+    code: &str,
+) -> Found {
     // both opened (and their locks taken, which applies pending invalidations) before their
     // policies are compared: what is compared is what the probes read under
     // (a relation dropped since it was resolved: the statement raises what it raises)
-    let code_rel = pg_sys::try_table_open(r.code, pg_sys::AccessShareLock as i32);
-    let campaign_rel = pg_sys::try_table_open(r.campaign, pg_sys::AccessShareLock as i32);
-    // an invalidation taken in with the locks forgot `r`: its index ids may be stale
-    let current = RESOLVED.with(|x| x.get()).is_some();
+    let code_rel = pg_sys::try_table_open(code_r.rel, pg_sys::AccessShareLock as i32);
+    let campaign_rel = pg_sys::try_table_open(campaign_r.rel, pg_sys::AccessShareLock as i32);
+    // an invalidation taken in with the locks forgot a resolution: its index ids may be stale
+    let current = CODES.with(|x| x.get()).is_some() && CAMPAIGNS.with(|x| x.get()).is_some();
     let found = if current
         && !code_rel.is_null()
         && !campaign_rel.is_null()
-        && policy_holds(code_rel, &r.code_policy)
-        && policy_holds(campaign_rel, &r.campaign_policy)
+        && policy_holds(code_rel, &code_r.policy)
+        && policy_holds(campaign_rel, &campaign_r.policy)
     {
-        probe_both(r, code_rel, campaign_rel, tenant, code)
+        probe_both(code_r, campaign_r, code_rel, campaign_rel, tenant, code)
     } else {
         Found::Fallback
     };
@@ -426,18 +363,19 @@ unsafe fn probes(r: &Resolved, tenant: pgrx::Uuid, code: &str) -> Found {
 }
 
 unsafe fn probe_both(
-    r: &Resolved,
+    code_r: &OneIndex<CodeAtts>,
+    campaign_r: &OneIndex<CampaignAtts>,
     code_rel: pg_sys::Relation,
     campaign_rel: pg_sys::Relation,
     tenant: pgrx::Uuid,
     code: &str,
 ) -> Found {
     let key = code.into_datum().expect("a text datum");
-    let a = r.code_atts;
+    let a = code_r.atts;
     let voucher = probe(
         code_rel,
-        r.code_index,
-        a.tenant_id,
+        code_r.index,
+        code_r.tenant_id,
         &tenant,
         key,
         pg_sys::F_TEXTEQ,
@@ -454,15 +392,15 @@ unsafe fn probe_both(
     let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance)) = voucher else {
         return Found::NoSuchCode;
     };
-    let c = r.campaign_atts;
+    let c = campaign_r.atts;
     let time = |row: &Row, att| {
         row.get::<TimestampWithTimeZone>(att)
             .map(pg_sys::TimestampTz::from)
     };
     let columns = probe(
         campaign_rel,
-        r.campaign_index,
-        c.tenant_id,
+        campaign_r.index,
+        campaign_r.tenant_id,
         &tenant,
         campaign_id.into_datum().expect("a uuid datum"),
         pg_sys::F_UUID_EQ,
@@ -621,7 +559,7 @@ struct RedemptionAtts {
 }
 
 thread_local! {
-    /// As `RESOLVED`: voucher.redemption and its idempotency key index.
+    /// voucher.redemption and its idempotency key index.
     static KEYS: Cell<Option<Option<OneIndex<RedemptionAtts>>>> = const { Cell::new(None) };
     /// voucher.customer and its unique index on (tenant_id, source_index).
     static CUSTOMERS: Cell<Option<Option<OneIndex<()>>>> = const { Cell::new(None) };
