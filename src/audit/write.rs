@@ -81,85 +81,77 @@ pub fn take_event_id() -> i64 {
 }
 
 thread_local! {
-    /// jsonb text -> `::jsonb::text` of it, for [`jsonb_text`].
-    static JSONB_TEXT: std::cell::RefCell<std::collections::HashMap<String, String>> =
+    /// jsonb text -> that value parsed once (a jsonb datum kept in TopMemoryContext for the
+    /// backend's life; never freed: a statement may be running with it) and its `::jsonb::text`,
+    /// for [`jsonb_datum`] and [`jsonb_text`].
+    static JSONB_KEPT: std::cell::RefCell<std::collections::HashMap<String, (pg_sys::Datum, String)>> =
         std::cell::RefCell::new(std::collections::HashMap::new());
 }
 
-/// `value::jsonb::text`, what the row hash covers for a jsonb column, for a writer that hashes a
-/// value it passes as text: computed by PostgreSQL once per distinct value and backend (actors
-/// repeat: one per API key).
-pub fn jsonb_text(client: &SpiClient<'_>, value: &str) -> String {
-    if let Some(t) = JSONB_TEXT.with(|c| c.borrow().get(value).cloned()) {
-        return t;
-    }
-    let t = client
-        .select("SELECT $1::jsonb::text", None, &[value.into()])
-        .expect("jsonb text")
-        .first()
-        .get_one::<String>()
-        .ok()
-        .flatten()
-        .expect("a jsonb value has a text");
-    JSONB_TEXT.with(|c| {
-        let mut c = c.borrow_mut();
-        if c.len() >= 256 {
-            c.clear();
-        }
-        c.insert(value.to_string(), t.clone());
-    });
-    t
-}
-
-thread_local! {
-    /// jsonb text -> that value parsed once, a jsonb datum kept in TopMemoryContext for the
-    /// backend's life, for [`jsonb_datum`]. Never freed: a statement may be running with it.
-    static JSONB_DATUM: std::cell::RefCell<std::collections::HashMap<String, pg_sys::Datum>> =
-        std::cell::RefCell::new(std::collections::HashMap::new());
-}
-
-/// Distinct values [`jsonb_datum`] keeps (actors: one per API key and role the backend acts
-/// with); past that a value is parsed per call.
+/// Distinct values kept (actors: one per API key and role the backend acts with); past that a
+/// value is parsed per call.
 const JSONB_DATUMS: usize = 64;
 
-/// `value::jsonb` as a parameter of type jsonb, parsed once per distinct value and backend: a
-/// writer that stores the same actor in every audit row passes it parsed instead of paying
-/// `jsonb_in` per statement (about 2 % of `upsert_customer`, callgrind, issue 14). `value` must
-/// be valid json (the writers' own serde output).
-pub fn jsonb_datum(value: &str) -> DatumWithOid<'static> {
-    let parse = || {
-        let text = std::ffi::CString::new(value).expect("json text has no NUL");
-        // SAFETY: jsonb_in reads a NUL-terminated string and returns a palloc'd jsonb in the
-        // current memory context.
-        unsafe {
-            pgrx::direct_function_call_as_datum(
-                pg_sys::jsonb_in,
-                &[Some(pg_sys::Datum::from(text.as_ptr()))],
-            )
+/// `value::jsonb` (in the current memory context) and its text, as `jsonb_in` and `jsonb_out`
+/// make them.
+fn parse_jsonb(value: &str) -> (pg_sys::Datum, String) {
+    let text = std::ffi::CString::new(value).expect("json text has no NUL");
+    // SAFETY: jsonb_in reads a NUL-terminated string and returns a palloc'd jsonb in the current
+    // memory context; jsonb_out prints it to a palloc'd NUL-terminated string.
+    unsafe {
+        let datum = pgrx::direct_function_call_as_datum(
+            pg_sys::jsonb_in,
+            &[Some(pg_sys::Datum::from(text.as_ptr()))],
+        )
+        .expect("jsonb_in returns a value");
+        let out = pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(datum)])
+            .expect("jsonb_out returns a value");
+        let printed = std::ffi::CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
+            .to_str()
+            .expect("jsonb prints UTF-8")
+            .to_string();
+        (datum, printed)
+    }
+}
+
+/// `value::jsonb` and `value::jsonb::text`, parsed once per distinct value and backend.
+/// `value` must be valid json (the writers' own serde output).
+fn jsonb_kept(value: &str) -> (pg_sys::Datum, String) {
+    JSONB_KEPT.with(|c| {
+        if let Some(k) = c.borrow().get(value) {
+            return k.clone();
         }
-        .expect("jsonb_in returns a value")
-    };
-    let datum = JSONB_DATUM.with(|c| {
-        if let Some(d) = c.borrow().get(value) {
-            return *d;
-        }
+        // parsed here (its work memory goes with the call)
+        let (parsed, printed) = parse_jsonb(value);
         if c.borrow().len() >= JSONB_DATUMS {
-            return parse();
+            return (parsed, printed);
         }
-        // parsed here (its work memory goes with the call), copied to live on
-        let parsed = parse();
         // SAFETY: jsonb_in returns a plain (untoasted, 4-byte header) varlena of varsize_any
         // bytes; the copy is allocated in TopMemoryContext.
-        let d = unsafe {
+        let kept = unsafe {
             let from = parsed.cast_mut_ptr::<pg_sys::varlena>();
             let len = pgrx::varlena::varsize_any(from);
             let to = pg_sys::MemoryContextAlloc(pg_sys::TopMemoryContext, len);
             std::ptr::copy_nonoverlapping(from.cast::<u8>(), to.cast::<u8>(), len);
             pg_sys::Datum::from(to)
         };
-        c.borrow_mut().insert(value.to_string(), d);
-        d
-    });
+        c.borrow_mut()
+            .insert(value.to_string(), (kept, printed.clone()));
+        (kept, printed)
+    })
+}
+
+/// `value::jsonb::text`, what the row hash covers for a jsonb column, for a writer that hashes a
+/// value it passes as text (actors repeat: one per API key).
+pub fn jsonb_text(value: &str) -> String {
+    jsonb_kept(value).1
+}
+
+/// `value::jsonb` as a parameter of type jsonb: a writer that stores the same actor in every
+/// audit row passes it parsed instead of paying `jsonb_in` per statement (about 2 % of
+/// `upsert_customer`, callgrind, issue 14).
+pub fn jsonb_datum(value: &str) -> DatumWithOid<'static> {
+    let datum = jsonb_kept(value).0;
     // SAFETY: a jsonb datum, live for the backend (kept) or for the calling statement (parsed
     // in the caller's memory context).
     unsafe { DatumWithOid::new(datum, pg_sys::JSONBOID) }
@@ -359,11 +351,19 @@ mod tests {
             })
         };
         assert!(same(value));
+        // and its text is what SQL prints
+        let printed = |text: &str| {
+            Spi::get_one_with_args::<String>("SELECT $1::jsonb::text", &[text.into()])
+                .unwrap()
+                .unwrap()
+        };
+        assert_eq!(super::jsonb_text(value), printed(value));
         let datum = |text: &str| super::jsonb_datum(text).datum().unwrap().sans_lifetime();
         assert_eq!(datum(value), datum(value), "kept: the same datum again");
         for n in 0..super::JSONB_DATUMS + 10 {
             let v = format!(r#"{{"n": {n}, "s": "x\u00e9"}}"#);
             assert!(same(&v), "{v}");
+            assert_eq!(super::jsonb_text(&v), printed(&v));
         }
         assert!(same(value));
     }

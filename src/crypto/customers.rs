@@ -395,7 +395,7 @@ fn upsert_impl(
                         audit_key.into(),
                         crate::audit::write::jsonb_datum(actor),
                         event_id.into(),
-                        crate::audit::write::jsonb_text(client, actor).into(),
+                        crate::audit::write::jsonb_text(actor).into(),
                     ];
                     let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
                     if !made.is_empty() {

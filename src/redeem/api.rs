@@ -88,9 +88,9 @@ fn redeem_impl(
     let mut known_customer: Option<pgrx::Uuid> = None;
     let outcome = as_definer(|| {
         Spi::connect_mut(|client| {
-            // the actor as `::jsonb::text` prints it (kept per backend): the claims hash it as
-            // given, and parse it once, for the stored column
-            let actor_json = &crate::audit::write::jsonb_text(client, actor_json);
+            // the actor as `::jsonb::text` prints it, and parsed (both kept per backend): the
+            // claims hash the text and store the jsonb
+            let actor_json = &crate::audit::write::jsonb_text(actor_json);
             // A retry with the same key returns the first result (idempotency.rs). Two steps on
             // purpose: the look-up's snapshot must be taken after the lock.
             if let Some(key) = idempotency_key {
@@ -157,7 +157,7 @@ fn redeem_impl(
                 pg_sys::JSONBOID,
             ];
             // the actor parsed once per backend, for the audit row's jsonb column
-            let actor_jsonb = || audit::write::jsonb_datum(actor_json);
+            let actor_jsonb = || audit::write::jsonb_datum(&actors.1);
             let fast_args: [DatumWithOid; 14] = [
                 tenant.into(),
                 req.code.as_str().into(),
