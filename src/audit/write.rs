@@ -116,7 +116,7 @@ fn parse_jsonb(value: &str) -> (pg_sys::Datum, String) {
 
 /// `value::jsonb` and `value::jsonb::text`, parsed once per distinct value and backend.
 /// `value` must be valid json (the writers' own serde output).
-fn jsonb_kept(value: &str) -> (pg_sys::Datum, String) {
+pub fn jsonb_kept(value: &str) -> (pg_sys::Datum, String) {
     JSONB_KEPT.with(|c| {
         if let Some(k) = c.borrow().get(value) {
             return k.clone();

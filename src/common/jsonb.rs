@@ -21,6 +21,13 @@ use pgrx::{AnyNumeric, IntoDatum};
 /// A jsonb datum made here (palloc'd in the current memory context), returned to SQL as is.
 pub struct Jsonb(pg_sys::Datum);
 
+impl Jsonb {
+    /// The datum, for a writer that stores it itself (redeem's `direct`).
+    pub fn datum(&self) -> pg_sys::Datum {
+        self.0
+    }
+}
+
 // SAFETY: the datum is a complete jsonb varlena (JsonbValueToJsonb), never NULL.
 unsafe impl BoxRet for Jsonb {
     unsafe fn box_into<'fcx>(self, fcinfo: &mut FcInfo<'fcx>) -> Datum<'fcx> {

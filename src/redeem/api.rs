@@ -19,11 +19,13 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{AnyNumeric, JsonB};
 
+use super::direct::{RedemptionRow, Writer};
 use super::hot;
 use super::idempotency::{self, RedeemRow};
 use super::rules::{judge, Request, Verdict};
 use super::statements::{
-    claim_sql, evaluate, fast_claim_sql, looks_mistyped, run, Customer, Statements, MISTYPED,
+    claim_direct_sql, claim_sql, evaluate, fast_claim_direct_sql, fast_claim_sql, looks_mistyped,
+    run, Customer, Statements, MISTYPED,
 };
 use crate::audit;
 use crate::common::error::{api, Result, VoucherError};
@@ -186,59 +188,139 @@ fn redeem_impl(
                     )
                 })
             };
+            // A claim for the direct writer (direct.rs) returns the columns of
+            // `statements::claimed`; the writer then adds the redemption and its audit row.
+            let actor_text = actor_json.as_str();
+            let record =
+                |w: Writer, rows: pgrx::spi::SpiTupleTable<'_>| -> Result<Option<RedeemRow>> {
+                    if rows.is_empty() {
+                        w.close();
+                        return Ok(None);
+                    }
+                    let row = rows.first();
+                    let voucher_id: pgrx::Uuid = row.get(1).ok().flatten().expect("voucher_id");
+                    let discount: AnyNumeric = row.get(5).ok().flatten().expect("discount");
+                    let balance_after: Option<AnyNumeric> = row.get(6).ok().flatten();
+                    w.record(&RedemptionRow {
+                        tenant,
+                        redemption_id,
+                        voucher_id,
+                        campaign_id: row.get(2).ok().flatten().expect("campaign_id"),
+                        customer_id: row.get(3).ok().flatten(),
+                        order_id,
+                        order_amount: req.order_amount.clone(),
+                        amount: row.get(4).ok().flatten(),
+                        discount: discount.clone(),
+                        balance_after: balance_after.clone(),
+                        idempotency_key,
+                        request_hash: hash.as_deref(),
+                        metadata: meta_ct.as_deref(),
+                        redeemed_by: actor.as_str(),
+                        key_id: meta_key,
+                        use_slot: row.get(7).ok().flatten(),
+                        actor_text,
+                        actor_jsonb: audit::write::jsonb_kept(&actors.1).0,
+                    })?;
+                    Ok(Some((
+                        redemption_id,
+                        voucher_id,
+                        discount,
+                        balance_after,
+                        false,
+                    )))
+                };
             // The one-statement claims, each in two forms: naming a customer (found by $6) or
             // none. A code seen to be a voucher without a limit takes the spread claim (hot.rs)
             // first, any other the fast claim.
+            // Each also in its form for the direct writer (the claim alone), taken when
+            // `Writer::open` allows it.
             type Slot = fn(&mut Statements) -> &mut Option<OwnedPreparedStatement>;
-            let (with, fast_slot, spread_slot): (Customer, Slot, Slot) = if index.is_some() {
+            let (with, fast_slot, spread_slot, fast_direct, spread_direct): (
+                Customer,
+                Slot,
+                Slot,
+                Slot,
+                Slot,
+            ) = if index.is_some() {
                 (
                     Customer::ByIndex,
                     |s| &mut s.fast_claim_customer,
                     |s| &mut s.spread_claim_customer,
+                    |s| &mut s.fast_claim_customer_direct,
+                    |s| &mut s.spread_claim_customer_direct,
                 )
             } else {
                 (
                     Customer::None,
                     |s| &mut s.fast_claim,
                     |s| &mut s.spread_claim,
+                    |s| &mut s.fast_claim_direct,
+                    |s| &mut s.spread_claim_direct,
                 )
             };
-            let spread_claim = |client: &pgrx::spi::SpiClient<'_>| {
-                done(run(
+            let spread_claim = |client: &pgrx::spi::SpiClient<'_>| match Writer::open(tenant) {
+                Some(w) => record(
+                    w,
+                    run(
+                        client,
+                        spread_direct,
+                        || hot::spread_claim_direct_sql(with),
+                        &fast_types,
+                        true,
+                        &fast_args,
+                    ),
+                ),
+                None => Ok(done(run(
                     client,
                     spread_slot,
                     || hot::spread_claim_sql(with),
                     &fast_types,
                     true,
                     &fast_args,
-                ))
+                ))),
             };
-            // `forget`: a spread claim that matched nothing drops the code from the memory of
-            // spread codes. Not while a named customer may just not exist yet: that miss says
-            // nothing about the voucher. A fast claim that then succeeds does drop it (it takes
-            // no voucher that spreads), and so does an evaluation below that finds it does not.
-            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>, forget: bool| {
-                let spread = hot::is_spread(tenant, &req.code);
-                if spread {
-                    if let Some(r) = spread_claim(client) {
-                        return Some(r);
-                    }
-                    if forget {
-                        hot::remember_spread(tenant, &req.code, false);
-                    }
-                }
-                let made = done(run(
+            let fast_claim = |client: &pgrx::spi::SpiClient<'_>| match Writer::open(tenant) {
+                Some(w) => record(
+                    w,
+                    run(
+                        client,
+                        fast_direct,
+                        || fast_claim_direct_sql(with),
+                        &fast_types,
+                        true,
+                        &fast_args,
+                    ),
+                ),
+                None => Ok(done(run(
                     client,
                     fast_slot,
                     || fast_claim_sql(with),
                     &fast_types,
                     true,
                     &fast_args,
-                ));
+                ))),
+            };
+            // `forget`: a spread claim that matched nothing drops the code from the memory of
+            // spread codes. Not while a named customer may just not exist yet: that miss says
+            // nothing about the voucher. A fast claim that then succeeds does drop it (it takes
+            // no voucher that spreads), and so does an evaluation below that finds it does not.
+            let one_statement = |client: &mut pgrx::spi::SpiClient<'_>,
+                                 forget: bool|
+             -> Result<Option<RedeemRow>> {
+                let spread = hot::is_spread(tenant, &req.code);
+                if spread {
+                    if let Some(r) = spread_claim(client)? {
+                        return Ok(Some(r));
+                    }
+                    if forget {
+                        hot::remember_spread(tenant, &req.code, false);
+                    }
+                }
+                let made = fast_claim(client)?;
                 if spread && made.is_some() {
                     hot::remember_spread(tenant, &req.code, false);
                 }
-                made
+                Ok(made)
             };
             // A customer the index probe does not find is created first (find_or_create
             // below), then claimed for: not a claim that would find no customer before it.
@@ -247,7 +329,7 @@ fn redeem_impl(
                     .as_ref()
                     .is_some_and(|i| super::lookup::customer_exists(tenant, i) == Some(false));
             if !cluster && !new_customer {
-                if let Some(r) = one_statement(client, index.is_none()) {
+                if let Some(r) = one_statement(client, index.is_none())? {
                     return Ok(r);
                 }
             }
@@ -267,7 +349,7 @@ fn redeem_impl(
                     )?;
                     known_customer = (!created).then_some(id);
                     if (created || new_customer) && !cluster {
-                        if let Some(r) = one_statement(client, true) {
+                        if let Some(r) = one_statement(client, true)? {
                             return Ok(r);
                         }
                     }
@@ -297,7 +379,7 @@ fn redeem_impl(
                 let spreads = hot::spreads(&v);
                 hot::remember_spread(tenant, &req.code, spreads);
                 if spreads {
-                    if let Some(r) = spread_claim(client) {
+                    if let Some(r) = spread_claim(client)? {
                         return Ok(r);
                     }
                     return Err(refusal_after_miss(client, tenant, &req));
@@ -359,55 +441,72 @@ fn redeem_impl(
                     None => Err(refusal_after_miss(client, tenant, &req)),
                 };
             }
-            let claimed = run(
-                client,
-                |s| &mut s.claim,
-                claim_sql,
-                &[
-                    uuid,
-                    uuid,
-                    pg_sys::INT4OID,
-                    numeric,
-                    uuid,
-                    uuid,
-                    uuid,
-                    text,
-                    numeric,
-                    numeric,
-                    text,
-                    pg_sys::BYTEAOID,
-                    pg_sys::BYTEAOID,
-                    text,
-                    text,
-                    pg_sys::INT4OID,
-                    pg_sys::JSONBOID,
-                ],
-                true,
-                &[
-                    tenant.into(),
-                    v.voucher_id.into(),
-                    v.redemption_limit.into(),
-                    spend.into(),
-                    redemption_id.into(),
-                    v.campaign_id.into(),
-                    cust.into(),
-                    order_id.into(),
-                    req.order_amount.clone().into(),
-                    discount.clone().into(),
-                    idempotency_key.into(),
-                    hash.into(),
-                    meta_ct.into(),
-                    actor.as_str().into(),
-                    actor_json.as_str().into(),
-                    meta_key.into(),
-                    actor_jsonb(),
-                ],
-            );
-            if claimed.is_empty() {
-                return Err(refusal_after_miss(client, tenant, &req));
-            }
-            let balance_after = claimed.first().get::<AnyNumeric>(3).ok().flatten();
-            Ok((redemption_id, v.voucher_id, discount, balance_after, false))
+            let claim_types = [
+                uuid,
+                uuid,
+                pg_sys::INT4OID,
+                numeric,
+                uuid,
+                uuid,
+                uuid,
+                text,
+                numeric,
+                numeric,
+                text,
+                pg_sys::BYTEAOID,
+                pg_sys::BYTEAOID,
+                text,
+                text,
+                pg_sys::INT4OID,
+                pg_sys::JSONBOID,
+            ];
+            let claim_args: [DatumWithOid; 17] = [
+                tenant.into(),
+                v.voucher_id.into(),
+                v.redemption_limit.into(),
+                spend.into(),
+                redemption_id.into(),
+                v.campaign_id.into(),
+                cust.into(),
+                order_id.into(),
+                req.order_amount.clone().into(),
+                discount.clone().into(),
+                idempotency_key.into(),
+                hash.clone().into(),
+                meta_ct.clone().into(),
+                actor.as_str().into(),
+                actor_json.as_str().into(),
+                meta_key.into(),
+                actor_jsonb(),
+            ];
+            let made = match Writer::open(tenant) {
+                Some(w) => record(
+                    w,
+                    run(
+                        client,
+                        |s| &mut s.claim_direct,
+                        claim_direct_sql,
+                        &claim_types,
+                        true,
+                        &claim_args,
+                    ),
+                )?,
+                None => {
+                    let claimed = run(
+                        client,
+                        |s| &mut s.claim,
+                        claim_sql,
+                        &claim_types,
+                        true,
+                        &claim_args,
+                    );
+                    (!claimed.is_empty()).then(|| {
+                        let balance_after = claimed.first().get::<AnyNumeric>(3).ok().flatten();
+                        (redemption_id, v.voucher_id, discount, balance_after, false)
+                    })
+                }
+            };
+            made.ok_or_else(|| refusal_after_miss(client, tenant, &req))
         })
     });
     // A failed look-up counts towards a lock-out, whatever happens to this transaction.

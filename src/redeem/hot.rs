@@ -26,7 +26,7 @@ use std::cell::RefCell;
 
 use super::discount::discount_call;
 use super::rules::Voucher;
-use super::statements::{with_audit, Customer};
+use super::statements::{claimed, with_audit, Customer};
 
 /// Does this evaluated voucher take the spread claim?
 pub fn spreads(v: &Voucher) -> bool {
@@ -44,6 +44,37 @@ pub fn spreads(v: &Voucher) -> bool {
 /// evaluates, to say why).
 pub fn spread_claim_sql(customer: Customer) -> String {
     let ctes = format!(
+        "{head},
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by, key_id, use_slot)
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, NULL, claim.discount,
+           NULL, $8, $9, $10, $11, $13, claim.use_slot
+      FROM claim
+    RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
+              discount, balance_after)",
+        head = spread_claim_head(customer),
+        id = customer.id(),
+    );
+    with_audit(&ctes, "$12", "$14", "$7", "$8")
+}
+
+/// [`spread_claim_sql`]'s claim alone, for a call that writes the redemption and its audit row
+/// itself (redeem's `direct`): the same parameters; returns `statements::claimed`'s columns.
+pub fn spread_claim_direct_sql(customer: Customer) -> String {
+    claimed(
+        &spread_claim_head(customer),
+        customer.id(),
+        "NULL::numeric",
+        "NULL::numeric",
+        "claim.use_slot",
+    )
+}
+
+/// The CTEs of [`spread_claim_sql`] up to the claim (the rules, the slot's use counted).
+fn spread_claim_head(customer: Customer) -> String {
+    format!(
         "{cust}free AS (
     SELECT v.voucher_id, v.campaign_id, {discount} AS discount
       FROM voucher.code v
@@ -75,22 +106,11 @@ made AS (
     RETURNING u.slot),
 claim AS (
     SELECT free.voucher_id, free.campaign_id, free.discount, s.slot AS use_slot
-      FROM free CROSS JOIN (SELECT bump.slot FROM bump UNION ALL SELECT made.slot FROM made) s),
-rec AS (
-    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
-        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
-        request_hash, metadata, redeemed_by, key_id, use_slot)
-    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, NULL, claim.discount,
-           NULL, $8, $9, $10, $11, $13, claim.use_slot
-      FROM claim
-    RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
-              discount, balance_after)",
+      FROM free CROSS JOIN (SELECT bump.slot FROM bump UNION ALL SELECT made.slot FROM made) s)",
         discount = discount_call("$3"),
         cust = customer.cte(),
         found = customer.found(),
-        id = customer.id(),
-    );
-    with_audit(&ctes, "$12", "$14", "$7", "$8")
+    )
 }
 
 /// Codes (per tenant) this backend saw take the spread claim: their next redemption tries it

@@ -66,8 +66,11 @@ struct CampaignAtts {
 /// A table's one row-level security policy as verified when resolved (a copy, in
 /// [`policy_memory`]): each call compares the relcache's current policy with it.
 #[derive(Clone, Copy)]
-struct Policy {
+pub(super) struct Policy {
+    /// the relcache's policies as verified: a rebuild that finds them unchanged keeps them
+    desc: *mut pg_sys::RowSecurityDesc,
     qual: *mut pg_sys::Node,
+    with_check: *mut pg_sys::Node,
     roles: *mut pg_sys::varlena,
 }
 
@@ -91,18 +94,25 @@ unsafe fn only_policy(rel: pg_sys::Relation) -> Option<*mut pg_sys::RowSecurityP
     let fits = (*p).permissive
         && (*p).polcmd as u8 == b'*'
         && !(*p).qual.is_null()
+        && !(*p).with_check_qual.is_null()
         && CStr::from_ptr((*p).policy_name).to_bytes() == b"tenant_isolation";
     fits.then_some(p)
 }
 
-/// Row-level security applies to this read exactly as the verified policy `want` says: it is
-/// enabled for the current role (voucher_definer: not a superuser, no BYPASSRLS, row_security
-/// on), and the relation's only policy is still the one verified.
-unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
+/// Row-level security applies to this read (or write: redeem's `direct`) exactly as the verified
+/// policy `want` says: it is enabled for the current role (voucher_definer: not a superuser, no
+/// BYPASSRLS, row_security on), and the relation's only policy is still the one verified.
+pub(super) unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
     if pg_sys::check_enable_rls((*rel).rd_id, pg_sys::InvalidOid, true)
         != pg_sys::CheckEnableRlsResult::RLS_ENABLED as i32
     {
         return false;
+    }
+    // The same policies the resolution verified, not rebuilt since: a rebuild happens only on
+    // an invalidation of the relation, and that forgets the resolution (`forget`) before a
+    // caller gets here with it. Compared as trees only when the relcache's copy is another.
+    if (*rel).rd_rsdesc == want.desc {
+        return true;
     }
     let Some(p) = only_policy(rel) else {
         return false;
@@ -113,18 +123,21 @@ unsafe fn policy_holds(rel: pg_sys::Relation, want: &Policy) -> bool {
         && std::slice::from_raw_parts(roles.cast::<u8>(), n)
             == std::slice::from_raw_parts(want.roles.cast::<u8>(), n)
         && pg_sys::equal((*p).qual.cast(), want.qual.cast())
+        && pg_sys::equal((*p).with_check_qual.cast(), want.with_check.cast())
 }
 
-/// Verifies the catalog's policy of `rel` against `TENANT_POLICY` (and PUBLIC as its roles),
-/// and copies the relcache's version of it for `policy_holds`.
-unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
+/// Verifies the catalog's policy of `rel` against `TENANT_POLICY`, as its USING and its WITH
+/// CHECK expression (and PUBLIC as its roles), and copies the relcache's version of it for
+/// `policy_holds`.
+pub(super) unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
     let p = only_policy(rel)?;
     // (read-only: Spi::get_one_with_args would assign a transaction id, refused on a standby)
     let ok = Spi::connect(|client| {
         client
             .select(
                 "SELECT count(*) = 1 AND bool_and(polroles = '{0}' \
-                                              AND pg_get_expr(polqual, polrelid) = $2) \
+                                              AND pg_get_expr(polqual, polrelid) = $2 \
+                                              AND pg_get_expr(polwithcheck, polrelid) = $2) \
                    FROM pg_catalog.pg_policy WHERE polrelid = $1",
                 Some(1),
                 &[(*rel).rd_id.into(), TENANT_POLICY.into()],
@@ -137,9 +150,15 @@ unsafe fn verified_policy(rel: pg_sys::Relation) -> Option<Policy> {
     let old = pg_sys::MemoryContextSwitchTo(policy_memory());
     COPIES.with(|c| c.set(c.get() + 1));
     let qual = pg_sys::copyObjectImpl((*p).qual.cast()).cast::<pg_sys::Node>();
+    let with_check = pg_sys::copyObjectImpl((*p).with_check_qual.cast()).cast::<pg_sys::Node>();
     let roles = pg_sys::pg_detoast_datum_copy((*p).roles.cast());
     pg_sys::MemoryContextSwitchTo(old);
-    Some(Policy { qual, roles })
+    Some(Policy {
+        desc: (*rel).rd_rsdesc,
+        qual,
+        with_check,
+        roles,
+    })
 }
 
 thread_local! {
@@ -170,10 +189,11 @@ unsafe fn policy_memory() -> pg_sys::MemoryContext {
 
 /// At the start of a probe (none is running then: they do not nest): past [`POLICY_COPIES`]
 /// copies, forgets every resolution and frees the copies; the next probes resolve again.
-fn trim_policies() {
+pub(super) fn trim_policies() {
     if COPIES.with(|c| c.get()) <= POLICY_COPIES {
         return;
     }
+    super::direct::forget_all();
     CODES.with(|k| k.set(None));
     CAMPAIGNS.with(|k| k.set(None));
     KEYS.with(|k| k.set(None));
@@ -196,6 +216,7 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     CAMPAIGNS.with(|k| forget_one(k, relid));
     KEYS.with(|k| forget_one(k, relid));
     CUSTOMERS.with(|k| forget_one(k, relid));
+    super::direct::forget(relid);
 }
 
 /// voucher.code by its unique index on (tenant_id, code), and voucher.campaign by its primary
@@ -483,10 +504,7 @@ fn resolved_one<A: Copy>(
     cache: &'static std::thread::LocalKey<Cell<Option<Option<OneIndex<A>>>>>,
     resolve: impl FnOnce() -> Option<OneIndex<A>>,
 ) -> Option<OneIndex<A>> {
-    if !CALLBACK.with(|c| c.replace(true)) {
-        // SAFETY: registers a plain function, once per backend.
-        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
-    }
+    forget_on_invalidation();
     cache.with(|k| {
         k.get().unwrap_or_else(|| {
             let x = resolve();
@@ -494,6 +512,15 @@ fn resolved_one<A: Copy>(
             x
         })
     })
+}
+
+/// Registers [`forget`] (once per backend): every resolution here and in `direct` is forgotten
+/// on a relcache invalidation of its relations.
+pub(super) fn forget_on_invalidation() {
+    if !CALLBACK.with(|c| c.replace(true)) {
+        // SAFETY: registers a plain function, once per backend.
+        unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
+    }
 }
 
 /// Forgets `cache` if `relid` is its table or index (or everything was invalidated).
@@ -584,7 +611,7 @@ pub enum Prior {
 }
 
 /// May this backend probe for `tenant` at all (see the module comment)?
-fn may_probe(tenant: pgrx::Uuid) -> bool {
+pub(super) fn may_probe(tenant: pgrx::Uuid) -> bool {
     !crate::scale::cluster::citus_loaded() && context::current_tenant() == Some(*tenant)
 }
 

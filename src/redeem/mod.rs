@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod details;
+mod direct;
 pub mod discount;
 pub mod hot;
 pub mod idempotency;

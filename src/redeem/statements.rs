@@ -134,6 +134,50 @@ impl Customer {
 /// wants it), $13 the data key of the metadata, $14 the actor as jsonb.
 pub fn fast_claim_sql(customer: Customer) -> String {
     let ctes = format!(
+        "{head},
+rec AS (
+    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
+        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
+        request_hash, metadata, redeemed_by, key_id)
+    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, claim.spend,
+           claim.discount, claim.balance, $8, $9, $10, $11, $13
+      FROM claim
+    RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
+              discount, balance_after)",
+        head = fast_claim_head(customer),
+        id = customer.id(),
+    );
+    with_audit(&ctes, "$12", "$14", "$7", "$8")
+}
+
+/// [`fast_claim_sql`]'s claim alone, for a call that writes the redemption and its audit row
+/// itself (`direct`): the same parameters; returns [`claimed`]'s columns.
+pub fn fast_claim_direct_sql(customer: Customer) -> String {
+    claimed(
+        &fast_claim_head(customer),
+        customer.id(),
+        "claim.spend",
+        "claim.balance",
+        "NULL::smallint",
+    )
+}
+
+/// The statement of a claim for the direct writer (redeem's `direct`): the CTEs `head` (the last
+/// one named `claim`, with `voucher_id`, `campaign_id` and `discount`), returning voucher_id,
+/// campaign_id, customer_id, amount (what a gift card spent), discount, balance_after and
+/// use_slot (`direct::RedemptionRow`), the others as given.
+pub fn claimed(head: &str, customer_id: &str, amount: &str, balance: &str, slot: &str) -> String {
+    format!(
+        "WITH {head}
+SELECT claim.voucher_id, claim.campaign_id, {customer_id}, {amount}, claim.discount,
+       {balance}, {slot}
+  FROM claim"
+    )
+}
+
+/// The CTEs of [`fast_claim_sql`] up to the claim (the customer's look-up and the UPDATE).
+fn fast_claim_head(customer: Customer) -> String {
+    format!(
         "{cust}claim AS (
     UPDATE voucher.code v
        SET redeemed_count = v.redeemed_count + 1,
@@ -147,22 +191,11 @@ pub fn fast_claim_sql(customer: Customer) -> String {
                               c.discount_type, $3, $4, false)
     RETURNING v.voucher_id, v.campaign_id, v.balance,
               CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) END AS spend,
-              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) ELSE {discount} END AS discount),
-rec AS (
-    INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
-        customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
-        request_hash, metadata, redeemed_by, key_id)
-    SELECT $1, $5, claim.voucher_id, claim.campaign_id, {id}, $7, $3, claim.spend,
-           claim.discount, claim.balance, $8, $9, $10, $11, $13
-      FROM claim
-    RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
-              discount, balance_after)",
+              CASE WHEN c.kind = 'gift_card' THEN coalesce($4, $3) ELSE {discount} END AS discount)",
         discount = discount_call("$3"),
         cust = customer.cte(),
         found = customer.found(),
-        id = customer.id(),
-    );
-    with_audit(&ctes, "$12", "$14", "$7", "$8")
+    )
 }
 
 /// Claims a use (and a gift card amount) of an evaluated voucher, and records the redemption
@@ -172,21 +205,38 @@ rec AS (
 /// $12 request hash, $13 metadata (encrypted), $14 actor label, $15 actor (jsonb text, as
 /// [`with_audit`] wants it), $16 the data key of the metadata, $17 the actor as jsonb.
 pub fn claim_sql() -> String {
-    let ctes = "claim AS (
-    UPDATE voucher.code v
-       SET redeemed_count = v.redeemed_count + 1, balance = v.balance - $4
-     WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
-       AND ($3::integer IS NULL OR v.redeemed_count < $3)
-       AND ($4::numeric IS NULL OR v.balance >= $4)
-    RETURNING v.balance),
+    let ctes = format!(
+        "{CLAIM_HEAD},
 rec AS (
     INSERT INTO voucher.redemption (tenant_id, redemption_id, voucher_id, campaign_id,
         customer_id, order_id, order_amount, amount, discount, balance_after, idempotency_key,
         request_hash, metadata, redeemed_by, key_id)
     SELECT $1, $5, $2, $6, $7, $8, $9, $4, $10, claim.balance, $11, $12, $13, $14, $16 FROM claim
     RETURNING redemption_id, voucher_id, campaign_id, customer_id, order_amount, amount,
-              discount, balance_after)";
-    with_audit(ctes, "$15", "$17", "$8", "$11")
+              discount, balance_after)"
+    );
+    with_audit(&ctes, "$15", "$17", "$8", "$11")
+}
+
+/// [`claim_sql`]'s UPDATE.
+const CLAIM_HEAD: &str = "claim AS (
+    UPDATE voucher.code v
+       SET redeemed_count = v.redeemed_count + 1, balance = v.balance - $4
+     WHERE v.tenant_id = $1 AND v.voucher_id = $2 AND v.active
+       AND ($3::integer IS NULL OR v.redeemed_count < $3)
+       AND ($4::numeric IS NULL OR v.balance >= $4)
+    RETURNING v.voucher_id, v.balance, $6::uuid AS campaign_id, $10::numeric AS discount)";
+
+/// [`claim_sql`]'s claim alone, for a call that writes the redemption and its audit row itself
+/// (`direct`): the same parameters; returns [`claimed`]'s columns.
+pub fn claim_direct_sql() -> String {
+    claimed(
+        CLAIM_HEAD,
+        "$7::uuid",
+        "$4::numeric",
+        "claim.balance",
+        "NULL::smallint",
+    )
 }
 
 /// Prepared statements, kept for the life of the backend.
@@ -201,6 +251,12 @@ pub struct Statements {
     pub claim: Option<OwnedPreparedStatement>,
     pub spread_claim: Option<OwnedPreparedStatement>,
     pub spread_claim_customer: Option<OwnedPreparedStatement>,
+    /// the claims alone, for the direct writer
+    pub fast_claim_direct: Option<OwnedPreparedStatement>,
+    pub fast_claim_customer_direct: Option<OwnedPreparedStatement>,
+    pub claim_direct: Option<OwnedPreparedStatement>,
+    pub spread_claim_direct: Option<OwnedPreparedStatement>,
+    pub spread_claim_customer_direct: Option<OwnedPreparedStatement>,
     pub idempotency_find: Option<OwnedPreparedStatement>,
     pub usage_claim: Option<OwnedPreparedStatement>,
 }

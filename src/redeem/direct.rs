@@ -1,0 +1,607 @@
+//! A redemption's two rows, its `voucher.redemption` row and its `redemption.created` audit row,
+//! written without a statement: the claim statement is then only the claim (the conditional
+//! UPDATE, or the slot claim of a voucher without a limit) and returns what the rows need.
+//!
+//! Why: the INSERT of the redemption and the INSERT of its audit row, as two more data-modifying
+//! CTEs of the claim statement, were the larger part of a shop redemption's work (issue 17,
+//! callgrind, one backend): 144k instructions the redemption's INSERT and 221k the audit row's
+//! (its projection, the details and hash function calls, `nextval`, the CTE scans, two
+//! ModifyTable nodes with their RLS WITH CHECK init plans) of 988k per call. Here the same rows
+//! go in the way PostgreSQL's logical replication apply worker writes a row
+//! (`ExecSimpleRelationInsert`: the table's constraints, the heap insert, every index's entry),
+//! with the details and the row hash made in Rust from the values themselves.
+//!
+//! What the INSERT statement would check is checked here, or this path is not taken (`open`
+//! answers None and the claim runs as the statement that writes both rows, with PostgreSQL
+//! applying everything):
+//! - row-level security: each table's only policy is still `tenant_isolation` as verified when
+//!   resolved (USING and WITH CHECK `tenant_id = (SELECT voucher.current_tenant())`, PUBLIC, the
+//!   same rules as the probes of `lookup`), RLS applies to the current role, and the tenant
+//!   written is `current_tenant()` itself: the WITH CHECK holds for every row written here;
+//! - the INSERT privilege of the current role (voucher_definer) on both tables, and the sequence's
+//!   own check (`nextval`);
+//! - the tables are plain tables (not partitioned, not partitions) with no INSERT trigger of any
+//!   kind (a foreign key or deferred unique constraint is one) and no rule; every column is one
+//!   this module fills, of the type it fills (a domain-typed column, a generated column or an
+//!   unknown column: the statement); dropped columns are stored NULL, as the executor does;
+//! - not in a read-only transaction, not on Citus (`lookup::may_probe`).
+//!
+//! The resolutions are kept per backend and forgotten with `lookup`'s (any relcache
+//! invalidation of the table: ALTER, CREATE TRIGGER, CREATE POLICY, DROP, ANALYZE), and every
+//! check above is made again under the lock, at each `open`.
+
+use std::cell::Cell;
+use std::ffi::CStr;
+
+use pgrx::prelude::*;
+use pgrx::AnyNumeric;
+
+use super::lookup::{self, Policy};
+use crate::audit::hash::Canonical;
+use crate::audit::key::with_key;
+use crate::common::error::Result;
+
+/// Columns (name, type) of voucher.redemption, in the order of [`RedemptionRow::values`].
+const REDEMPTION: &[(&str, pg_sys::Oid)] = &[
+    ("tenant_id", pg_sys::UUIDOID),
+    ("redemption_id", pg_sys::UUIDOID),
+    ("voucher_id", pg_sys::UUIDOID),
+    ("campaign_id", pg_sys::UUIDOID),
+    ("customer_id", pg_sys::UUIDOID),
+    ("order_id", pg_sys::TEXTOID),
+    ("order_amount", pg_sys::NUMERICOID),
+    ("amount", pg_sys::NUMERICOID),
+    ("discount", pg_sys::NUMERICOID),
+    ("balance_after", pg_sys::NUMERICOID),
+    ("idempotency_key", pg_sys::TEXTOID),
+    ("request_hash", pg_sys::BYTEAOID),
+    ("metadata", pg_sys::BYTEAOID),
+    ("redeemed_at", pg_sys::TIMESTAMPTZOID),
+    ("redeemed_by", pg_sys::TEXTOID),
+    ("rolled_back_at", pg_sys::TIMESTAMPTZOID),
+    ("rollback_reason", pg_sys::TEXTOID),
+    ("rolled_back_by", pg_sys::TEXTOID),
+    ("key_id", pg_sys::INT4OID),
+    ("use_slot", pg_sys::INT2OID),
+];
+
+/// Columns of voucher.audit_event, in the order of the values `record` makes.
+const AUDIT: &[(&str, pg_sys::Oid)] = &[
+    ("tenant_id", pg_sys::UUIDOID),
+    ("event_id", pg_sys::INT8OID),
+    ("at", pg_sys::TIMESTAMPTZOID),
+    ("actor", pg_sys::JSONBOID),
+    ("action", pg_sys::TEXTOID),
+    ("object_type", pg_sys::TEXTOID),
+    ("object_id", pg_sys::TEXTOID),
+    ("details", pg_sys::JSONBOID),
+    ("row_hash", pg_sys::BYTEAOID),
+];
+
+/// Attributes a resolved table may have (dropped ones included).
+const MAX_ATTS: usize = 64;
+
+/// A written table as resolved: for each attribute of its descriptor, the index of the value in
+/// the writer's column list (-1: a dropped column).
+#[derive(Clone, Copy)]
+struct Target {
+    rel: pg_sys::Oid,
+    natts: usize,
+    map: [i8; MAX_ATTS],
+    policy: Policy,
+}
+
+thread_local! {
+    /// None: not resolved (or forgotten); Some(None): this schema is not one to write directly.
+    static REDEMPTIONS: Cell<Option<Option<Target>>> = const { Cell::new(None) };
+    static AUDITS: Cell<Option<Option<Target>>> = const { Cell::new(None) };
+}
+
+/// Forgets a resolution of `relid` (InvalidOid: of everything); called by `lookup`'s relcache
+/// callback.
+pub(super) fn forget(relid: pg_sys::Oid) {
+    for cache in [&REDEMPTIONS, &AUDITS] {
+        cache.with(|k| {
+            let stale = match k.get() {
+                Some(Some(t)) => relid == pg_sys::InvalidOid || t.rel == relid,
+                Some(None) => true,
+                None => false,
+            };
+            if stale {
+                k.set(None);
+            }
+        });
+    }
+}
+
+/// Forgets both resolutions (`lookup::trim_policies` frees the policy copies they point to).
+pub(super) fn forget_all() {
+    REDEMPTIONS.with(|k| k.set(None));
+    AUDITS.with(|k| k.set(None));
+}
+
+/// voucher.`table` resolved against `columns` (see the module comment), or None.
+unsafe fn resolve(table: &CStr, columns: &[(&str, pg_sys::Oid)]) -> Option<Target> {
+    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
+    if schema == pg_sys::InvalidOid {
+        return None;
+    }
+    let oid = pg_sys::get_relname_relid(table.as_ptr(), schema);
+    if oid == pg_sys::InvalidOid {
+        return None;
+    }
+    let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as i32);
+    let target = target_of(rel, columns).and_then(|(natts, map)| {
+        Some(Target {
+            rel: oid,
+            natts,
+            map,
+            policy: lookup::verified_policy(rel)?,
+        })
+    });
+    pg_sys::table_close(rel, pg_sys::NoLock as i32);
+    target
+}
+
+/// The attribute map of `rel` if it is a plain table whose live columns are exactly `columns`,
+/// each of its type, none generated.
+unsafe fn target_of(
+    rel: pg_sys::Relation,
+    columns: &[(&str, pg_sys::Oid)],
+) -> Option<(usize, [i8; MAX_ATTS])> {
+    let class = (*rel).rd_rel;
+    if (*class).relkind as u8 != pg_sys::RELKIND_RELATION || (*class).relispartition {
+        return None;
+    }
+    let desc = (*rel).rd_att;
+    let natts = (*desc).natts as usize;
+    if natts > MAX_ATTS {
+        return None;
+    }
+    let mut map = [-1i8; MAX_ATTS];
+    let mut seen = vec![false; columns.len()];
+    for (i, a) in (*desc).attrs.as_slice(natts).iter().enumerate() {
+        if a.attisdropped {
+            continue;
+        }
+        let name = CStr::from_ptr(a.attname.data.as_ptr()).to_bytes();
+        let j = columns
+            .iter()
+            .position(|(n, t)| n.as_bytes() == name && *t == a.atttypid)?;
+        if a.attgenerated != 0 || seen[j] {
+            return None;
+        }
+        seen[j] = true;
+        map[i] = j as i8;
+    }
+    seen.iter().all(|s| *s).then_some((natts, map))
+}
+
+fn resolved(
+    cache: &'static std::thread::LocalKey<Cell<Option<Option<Target>>>>,
+    table: &CStr,
+    columns: &[(&str, pg_sys::Oid)],
+) -> Option<Target> {
+    lookup::forget_on_invalidation();
+    cache.with(|k| {
+        k.get().unwrap_or_else(|| {
+            // SAFETY: catalog look-ups; a failure raises a normal ERROR.
+            let t = unsafe { resolve(table, columns) };
+            k.set(Some(t));
+            t
+        })
+    })
+}
+
+/// Both tables opened for writing, every check of the module comment made under the lock.
+pub struct Writer {
+    redemption: (pg_sys::Relation, Target),
+    audit: (pg_sys::Relation, Target),
+}
+
+/// The opened table if every per-call check holds (else it is closed again).
+unsafe fn open_one(
+    cache: &'static std::thread::LocalKey<Cell<Option<Option<Target>>>>,
+    t: &Target,
+) -> Option<pg_sys::Relation> {
+    if pg_sys::pg_class_aclcheck(
+        t.rel,
+        pg_sys::GetUserId(),
+        pg_sys::ACL_INSERT as pg_sys::AclMode,
+    ) != pg_sys::AclResult::ACLCHECK_OK
+    {
+        return None;
+    }
+    let rel = pg_sys::try_table_open(t.rel, pg_sys::RowExclusiveLock as i32);
+    if rel.is_null() {
+        return None;
+    }
+    // an invalidation taken in with the lock forgot `t`: the table may have changed
+    let current = cache.with(|k| k.get()).is_some();
+    let triggers = (*rel).trigdesc;
+    let insert_triggers = !triggers.is_null() && {
+        let d = &*triggers;
+        d.trig_insert_before_row
+            || d.trig_insert_after_row
+            || d.trig_insert_instead_row
+            || d.trig_insert_before_statement
+            || d.trig_insert_after_statement
+            || d.trig_insert_new_table
+    };
+    if current
+        && !insert_triggers
+        && (*rel).rd_rules.is_null()
+        && (*(*rel).rd_att).natts as usize == t.natts
+        && lookup::policy_holds(rel, &t.policy)
+    {
+        Some(rel)
+    } else {
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        None
+    }
+}
+
+impl Writer {
+    /// Both tables, if this call may write them directly for `tenant`; None: the claim must be
+    /// the statement that writes them. Call as voucher_definer, before the claim; then
+    /// [`Writer::record`] or [`Writer::close`].
+    pub fn open(tenant: pgrx::Uuid) -> Option<Writer> {
+        lookup::trim_policies();
+        // SAFETY: reads backend-local state.
+        if !lookup::may_probe(tenant) || unsafe { pg_sys::XactReadOnly } {
+            return None;
+        }
+        let red = resolved(&REDEMPTIONS, c"redemption", REDEMPTION)?;
+        let aud = resolved(&AUDITS, c"audit_event", AUDIT)?;
+        // SAFETY: relation ids resolved above (forgotten on invalidation), opened with the lock
+        // an INSERT takes and kept to the end of the transaction.
+        unsafe {
+            let r = open_one(&REDEMPTIONS, &red)?;
+            let Some(a) = open_one(&AUDITS, &aud) else {
+                pg_sys::table_close(r, pg_sys::NoLock as i32);
+                return None;
+            };
+            // the first open may have taken in an invalidation that forgot the other
+            if REDEMPTIONS.with(|k| k.get()).is_none() || AUDITS.with(|k| k.get()).is_none() {
+                pg_sys::table_close(a, pg_sys::NoLock as i32);
+                pg_sys::table_close(r, pg_sys::NoLock as i32);
+                return None;
+            }
+            Some(Writer {
+                redemption: (r, red),
+                audit: (a, aud),
+            })
+        }
+    }
+
+    /// Closes both tables (their locks are kept to the end of the transaction).
+    pub fn close(self) {
+        // SAFETY: opened by `open`.
+        unsafe {
+            pg_sys::table_close(self.audit.0, pg_sys::NoLock as i32);
+            pg_sys::table_close(self.redemption.0, pg_sys::NoLock as i32);
+        }
+    }
+
+    /// Writes the redemption `r` and its audit row (the details `voucher._redemption_details`
+    /// makes, the row HMAC over them as stored), then closes both tables.
+    pub fn record(self, r: &RedemptionRow<'_>) -> Result<()> {
+        // SAFETY: now() of the transaction, as the statement's DEFAULT and now() read it.
+        let at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        let event_id = crate::audit::write::take_event_id();
+        let details = super::details::redemption_details(
+            Some(r.redemption_id),
+            Some(r.campaign_id),
+            r.customer_id,
+            r.order_id,
+            r.order_amount.clone(),
+            r.amount.clone(),
+            Some(r.discount.clone()),
+            r.balance_after.clone(),
+            r.idempotency_key,
+        );
+        // SAFETY: jsonb_out prints the datum made above to a palloc'd string.
+        let details_text = unsafe {
+            let out =
+                pgrx::direct_function_call_as_datum(pg_sys::jsonb_out, &[Some(details.datum())])
+                    .expect("jsonb_out returns a value");
+            CStr::from_ptr(out.cast_mut_ptr::<std::ffi::c_char>())
+                .to_str()
+                .expect("jsonb prints UTF-8")
+                .to_string()
+        };
+        let tenant = *r.tenant;
+        let object_id = crate::common::uuid_text(r.voucher_id.as_bytes());
+        let hash = with_key(|_, keyed| {
+            keyed.row_hash(&Canonical {
+                tenant: &tenant,
+                event_id,
+                at_micros: at,
+                actor: r.actor_text,
+                action: "redemption.created",
+                object_type: Some("voucher"),
+                object_id: Some(&object_id),
+                details: &details_text,
+            })
+        })?;
+        let audit_values = [
+            r.tenant.into_datum(),
+            event_id.into_datum(),
+            Some(pg_sys::Datum::from(at)),
+            Some(r.actor_jsonb),
+            "redemption.created".into_datum(),
+            "voucher".into_datum(),
+            object_id.as_str().into_datum(),
+            Some(details.datum()),
+            hash.as_slice().into_datum(),
+        ];
+        let red_values = r.values(at);
+        // SAFETY: both tables open and checked (`open`); the values are datums of the columns'
+        // types, live in this memory context.
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            insert(estate, self.redemption, &red_values);
+            insert(estate, self.audit, &audit_values);
+            pg_sys::FreeExecutorState(estate);
+        }
+        #[cfg(any(test, feature = "pg_test"))]
+        WRITTEN.with(|w| w.set(w.get() + 1));
+        self.close();
+        Ok(())
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+thread_local! {
+    /// Redemptions written here, for the tests that must know which path a call took.
+    pub(super) static WRITTEN: Cell<u64> = const { Cell::new(0) };
+}
+
+/// One row into `rel`: its values placed by the target's map, inserted with
+/// `ExecSimpleRelationInsert` (constraints, heap, indexes).
+unsafe fn insert(
+    estate: *mut pg_sys::EState,
+    (rel, t): (pg_sys::Relation, Target),
+    values: &[Option<pg_sys::Datum>],
+) {
+    let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
+        .cast::<pg_sys::ResultRelInfo>();
+    (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
+    pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+    pg_sys::ExecOpenIndices(rri, false);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let s = &mut *slot;
+    for i in 0..t.natts {
+        let v = match t.map[i] {
+            -1 => None,
+            j => values[j as usize],
+        };
+        *s.tts_values.add(i) = v.unwrap_or(pg_sys::Datum::from(0));
+        *s.tts_isnull.add(i) = v.is_none();
+    }
+    pg_sys::ExecStoreVirtualTuple(slot);
+    pg_sys::ExecSimpleRelationInsert(rri, estate, slot);
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::ExecCloseIndices(rri);
+}
+
+/// A redemption row and what its audit row names besides.
+pub struct RedemptionRow<'a> {
+    pub tenant: pgrx::Uuid,
+    pub redemption_id: pgrx::Uuid,
+    pub voucher_id: pgrx::Uuid,
+    pub campaign_id: pgrx::Uuid,
+    pub customer_id: Option<pgrx::Uuid>,
+    pub order_id: Option<&'a str>,
+    pub order_amount: Option<AnyNumeric>,
+    pub amount: Option<AnyNumeric>,
+    pub discount: AnyNumeric,
+    pub balance_after: Option<AnyNumeric>,
+    pub idempotency_key: Option<&'a str>,
+    pub request_hash: Option<&'a [u8]>,
+    pub metadata: Option<&'a [u8]>,
+    /// the actor's label (redeemed_by)
+    pub redeemed_by: &'a str,
+    pub key_id: Option<i32>,
+    pub use_slot: Option<i16>,
+    /// the actor as `::jsonb::text` prints it (hashed) and as a jsonb datum (stored)
+    pub actor_text: &'a str,
+    pub actor_jsonb: pg_sys::Datum,
+}
+
+impl RedemptionRow<'_> {
+    /// The values of [`REDEMPTION`]'s columns, in its order.
+    fn values(&self, at: pg_sys::TimestampTz) -> [Option<pg_sys::Datum>; 20] {
+        [
+            self.tenant.into_datum(),
+            self.redemption_id.into_datum(),
+            self.voucher_id.into_datum(),
+            self.campaign_id.into_datum(),
+            self.customer_id.into_datum(),
+            self.order_id.into_datum(),
+            self.order_amount.clone().into_datum(),
+            self.amount.clone().into_datum(),
+            self.discount.clone().into_datum(),
+            self.balance_after.clone().into_datum(),
+            self.idempotency_key.into_datum(),
+            self.request_hash.into_datum(),
+            self.metadata.into_datum(),
+            Some(pg_sys::Datum::from(at)),
+            self.redeemed_by.into_datum(),
+            None,
+            None,
+            None,
+            self.key_id.into_datum(),
+            self.use_slot.into_datum(),
+        ]
+    }
+}
+
+#[cfg(any(test, feature = "pg_test"))]
+#[pg_schema]
+mod tests {
+    use pgrx::prelude::*;
+
+    use super::WRITTEN;
+
+    fn written() -> u64 {
+        WRITTEN.with(|w| w.get())
+    }
+
+    /// One redemption of `code` with every column filled (a customer, amounts, an order, a key,
+    /// metadata), and whether it was written here.
+    fn redeem(code: &str, key: &str) -> (pgrx::Uuid, bool) {
+        let before = written();
+        let id = Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT redemption_id FROM voucher.redeem('{code}', customer => 'cust-direct', \
+                    order_amount => 80.00, order_id => 'order-{key}', idempotency_key => '{key}', \
+                    metadata => '{{\"channel\": \"web\"}}')"
+        ))
+        .unwrap()
+        .unwrap();
+        (id, written() == before + 1)
+    }
+
+    /// The redemption row and its audit row as the tests compare them: every column but the
+    /// ids that differ per redemption by design.
+    fn rows(id: pgrx::Uuid) -> String {
+        Spi::get_one::<String>(&format!(
+            "SELECT format('%s | %s',
+                    to_jsonb(r) - '{{redemption_id,voucher_id,metadata,request_hash}}'::text[]
+                      || jsonb_build_object('metadata', length(r.metadata) > 0),
+                    to_jsonb(e) - '{{event_id,object_id,row_hash}}'::text[]
+                      || jsonb_build_object('details', e.details - 'redemption_id',
+                                            'hash', length(e.row_hash)))
+               FROM voucher.redemption r
+               JOIN voucher.audit_event e
+                 ON e.tenant_id = r.tenant_id AND e.action = 'redemption.created'
+                AND e.details->>'redemption_id' = r.redemption_id::text
+              WHERE r.redemption_id = '{id}'"
+        ))
+        .unwrap()
+        .unwrap()
+    }
+
+    fn audit_ok() -> String {
+        Spi::get_one::<String>(
+            "SELECT format('%s %s %s', ok, rows_checked, problem) FROM voucher.verify_audit()",
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// Written here, a redemption and its audit row are what the statement writes (column for
+    /// column, the row hash verifying), for every claim: the fast claim, the claim of an
+    /// evaluated voucher (a per-customer limit) and the spread claim (no limit); and each of
+    /// the checks that make a call take the statement does: an INSERT trigger, a rule, a second
+    /// policy (which then applies: one that refuses the audit row makes the redemption fail), a
+    /// column this module does not know (whose default the statement fills), another tenant's
+    /// context.
+    #[pg_test]
+    fn direct_rows_are_the_statements_rows() {
+        Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('direct')), session => true)",
+        )
+        .unwrap();
+        Spi::run(
+            "WITH k AS (SELECT voucher.create_campaign('limited', redemption_limit => 9, \
+                    discount_type => 'percent', discount_value => 10) AS id) \
+             SELECT voucher.add_code(k.id, c) FROM k, unnest('{L1,L2,L3,L4,L5,L6}'::text[]) c;
+             WITH k AS (SELECT voucher.create_campaign('per customer', per_customer_limit => 5, \
+                    discount_type => 'amount', discount_value => 5) AS id) \
+             SELECT voucher.add_code(k.id, c) FROM k, unnest('{C1,C2}'::text[]) c;
+             SELECT voucher.add_code(voucher.create_campaign('open', redemption_limit => NULL, \
+                    discount_type => 'percent', discount_value => 20), 'OPEN1')",
+        )
+        .unwrap();
+        // the fast claim, written here; again with an INSERT trigger on voucher.redemption: the
+        // statement writes it, with the same columns
+        let (direct, yes) = redeem("L1", "kx1");
+        assert!(yes);
+        Spi::run(
+            "CREATE FUNCTION pg_temp.nothing() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER t AFTER INSERT ON voucher.redemption \
+                FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.nothing()",
+        )
+        .unwrap();
+        let (by_statement, yes) = redeem("L2", "kx2");
+        assert!(!yes);
+        let same = |a: pgrx::Uuid, b: pgrx::Uuid, ka: &str, kb: &str| {
+            assert_eq!(rows(a).replace(ka, "K"), rows(b).replace(kb, "K"));
+        };
+        same(direct, by_statement, "kx1", "kx2");
+        Spi::run("DROP TRIGGER t ON voucher.redemption").unwrap();
+        assert!(redeem("L3", "kx3").1);
+        // a rule, then a second (restrictive) policy on the audit log: the statement
+        Spi::run("CREATE RULE r AS ON INSERT TO voucher.audit_event DO ALSO NOTHING").unwrap();
+        assert!(!redeem("L4", "kx4").1);
+        Spi::run("DROP RULE r ON voucher.audit_event").unwrap();
+        Spi::run(
+            "CREATE POLICY extra ON voucher.audit_event AS RESTRICTIVE WITH CHECK (action <> 'x')",
+        )
+        .unwrap();
+        assert!(!redeem("L5", "kx5").1);
+        // one that refuses the row: the statement applies it (PostgreSQL's own error, 42501)
+        Spi::run(
+            "ALTER POLICY extra ON voucher.audit_event WITH CHECK (action <> 'redemption.created');
+             DO $$ BEGIN
+                 PERFORM voucher.redeem('L6', order_amount => 10);
+                 RAISE EXCEPTION 'the policy did not refuse the audit row';
+             EXCEPTION WHEN insufficient_privilege THEN NULL;
+             END $$",
+        )
+        .unwrap();
+        Spi::run("DROP POLICY extra ON voucher.audit_event").unwrap();
+        // a column added by hand: the statement, which fills its default
+        Spi::run("ALTER TABLE voucher.redemption ADD COLUMN note text DEFAULT 'by hand'").unwrap();
+        let (with_note, yes) = redeem("L6", "kx6");
+        assert!(!yes);
+        assert_eq!(
+            Spi::get_one::<String>(&format!(
+                "SELECT note FROM voucher.redemption WHERE redemption_id = '{with_note}'"
+            )),
+            Ok(Some("by hand".into()))
+        );
+        Spi::run("ALTER TABLE voucher.redemption DROP COLUMN note").unwrap();
+        // the evaluated claim (per-customer limit) and the spread claim, here and by statement
+        let (c1, yes) = redeem("C1", "cx1");
+        assert!(yes);
+        Spi::run(
+            "CREATE TRIGGER t AFTER INSERT ON voucher.audit_event \
+                FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.nothing()",
+        )
+        .unwrap();
+        let (c2, yes) = redeem("C2", "cx2");
+        assert!(!yes);
+        same(c1, c2, "cx1", "cx2");
+        let (o2, _) = redeem("OPEN1", "ox2");
+        Spi::run("DROP TRIGGER t ON voucher.audit_event").unwrap();
+        let (o1, yes) = redeem("OPEN1", "ox1");
+        assert!(yes);
+        same(o1, o2, "ox1", "ox2");
+        assert!(!rows(o1).contains("\"use_slot\": null"), "{}", rows(o1));
+        // a redemption written here with the dropped column's attribute in the descriptor
+        let (after_drop, yes) = redeem("OPEN1", "ox3");
+        assert!(yes);
+        same(o1, after_drop, "ox1", "ox3");
+        // the replay of a key written here finds it
+        assert_eq!(
+            Spi::get_one::<bool>(
+                "SELECT replayed FROM voucher.redeem('L1', customer => 'cust-direct', \
+                        order_amount => 80.00, order_id => 'order-kx1', idempotency_key => 'kx1', \
+                        metadata => '{\"channel\": \"web\"}')"
+            ),
+            Ok(Some(true))
+        );
+        assert_eq!(audit_ok().split(' ').next(), Some("t"), "{}", audit_ok());
+        // another tenant's context: not this tenant's rows to write
+        assert!(as_other_tenant_none());
+    }
+
+    fn as_other_tenant_none() -> bool {
+        let other = pgrx::Uuid::from_bytes([7; 16]);
+        crate::tenancy::definer::as_definer(|| super::Writer::open(other).is_none())
+    }
+}
