@@ -113,6 +113,10 @@ pub fn find_or_create(
         None => store::source_index(client, tenant, source_id)?,
     };
     let find = |client: &SpiClient<'_>, index: &Vec<u8>| {
+        // by the index and a row lock, without the statement, where that holds (redeem's lookup)
+        if let Ok(found) = crate::redeem::lookup::lock_customer(store::uuid(tenant), index) {
+            return found;
+        }
         store::kept(
             client,
             // FOR KEY SHARE (privacy): a forget_customer in progress makes this wait, and the

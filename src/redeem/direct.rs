@@ -274,6 +274,19 @@ impl Writer {
         }
     }
 
+    /// Will [`Writer::open`] most likely write for `tenant`: the same checks without opening
+    /// the tables, on the resolutions as kept (none yet: yes, if the schema is the usual one).
+    pub fn likely(tenant: pgrx::Uuid) -> bool {
+        let usable = |cache: &'static std::thread::LocalKey<Cell<Option<Option<Target>>>>| {
+            cache.with(|k| !matches!(k.get(), Some(None)))
+        };
+        // SAFETY: reads backend-local state.
+        lookup::may_probe(tenant)
+            && !unsafe { pg_sys::XactReadOnly }
+            && usable(&REDEMPTIONS)
+            && usable(&AUDITS)
+    }
+
     /// Closes both tables (their locks are kept to the end of the transaction).
     pub fn close(self) {
         // SAFETY: opened by `open`.

@@ -589,7 +589,7 @@ thread_local! {
     /// voucher.redemption and its idempotency key index.
     static KEYS: Cell<Option<Option<OneIndex<RedemptionAtts>>>> = const { Cell::new(None) };
     /// voucher.customer and its unique index on (tenant_id, source_index).
-    static CUSTOMERS: Cell<Option<Option<OneIndex<()>>>> = const { Cell::new(None) };
+    static CUSTOMERS: Cell<Option<Option<OneIndex<CustomerAtts>>>> = const { Cell::new(None) };
 }
 
 /// The redemption an idempotency key names: redemption_id, voucher_id, discount,
@@ -684,9 +684,7 @@ pub fn customer_exists(tenant: pgrx::Uuid, source_index: &[u8]) -> Option<bool> 
         return None;
     }
     // SAFETY: catalog look-ups; raises a normal ERROR on failure.
-    let r = resolved_one(&CUSTOMERS, || unsafe {
-        resolve_one(c"customer", "source_index", false, |_| Some(()))
-    })?;
+    let r = customers()?;
     // SAFETY: as in `find`; the bytea datum lives in this memory context during the scan.
     let found = unsafe {
         probe_one(
@@ -699,6 +697,134 @@ pub fn customer_exists(tenant: pgrx::Uuid, source_index: &[u8]) -> Option<bool> 
         )
     };
     found.ok().map(|found| found.is_some())
+}
+
+/// The columns of voucher.customer [`lock_customer`] reads.
+#[derive(Clone, Copy)]
+struct CustomerAtts {
+    customer_id: i16,
+    source_index: i16,
+}
+
+/// voucher.customer and its unique index on (tenant_id, source_index), resolved.
+fn customers() -> Option<OneIndex<CustomerAtts>> {
+    // SAFETY: catalog look-ups; raises a normal ERROR on failure.
+    resolved_one(&CUSTOMERS, || unsafe {
+        resolve_one(c"customer", "source_index", false, |a| {
+            Some(CustomerAtts {
+                customer_id: a("customer_id")?,
+                source_index: a("source_index")?,
+            })
+        })
+    })
+}
+
+/// The customer of `tenant` with this blind index of its source_id, locked as `SELECT
+/// customer_id FROM voucher.customer WHERE tenant_id = $1 AND source_index = $2 FOR KEY SHARE`
+/// (`crypto::customers::find_or_create`) locks it, without the statement (about 60k
+/// instructions per shop redemption: plan check, executor start and end of a LockRows over an
+/// index scan and the RLS init plan; issue 17). Under the rules of [`probe_one`] (the verified
+/// policy, the row's tenant checked again, voucher_definer's SELECT privilege, and the UPDATE
+/// privilege on some column a row lock needs), in READ COMMITTED only: the row is read on a fresh
+/// snapshot, then locked FOR KEY SHARE, waiting as the statement waits; a row a concurrent
+/// transaction changed meanwhile is locked in its latest version and matched again on it, as
+/// the statement's re-check (EvalPlanQual) does: a `forget_customer` that replaced its blind
+/// index makes it no match, a deleted row is none. Err(()) when the statement must answer
+/// (REPEATABLE READ or SERIALIZABLE, where the statement raises a serialization failure
+/// instead; a row this transaction changed since; anything `probe_one` leaves to it).
+/// Call as voucher_definer.
+pub fn lock_customer(tenant: pgrx::Uuid, source_index: &[u8]) -> Result<Option<pgrx::Uuid>, ()> {
+    trim_policies();
+    // SAFETY: reads backend-local state.
+    let snapshot_per_statement =
+        unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
+    if !may_probe(tenant) || !snapshot_per_statement {
+        return Err(());
+    }
+    let r = customers().ok_or(())?;
+    // SAFETY: as in `probe_one`; the table is opened with the lock a row-locking SELECT takes.
+    unsafe {
+        if !may_read(r.rel)
+            || pg_sys::pg_attribute_aclcheck_all(
+                r.rel,
+                pg_sys::GetUserId(),
+                pg_sys::ACL_UPDATE as pg_sys::AclMode,
+                pg_sys::AclMaskHow::ACLMASK_ANY,
+            ) != pg_sys::AclResult::ACLCHECK_OK
+        {
+            return Err(());
+        }
+        let rel = pg_sys::try_table_open(r.rel, pg_sys::RowShareLock as i32);
+        if rel.is_null() {
+            return Err(());
+        }
+        let current = CUSTOMERS.with(|k| k.get()).is_some();
+        let out = if current && policy_holds(rel, &r.policy) {
+            pg_sys::CommandCounterIncrement();
+            pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let out = lock_by_index(rel, &r, &tenant, source_index);
+            pg_sys::PopActiveSnapshot();
+            out
+        } else {
+            Err(())
+        };
+        pg_sys::table_close(rel, pg_sys::NoLock as i32);
+        out
+    }
+}
+
+/// [`lock_customer`]'s scan and lock, under the active snapshot.
+unsafe fn lock_by_index(
+    rel: pg_sys::Relation,
+    r: &OneIndex<CustomerAtts>,
+    tenant: &pgrx::Uuid,
+    source_index: &[u8],
+) -> Result<Option<pgrx::Uuid>, ()> {
+    let snapshot = pg_sys::GetActiveSnapshot();
+    let idx = pg_sys::index_open(r.index, pg_sys::RowShareLock as i32);
+    let key = source_index.into_datum().expect("a bytea datum");
+    let mut keys = tenant_keys(idx, tenant);
+    eq_key(&mut keys[1], idx, 2, pg_sys::F_BYTEAEQ, key);
+    let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let a = r.atts;
+    let ours = |slot| {
+        pg_sys::slot_getallattrs(slot);
+        let row = Row { slot };
+        (row.get::<pgrx::Uuid>(r.tenant_id).as_ref() == Some(tenant)
+            && row.get::<&[u8]>(a.source_index) == Some(source_index))
+        .then(|| row.get::<pgrx::Uuid>(a.customer_id))
+        .flatten()
+    };
+    let mut out = Ok(None);
+    if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        && ours(slot).is_some()
+    {
+        let mut tid = (*slot).tts_tid;
+        let mut failure = pg_sys::TM_FailureData::default();
+        let locked = pg_sys::table_tuple_lock(
+            rel,
+            &mut tid,
+            snapshot,
+            slot,
+            pg_sys::GetCurrentCommandId(true),
+            pg_sys::LockTupleMode::LockTupleKeyShare,
+            pg_sys::LockWaitPolicy::LockWaitBlock,
+            pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
+            &mut failure,
+        );
+        out = match locked {
+            // the version locked, matched again (EvalPlanQual's re-check when it is a newer one)
+            pg_sys::TM_Result::TM_Ok => Ok(ours(slot)),
+            pg_sys::TM_Result::TM_Deleted => Ok(None),
+            _ => Err(()),
+        };
+    }
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    out
 }
 
 #[cfg(any(test, feature = "pg_test"))]
@@ -895,5 +1021,53 @@ mod tests {
         // another tenant's context: not answered for a; b does not see a's customer
         assert_eq!(as_definer(|| customer_exists(a, &known)), None);
         assert_eq!(as_definer(|| customer_exists(b, &known)), Some(false));
+    }
+
+    /// The customer lock finds what the statement finds and locks it FOR KEY SHARE (the row's
+    /// xmax is this transaction), each tenant only its own customer; it leaves the answer to the
+    /// statement in REPEATABLE READ and for another tenant's context; a customer forgotten
+    /// (its blind index replaced) is no match.
+    #[pg_test]
+    fn the_customer_lock_locks_only_the_tenants_own_customer() {
+        use super::lock_customer;
+        let a = authenticate("customer lock a");
+        let customer = Spi::get_one::<pgrx::Uuid>("SELECT voucher.upsert_customer('lock-1')")
+            .unwrap()
+            .unwrap();
+        let index = Spi::get_one_with_args::<Vec<u8>>(
+            "SELECT source_index FROM voucher.customer WHERE customer_id = $1",
+            &[customer.into()],
+        )
+        .unwrap()
+        .unwrap();
+        let locker = || {
+            Spi::get_one_with_args::<bool>(
+                "SELECT xmax::text = pg_current_xact_id()::text FROM voucher.customer \
+                  WHERE customer_id = $1",
+                &[customer.into()],
+            )
+            .unwrap()
+        };
+        assert_eq!(locker(), Some(false));
+        assert_eq!(as_definer(|| lock_customer(a, &index)), Ok(Some(customer)));
+        assert_eq!(locker(), Some(true));
+        assert_eq!(as_definer(|| lock_customer(a, &[7u8; 32])), Ok(None));
+        let b = authenticate("customer lock b");
+        assert_eq!(as_definer(|| lock_customer(a, &index)), Err(()));
+        assert_eq!(as_definer(|| lock_customer(b, &index)), Ok(None));
+        // forgotten: its blind index is replaced, the old one finds nothing
+        Spi::get_one::<pgrx::Uuid>(&format!(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', tenant => '{a}'), \
+                    session => true)"
+        ))
+        .unwrap();
+        Spi::run("SELECT voucher.forget_customer('lock-1')").unwrap();
+        assert_eq!(as_definer(|| lock_customer(a, &index)), Ok(None));
+        // SAFETY: sets the backend's isolation level for the check, then restores it.
+        let saved = unsafe { pg_sys::XactIsoLevel };
+        unsafe { pg_sys::XactIsoLevel = pg_sys::XACT_REPEATABLE_READ as i32 };
+        let in_rr = as_definer(|| lock_customer(a, &index));
+        unsafe { pg_sys::XactIsoLevel = saved };
+        assert_eq!(in_rr, Err(()));
     }
 }

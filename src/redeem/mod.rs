@@ -20,7 +20,7 @@ mod direct;
 pub mod discount;
 pub mod hot;
 pub mod idempotency;
-mod lookup;
+pub(crate) mod lookup;
 pub mod rules;
 pub mod statements;
 pub mod validate;
