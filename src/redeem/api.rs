@@ -19,6 +19,7 @@ use pgrx::prelude::*;
 use pgrx::spi::OwnedPreparedStatement;
 use pgrx::{AnyNumeric, JsonB};
 
+use super::claim::{self, Claim};
 use super::direct::{RedemptionRow, Writer};
 use super::hot;
 use super::idempotency::{self, RedeemRow};
@@ -192,6 +193,45 @@ fn redeem_impl(
             // A claim for the direct writer (direct.rs) returns the columns of
             // `statements::claimed`; the writer then adds the redemption and its audit row.
             let actor_text = actor_json.as_str();
+            /// What a claim gives the direct writer.
+            struct Claimed {
+                voucher_id: pgrx::Uuid,
+                campaign_id: pgrx::Uuid,
+                customer_id: Option<pgrx::Uuid>,
+                amount: Option<AnyNumeric>,
+                discount: AnyNumeric,
+                balance_after: Option<AnyNumeric>,
+                use_slot: Option<i16>,
+            }
+            let write = |w: Writer, c: Claimed| -> Result<RedeemRow> {
+                w.record(&RedemptionRow {
+                    tenant,
+                    redemption_id,
+                    voucher_id: c.voucher_id,
+                    campaign_id: c.campaign_id,
+                    customer_id: c.customer_id,
+                    order_id,
+                    order_amount: req.order_amount.clone(),
+                    amount: c.amount,
+                    discount: c.discount.clone(),
+                    balance_after: c.balance_after.clone(),
+                    idempotency_key,
+                    request_hash: hash.as_deref(),
+                    metadata: meta_ct.as_deref(),
+                    redeemed_by: actor.as_str(),
+                    key_id: meta_key,
+                    use_slot: c.use_slot,
+                    actor_text,
+                    actor_jsonb: audit::write::jsonb_kept(&actors.1).0,
+                })?;
+                Ok((
+                    redemption_id,
+                    c.voucher_id,
+                    c.discount,
+                    c.balance_after,
+                    false,
+                ))
+            };
             let record =
                 |w: Writer, rows: pgrx::spi::SpiTupleTable<'_>| -> Result<Option<RedeemRow>> {
                     if rows.is_empty() {
@@ -199,36 +239,16 @@ fn redeem_impl(
                         return Ok(None);
                     }
                     let row = rows.first();
-                    let voucher_id: pgrx::Uuid = row.get(1).ok().flatten().expect("voucher_id");
-                    let discount: AnyNumeric = row.get(5).ok().flatten().expect("discount");
-                    let balance_after: Option<AnyNumeric> = row.get(6).ok().flatten();
-                    w.record(&RedemptionRow {
-                        tenant,
-                        redemption_id,
-                        voucher_id,
+                    let claimed = Claimed {
+                        voucher_id: row.get(1).ok().flatten().expect("voucher_id"),
                         campaign_id: row.get(2).ok().flatten().expect("campaign_id"),
                         customer_id: row.get(3).ok().flatten(),
-                        order_id,
-                        order_amount: req.order_amount.clone(),
                         amount: row.get(4).ok().flatten(),
-                        discount: discount.clone(),
-                        balance_after: balance_after.clone(),
-                        idempotency_key,
-                        request_hash: hash.as_deref(),
-                        metadata: meta_ct.as_deref(),
-                        redeemed_by: actor.as_str(),
-                        key_id: meta_key,
+                        discount: row.get(5).ok().flatten().expect("discount"),
+                        balance_after: row.get(6).ok().flatten(),
                         use_slot: row.get(7).ok().flatten(),
-                        actor_text,
-                        actor_jsonb: audit::write::jsonb_kept(&actors.1).0,
-                    })?;
-                    Ok(Some((
-                        redemption_id,
-                        voucher_id,
-                        discount,
-                        balance_after,
-                        false,
-                    )))
+                    };
+                    write(w, claimed).map(Some)
                 };
             // The one-statement claims, each in two forms: naming a customer (found by $6) or
             // none. A code seen to be a voucher without a limit takes the spread claim (hot.rs)
@@ -481,7 +501,7 @@ fn redeem_impl(
                 tenant.into(),
                 v.voucher_id.into(),
                 v.redemption_limit.into(),
-                spend.into(),
+                spend.clone().into(),
                 redemption_id.into(),
                 v.campaign_id.into(),
                 cust.into(),
@@ -496,18 +516,40 @@ fn redeem_impl(
                 meta_key.into(),
                 actor_jsonb(),
             ];
+            // (the claim itself without a statement where claim.rs can: the direct writer's
+            // tables are open by then)
             let made = match Writer::open(tenant) {
-                Some(w) => record(
-                    w,
-                    run(
-                        client,
-                        |s| &mut s.claim_direct,
-                        claim_direct_sql,
-                        &claim_types,
-                        true,
-                        &claim_args,
-                    ),
-                )?,
+                Some(w) => {
+                    match claim::claim(tenant, v.voucher_id, v.redemption_limit, spend.as_ref()) {
+                        Claim::Claimed(balance_after) => Some(write(
+                            w,
+                            Claimed {
+                                voucher_id: v.voucher_id,
+                                campaign_id: v.campaign_id,
+                                customer_id: cust,
+                                amount: spend.clone(),
+                                discount: discount.clone(),
+                                balance_after,
+                                use_slot: None,
+                            },
+                        )?),
+                        Claim::Missed => {
+                            w.close();
+                            None
+                        }
+                        Claim::Fallback => record(
+                            w,
+                            run(
+                                client,
+                                |s| &mut s.claim_direct,
+                                claim_direct_sql,
+                                &claim_types,
+                                true,
+                                &claim_args,
+                            ),
+                        )?,
+                    }
+                }
                 None => {
                     let claimed = run(
                         client,

@@ -194,6 +194,7 @@ pub(super) fn trim_policies() {
         return;
     }
     super::direct::forget_all();
+    super::claim::forget_all();
     CODES.with(|k| k.set(None));
     CAMPAIGNS.with(|k| k.set(None));
     KEYS.with(|k| k.set(None));
@@ -217,6 +218,7 @@ unsafe extern "C-unwind" fn forget(_arg: pg_sys::Datum, relid: pg_sys::Oid) {
     KEYS.with(|k| forget_one(k, relid));
     CUSTOMERS.with(|k| forget_one(k, relid));
     super::direct::forget(relid);
+    super::claim::forget(relid);
 }
 
 /// voucher.code by its unique index on (tenant_id, code), and voucher.campaign by its primary

@@ -15,6 +15,7 @@
 //! `_redemption_details` and `_claimable` (the one-statement claims' rules); nothing to Rust.
 
 pub mod api;
+mod claim;
 pub mod details;
 mod direct;
 pub mod discount;
