@@ -365,8 +365,16 @@ fn upsert_impl(
                 // INSERT first (one statement writes a new customer, its audit key and its
                 // audit row); on a conflict, the existing row, locked
                 let old = {
-                    // the transaction id, then the event id (the sealing horizon of the audit log)
-                    let event_id = crate::audit::write::take_event_id();
+                    // The audit row is written without a statement where redeem's direct writer
+                    // may write it (its checks: redeem/direct.rs), after the INSERT alone; else
+                    // by the INSERT's statement. The transaction id, then the event id (the
+                    // sealing horizon of the audit log): taken here for the statement, by the
+                    // writer after the INSERT.
+                    let writer = crate::redeem::direct::AuditWriter::open(store::uuid(&tenant));
+                    let event_id = match writer {
+                        Some(_) => 0,
+                        None => crate::audit::write::take_event_id(),
+                    };
                     let id = pgrx::Uuid::from_bytes(rng::uuid_v7());
                     let row = crate::common::uuid_text(id.as_bytes());
                     // the four fields and the customer's own key
@@ -401,8 +409,33 @@ fn upsert_impl(
                         event_id.into(),
                         crate::audit::write::jsonb_text(actor).into(),
                     ];
-                    let made = store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args);
-                    if !made.is_empty() {
+                    let made = match writer {
+                        Some(w) => {
+                            let made =
+                                !store::kept(client, INSERT_CUSTOMER, &INSERT_TYPES, &args[..10])
+                                    .is_empty();
+                            if made {
+                                let empty = crate::audit::write::jsonb_kept("{}");
+                                let actor_jsonb = crate::audit::write::jsonb_kept(actor);
+                                w.write(
+                                    &actor_jsonb.1,
+                                    actor_jsonb.0,
+                                    "customer.created",
+                                    "customer",
+                                    &row,
+                                    (empty.0, &empty.1),
+                                )?;
+                            } else {
+                                w.close();
+                            }
+                            made
+                        }
+                        None => {
+                            !store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args)
+                                .is_empty()
+                        }
+                    };
+                    if made {
                         return Ok((id, "", vec![]));
                     }
                     existing(client).expect("a concurrent upsert created it")

@@ -205,7 +205,6 @@ fn redeem_impl(
             }
             let write = |w: Writer, c: Claimed| -> Result<RedeemRow> {
                 w.record(&RedemptionRow {
-                    tenant,
                     redemption_id,
                     voucher_id: c.voucher_id,
                     campaign_id: c.campaign_id,

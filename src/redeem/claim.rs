@@ -377,7 +377,6 @@ unsafe fn update_locked(
         .cast::<pg_sys::ResultRelInfo>();
     (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
     pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
-    pg_sys::ExecOpenIndices(rri, false);
     if !(*(*rel).rd_att).constr.is_null() {
         pg_sys::ExecConstraints(rri, new, estate);
     }
@@ -390,6 +389,11 @@ unsafe fn update_locked(
         (*estate).es_snapshot,
         &mut update_indexes,
     );
+    // the indexes opened only for an update that is not HOT (the counters are in no index:
+    // almost every claim is HOT)
+    if update_indexes {
+        pg_sys::ExecOpenIndices(rri, false);
+    }
     if update_indexes && (*rri).ri_NumIndices > 0 {
         let recheck = pg_sys::ExecInsertIndexTuples(
             rri,
@@ -402,7 +406,9 @@ unsafe fn update_locked(
         );
         pg_sys::list_free(recheck);
     }
-    pg_sys::ExecCloseIndices(rri);
+    if update_indexes {
+        pg_sys::ExecCloseIndices(rri);
+    }
     pg_sys::ExecDropSingleTupleTableSlot(new);
     pg_sys::FreeExecutorState(estate);
     #[cfg(any(test, feature = "pg_test"))]

@@ -197,6 +197,8 @@ fn resolved(
 pub struct Writer {
     redemption: (pg_sys::Relation, Target),
     audit: (pg_sys::Relation, Target),
+    /// the tenant checked (`lookup::may_probe`): the only one whose rows this writes
+    tenant: pgrx::Uuid,
 }
 
 /// The opened table if every per-call check holds (else it is closed again).
@@ -270,6 +272,7 @@ impl Writer {
             Some(Writer {
                 redemption: (r, red),
                 audit: (a, aud),
+                tenant,
             })
         }
     }
@@ -323,32 +326,19 @@ impl Writer {
                 .expect("jsonb prints UTF-8")
                 .to_string()
         };
-        let tenant = *r.tenant;
         let object_id = crate::common::uuid_text(r.voucher_id.as_bytes());
-        let hash = with_key(|_, keyed| {
-            keyed.row_hash(&Canonical {
-                tenant: &tenant,
-                event_id,
-                at_micros: at,
-                actor: r.actor_text,
-                action: "redemption.created",
-                object_type: Some("voucher"),
-                object_id: Some(&object_id),
-                details: &details_text,
-            })
+        let audit_values = audit_row(&Event {
+            tenant: self.tenant,
+            event_id,
+            at,
+            actor_text: r.actor_text,
+            actor_jsonb: r.actor_jsonb,
+            action: "redemption.created",
+            object_type: "voucher",
+            object_id: &object_id,
+            details: (details.datum(), &details_text),
         })?;
-        let audit_values = [
-            r.tenant.into_datum(),
-            event_id.into_datum(),
-            Some(pg_sys::Datum::from(at)),
-            Some(r.actor_jsonb),
-            "redemption.created".into_datum(),
-            "voucher".into_datum(),
-            object_id.as_str().into_datum(),
-            Some(details.datum()),
-            hash.as_slice().into_datum(),
-        ];
-        let red_values = r.values(at);
+        let red_values = r.values(self.tenant, at);
         // SAFETY: both tables open and checked (`open`); the values are datums of the columns'
         // types, live in this memory context.
         unsafe {
@@ -368,6 +358,125 @@ impl Writer {
 thread_local! {
     /// Redemptions written here, for the tests that must know which path a call took.
     pub(super) static WRITTEN: Cell<u64> = const { Cell::new(0) };
+    /// Audit rows [`AuditWriter`] wrote.
+    pub(crate) static AUDITED: Cell<u64> = const { Cell::new(0) };
+}
+
+/// An audit row's fields, as the writers have them.
+pub struct Event<'a> {
+    pub tenant: pgrx::Uuid,
+    pub event_id: i64,
+    pub at: pg_sys::TimestampTz,
+    /// the actor as `::jsonb::text` prints it (hashed) and as a jsonb datum (stored)
+    pub actor_text: &'a str,
+    pub actor_jsonb: pg_sys::Datum,
+    pub action: &'a str,
+    pub object_type: &'a str,
+    pub object_id: &'a str,
+    /// the details as a jsonb datum and as `jsonb_out` prints it
+    pub details: (pg_sys::Datum, &'a str),
+}
+
+/// The values of [`AUDIT`]'s columns for `e`, its row hash made over them as stored (what
+/// `voucher._audit_hash` makes of the same fields).
+fn audit_row(e: &Event<'_>) -> Result<[Option<pg_sys::Datum>; 9]> {
+    let tenant = *e.tenant;
+    let hash = with_key(|_, keyed| {
+        keyed.row_hash(&Canonical {
+            tenant: &tenant,
+            event_id: e.event_id,
+            at_micros: e.at,
+            actor: e.actor_text,
+            action: e.action,
+            object_type: Some(e.object_type),
+            object_id: Some(e.object_id),
+            details: e.details.1,
+        })
+    })?;
+    Ok([
+        e.tenant.into_datum(),
+        e.event_id.into_datum(),
+        Some(pg_sys::Datum::from(e.at)),
+        Some(e.actor_jsonb),
+        e.action.into_datum(),
+        e.object_type.into_datum(),
+        e.object_id.into_datum(),
+        Some(e.details.0),
+        hash.as_slice().into_datum(),
+    ])
+}
+
+/// voucher.audit_event alone, opened for writing as [`Writer`] opens it (the same checks), for a
+/// writer whose own row goes in by a statement: `upsert_customer`'s INSERT ... ON CONFLICT DO
+/// NOTHING, whose conflict handling only a statement has, followed by its `customer.created` row
+/// (E1 of issue 14: that row as a second data-modifying part of the statement was about a
+/// fifth of the call).
+pub struct AuditWriter {
+    audit: (pg_sys::Relation, Target),
+    /// the tenant checked (`lookup::may_probe`): the only one whose rows this writes
+    tenant: pgrx::Uuid,
+}
+
+impl AuditWriter {
+    /// The audit log, if this call may write it directly for `tenant`. Call as
+    /// voucher_definer; then [`AuditWriter::write`] or [`AuditWriter::close`].
+    pub fn open(tenant: pgrx::Uuid) -> Option<AuditWriter> {
+        lookup::trim_policies();
+        // SAFETY: reads backend-local state.
+        if !lookup::may_probe(tenant) || unsafe { pg_sys::XactReadOnly } {
+            return None;
+        }
+        let aud = resolved(&AUDITS, c"audit_event", AUDIT)?;
+        // SAFETY: as in `Writer::open`.
+        let a = unsafe { open_one(&AUDITS, &aud)? };
+        Some(AuditWriter {
+            audit: (a, aud),
+            tenant,
+        })
+    }
+
+    /// Closes the table (its lock is kept to the end of the transaction).
+    pub fn close(self) {
+        // SAFETY: opened by `open`.
+        unsafe { pg_sys::table_close(self.audit.0, pg_sys::NoLock as i32) };
+    }
+
+    /// Writes one audit row of the tenant it was opened for, at now(), with the next event id;
+    /// `details` as a jsonb datum and its `jsonb_out` text. Then closes the table.
+    #[allow(clippy::too_many_arguments)]
+    pub fn write(
+        self,
+        actor_text: &str,
+        actor_jsonb: pg_sys::Datum,
+        action: &str,
+        object_type: &str,
+        object_id: &str,
+        details: (pg_sys::Datum, &str),
+    ) -> Result<()> {
+        // SAFETY: now() of the transaction.
+        let at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        let values = audit_row(&Event {
+            tenant: self.tenant,
+            event_id: crate::audit::write::take_event_id(),
+            at,
+            actor_text,
+            actor_jsonb,
+            action,
+            object_type,
+            object_id,
+            details,
+        })?;
+        // SAFETY: the table open and checked (`open`); the values live in this memory context.
+        unsafe {
+            let estate = pg_sys::CreateExecutorState();
+            insert(estate, self.audit, &values);
+            pg_sys::FreeExecutorState(estate);
+        }
+        #[cfg(any(test, feature = "pg_test"))]
+        AUDITED.with(|w| w.set(w.get() + 1));
+        self.close();
+        Ok(())
+    }
 }
 
 /// One row into `rel`: its values placed by the target's map, inserted with
@@ -400,7 +509,6 @@ unsafe fn insert(
 
 /// A redemption row and what its audit row names besides.
 pub struct RedemptionRow<'a> {
-    pub tenant: pgrx::Uuid,
     pub redemption_id: pgrx::Uuid,
     pub voucher_id: pgrx::Uuid,
     pub campaign_id: pgrx::Uuid,
@@ -424,9 +532,9 @@ pub struct RedemptionRow<'a> {
 
 impl RedemptionRow<'_> {
     /// The values of [`REDEMPTION`]'s columns, in its order.
-    fn values(&self, at: pg_sys::TimestampTz) -> [Option<pg_sys::Datum>; 20] {
+    fn values(&self, tenant: pgrx::Uuid, at: pg_sys::TimestampTz) -> [Option<pg_sys::Datum>; 20] {
         [
-            self.tenant.into_datum(),
+            tenant.into_datum(),
             self.redemption_id.into_datum(),
             self.voucher_id.into_datum(),
             self.campaign_id.into_datum(),
@@ -611,6 +719,51 @@ mod tests {
         assert_eq!(audit_ok().split(' ').next(), Some("t"), "{}", audit_ok());
         // another tenant's context: not this tenant's rows to write
         assert!(as_other_tenant_none());
+    }
+
+    /// `upsert_customer`'s `customer.created` row written here is the statement's row (every
+    /// column but the event and customer ids), and verifies; with an INSERT trigger on the audit
+    /// log the statement writes it.
+    #[pg_test]
+    fn a_new_customers_audit_row_is_the_statements_row() {
+        Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('direct audit')), session => true)",
+        )
+        .unwrap();
+        let audited = || super::AUDITED.with(|w| w.get());
+        let created = |source: &str| {
+            let id = Spi::get_one::<pgrx::Uuid>(&format!(
+                "SELECT voucher.upsert_customer('{source}', 'a@example.com', 'A')"
+            ))
+            .unwrap()
+            .unwrap();
+            Spi::get_one::<String>(&format!(
+                "SELECT (to_jsonb(e) - '{{event_id,object_id,row_hash}}'::text[])::text
+                   FROM voucher.audit_event e
+                  WHERE e.action = 'customer.created' AND e.object_id = '{id}'"
+            ))
+            .unwrap()
+            .unwrap()
+        };
+        let before = audited();
+        let direct = created("first");
+        assert_eq!(audited(), before + 1);
+        Spi::run(
+            "CREATE FUNCTION pg_temp.nothing() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RETURN NULL; END $$;
+             CREATE TRIGGER t AFTER INSERT ON voucher.audit_event \
+                FOR EACH STATEMENT EXECUTE FUNCTION pg_temp.nothing()",
+        )
+        .unwrap();
+        let by_statement = created("second");
+        assert_eq!(audited(), before + 1);
+        assert_eq!(direct, by_statement);
+        Spi::run("DROP TRIGGER t ON voucher.audit_event").unwrap();
+        // an existing customer: no customer.created row
+        created("first");
+        assert_eq!(audited(), before + 1);
+        assert_eq!(audit_ok().split(' ').next(), Some("t"), "{}", audit_ok());
     }
 
     fn as_other_tenant_none() -> bool {

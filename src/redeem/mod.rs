@@ -17,7 +17,7 @@
 pub mod api;
 mod claim;
 pub mod details;
-mod direct;
+pub(crate) mod direct;
 pub mod discount;
 pub mod hot;
 pub mod idempotency;
