@@ -144,3 +144,44 @@ pub unsafe fn eq_key(
         arg,
     );
 }
+
+/// The id of table voucher.`name`, or None (no such schema or table).
+///
+/// # Safety
+/// Catalog look-ups: call inside a transaction.
+pub unsafe fn voucher_table(name: &CStr) -> Option<pg_sys::Oid> {
+    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
+    if schema == pg_sys::InvalidOid {
+        return None;
+    }
+    let oid = pg_sys::get_relname_relid(name.as_ptr(), schema);
+    (oid != pg_sys::InvalidOid).then_some(oid)
+}
+
+/// Locks the row whose version `slot` holds (a row of `rel` read under `snapshot`) in `mode`,
+/// waiting for a concurrent change as a row-locking statement waits, and then the newest version
+/// of the row, which `slot` then holds (`TUPLE_LOCK_FLAG_FIND_LAST_VERSION`, what READ COMMITTED
+/// statements lock before their re-check): `TM_Ok`, or `TM_Deleted` when the row is gone.
+///
+/// # Safety
+/// `slot` must hold a tuple of `rel` with its tid; `snapshot` the active snapshot.
+pub unsafe fn lock_newest(
+    rel: pg_sys::Relation,
+    slot: *mut pg_sys::TupleTableSlot,
+    snapshot: pg_sys::Snapshot,
+    mode: pg_sys::LockTupleMode::Type,
+) -> pg_sys::TM_Result::Type {
+    let mut tid = (*slot).tts_tid;
+    let mut failure = pg_sys::TM_FailureData::default();
+    pg_sys::table_tuple_lock(
+        rel,
+        &mut tid,
+        snapshot,
+        slot,
+        pg_sys::GetCurrentCommandId(true),
+        mode,
+        pg_sys::LockWaitPolicy::LockWaitBlock,
+        pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
+        &mut failure,
+    )
+}

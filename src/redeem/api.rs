@@ -1,18 +1,24 @@
 //! Validation and redemption (../shared/API.md, "Validation and redemption").
 //!
-//! The hot path of the product, so it is Rust over kept prepared statements. `validate` looks the
-//! code up (its voucher and campaign rows, one statement of plain columns) and judges the rules
-//! in Rust. `redeem`'s common case is ONE statement: a conditional UPDATE of the voucher that
-//! re-checks every rule on the row itself, feeding the INSERT of the redemption and of its audit
-//! row, so the row lock is held only from that UPDATE to commit. When it matches no row (a rule
-//! failed, or the campaign limits redemptions per customer) the code is looked up and judged, to
-//! say why, or to claim the customer's allowance first on its own counter row (customer_usage,
-//! the same conditional way) and then the voucher. Idempotency keys are serialized by a
-//! transaction-scoped advisory lock plus a unique index. Lock order is always redemption ->
-//! customer_usage -> code, in rollback_redemption too, so the two cannot deadlock. A voucher
-//! without a limit counts its uses in slot rows instead of its own row (hot.rs).
+//! The hot path of the product, so it is Rust, with statements only where PostgreSQL's own
+//! machinery is the better tool. `validate` looks the code up (its voucher and campaign rows, by
+//! two index probes, lookup.rs, or one statement of plain columns) and judges the rules in Rust.
+//! `redeem`, where the direct paths apply (their checks: direct.rs, claim.rs, lookup.rs), looks
+//! the code up the same way, finds and locks the customer by its index, judges the rules, claims
+//! the customer's allowance on its own counter row (customer_usage, a conditional upsert) where
+//! the campaign limits redemptions per customer, claims the voucher by locking and updating its
+//! row (claim.rs: active, limit and balance re-checked on the newest locked version), and writes
+//! the redemption and its audit row (direct.rs). Elsewhere, the common case is ONE statement: a
+//! conditional UPDATE of the voucher that re-checks every rule on the row itself, feeding the
+//! INSERT of the redemption and of its audit row; when it matches no row the code is evaluated as
+//! above. Either way the voucher's row lock is held only from its claim to commit. Idempotency
+//! keys are serialized by a transaction-scoped advisory lock plus a unique index. Lock order is
+//! always redemption -> customer_usage -> code, in rollback_redemption too, so the two cannot
+//! deadlock. A voucher without a limit counts its uses in slot rows instead of its own row
+//! (hot.rs).
 //!
-//! Everything runs as voucher_definer, so row-level security applies to every statement.
+//! Everything runs as voucher_definer, so row-level security applies to every statement, and the
+//! direct paths run only where they apply it exactly as those statements would.
 
 use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;

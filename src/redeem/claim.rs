@@ -36,7 +36,7 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::lookup::{self, Policy};
-use crate::common::index::{attnum, eq_key, tenant_keys, unique_index};
+use crate::common::index::{attnum, eq_key, lock_newest, tenant_keys, unique_index, voucher_table};
 
 /// What the claim did.
 pub enum Claim {
@@ -117,14 +117,7 @@ unsafe fn triggers_stay_quiet(rel: pg_sys::Oid, changed: [i16; 2]) -> bool {
 
 /// voucher.code as the claim needs it, or None.
 unsafe fn resolve() -> Option<Code> {
-    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
-    if schema == pg_sys::InvalidOid {
-        return None;
-    }
-    let oid = pg_sys::get_relname_relid(c"code".as_ptr(), schema);
-    if oid == pg_sys::InvalidOid {
-        return None;
-    }
+    let oid = voucher_table(c"code")?;
     let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as i32);
     let code = (|| {
         let class = (*rel).rd_rel;
@@ -276,18 +269,11 @@ unsafe fn claim_row(
     let old = pg_sys::table_slot_create(rel, std::ptr::null_mut());
     let mut out = Claim::Missed;
     if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, old) {
-        let mut tid = (*old).tts_tid;
-        let mut failure = pg_sys::TM_FailureData::default();
-        let locked = pg_sys::table_tuple_lock(
+        let locked = lock_newest(
             rel,
-            &mut tid,
-            snapshot,
             old,
-            pg_sys::GetCurrentCommandId(true),
+            snapshot,
             pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
-            pg_sys::LockWaitPolicy::LockWaitBlock,
-            pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
-            &mut failure,
         );
         out = match locked {
             pg_sys::TM_Result::TM_Ok => update_locked(rel, c, old, tenant, voucher, limit, spend),

@@ -40,6 +40,7 @@ use super::lookup::{self, Policy};
 use crate::audit::hash::Canonical;
 use crate::audit::key::with_key;
 use crate::common::error::Result;
+use crate::common::index::voucher_table;
 
 /// Columns (name, type) of voucher.redemption, in the order of [`RedemptionRow::values`].
 const REDEMPTION: &[(&str, pg_sys::Oid)] = &[
@@ -122,14 +123,7 @@ pub(super) fn forget_all() {
 
 /// voucher.`table` resolved against `columns` (see the module comment), or None.
 unsafe fn resolve(table: &CStr, columns: &[(&str, pg_sys::Oid)]) -> Option<Target> {
-    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
-    if schema == pg_sys::InvalidOid {
-        return None;
-    }
-    let oid = pg_sys::get_relname_relid(table.as_ptr(), schema);
-    if oid == pg_sys::InvalidOid {
-        return None;
-    }
+    let oid = voucher_table(table)?;
     let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as i32);
     let target = target_of(rel, columns).and_then(|(natts, map)| {
         Some(Target {

@@ -27,7 +27,9 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::statements::Columns;
-use crate::common::index::{attnum, eq_key, tenant_keys, unique_index, unique_index_not_null};
+use crate::common::index::{
+    attnum, eq_key, lock_newest, tenant_keys, unique_index, unique_index_not_null, voucher_table,
+};
 use crate::tenancy::context;
 
 /// What the look-up found, or that it could not answer.
@@ -473,14 +475,7 @@ unsafe fn resolve_one<A: Copy>(
     not_null: bool,
     atts: impl FnOnce(&dyn Fn(&str) -> Option<i16>) -> Option<A>,
 ) -> Option<OneIndex<A>> {
-    let schema = pg_sys::get_namespace_oid(c"voucher".as_ptr(), true);
-    if schema == pg_sys::InvalidOid {
-        return None;
-    }
-    let oid = pg_sys::get_relname_relid(table.as_ptr(), schema);
-    if oid == pg_sys::InvalidOid {
-        return None;
-    }
+    let oid = voucher_table(table)?;
     let rel = pg_sys::table_open(oid, pg_sys::AccessShareLock as i32);
     let a = |n: &str| attnum(rel, n);
     let tenant_id = a("tenant_id");
@@ -803,18 +798,11 @@ unsafe fn lock_by_index(
     if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
         && ours(slot).is_some()
     {
-        let mut tid = (*slot).tts_tid;
-        let mut failure = pg_sys::TM_FailureData::default();
-        let locked = pg_sys::table_tuple_lock(
+        let locked = lock_newest(
             rel,
-            &mut tid,
-            snapshot,
             slot,
-            pg_sys::GetCurrentCommandId(true),
+            snapshot,
             pg_sys::LockTupleMode::LockTupleKeyShare,
-            pg_sys::LockWaitPolicy::LockWaitBlock,
-            pg_sys::TUPLE_LOCK_FLAG_FIND_LAST_VERSION as u8,
-            &mut failure,
         );
         out = match locked {
             // the version locked, matched again (EvalPlanQual's re-check when it is a newer one)

@@ -4,7 +4,11 @@
 //!   documented order.
 //! - `discount`: the campaign's discount for an order, shared by validate and redeem.
 //! - `statements`: the hot path's statements, prepared once per backend.
-//! - `lookup`: validate's look-up of a code and its campaign by index probes, no statement.
+//! - `lookup`: the look-ups of a code and its campaign, an idempotency key and a customer (found
+//!   and locked) by index probes, no statement.
+//! - `claim`: the claim of an evaluated voucher (its row locked and updated), no statement.
+//! - `direct`: the redemption's row and its audit row (and `upsert_customer`'s audit row)
+//!   written without a statement.
 //! - `idempotency`: idempotency keys (fingerprint, lock, look-up of the first result).
 //! - `hot`: vouchers without a limit count their uses in 16 slot rows (voucher.code_use), so a
 //!   hot voucher's redemptions do not queue on its row.
@@ -12,7 +16,9 @@
 //! - `validate` and `api` (`redeem`): the SQL-facing functions.
 //!
 //! Exports the SQL functions `validate`, `redeem`, `_discount`, `_money`,
-//! `_redemption_details` and `_claimable` (the one-statement claims' rules); nothing to Rust.
+//! `_redemption_details` and `_claimable` (the one-statement claims' rules); to Rust,
+//! `lookup::lock_customer` (crypto's `find_or_create`) and `direct::AuditWriter`
+//! (`upsert_customer`).
 
 pub mod api;
 mod claim;
