@@ -23,6 +23,11 @@ log "unit tests: $(elapsed "$t")"
 
 t=$(now)
 log "2/13 #[pg_test] tests (cargo pgrx test pg$PG_MAJOR)"
+# One test at a time: every #[pg_test] runs in its own transaction on one shared database, and
+# several change the schema of the tables every redemption writes (a trigger, a rule, a policy,
+# a column, to see the statements take over); run side by side, such a test and a redemption
+# in another can take the same tables' locks in opposite orders and deadlock.
+export RUST_TEST_THREADS=1
 if is_root; then
     pgdata="$(cluster_base)/pgrx-test-data"
     mkdir -p "$pgdata" && chown postgres: "$pgdata"

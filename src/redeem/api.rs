@@ -396,10 +396,14 @@ fn redeem_impl(
             // to say why, or to claim the customer's allowance first.
             // (the probes read as the statement would: after a command counter increment, on a
             // fresh snapshot, this transaction having its id)
+            let mut tid = None;
             let found = match super::lookup::find(tenant, &req.code) {
-                Found::Row(columns) => Some(voucher_of(&req, *columns, |campaign, customer| {
-                    used(client, tenant, campaign, customer, true)
-                })),
+                Found::Row(columns) => {
+                    tid = columns.tid;
+                    Some(voucher_of(&req, *columns, |campaign, customer| {
+                        used(client, tenant, campaign, customer, true)
+                    }))
+                }
                 Found::NoSuchCode => None,
                 Found::Fallback => evaluate(client, tenant, &req, true),
             };
@@ -525,7 +529,13 @@ fn redeem_impl(
             // tables are open by then)
             let made = match Writer::open(tenant) {
                 Some(w) => {
-                    match claim::claim(tenant, v.voucher_id, v.redemption_limit, spend.as_ref()) {
+                    match claim::claim(
+                        tenant,
+                        v.voucher_id,
+                        v.redemption_limit,
+                        spend.as_ref(),
+                        tid,
+                    ) {
                         Claim::Claimed(balance_after) => Some(write(
                             w,
                             Claimed {

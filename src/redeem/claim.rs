@@ -200,11 +200,17 @@ unsafe fn may_update(rel: pg_sys::Relation, c: &Code) -> bool {
 
 /// Claims a use of voucher `voucher` of `tenant` (and `spend` of its balance) if it is active,
 /// under `limit` uses, and has the balance: see the module comment. Call as voucher_definer.
+/// `at`: where this call's probe found the row (`lookup::find`, earlier in the transaction): it
+/// is locked there, and the lock follows the row to the newest version a concurrent transaction
+/// made (a version this transaction replaced: the statement answers), instead of finding it
+/// again by the primary key. (That version cannot have been pruned meanwhile: it was visible to
+/// a snapshot taken after the one the running statement holds, which keeps this backend's xmin.)
 pub fn claim(
     tenant: pgrx::Uuid,
     voucher: pgrx::Uuid,
     limit: Option<i32>,
     spend: Option<&AnyNumeric>,
+    at: Option<pg_sys::ItemPointerData>,
 ) -> Claim {
     lookup::trim_policies();
     // SAFETY: reads backend-local state.
@@ -228,7 +234,10 @@ pub fn claim(
             pg_sys::CheckCmdReplicaIdentity(rel, pg_sys::CmdType::CMD_UPDATE);
             pg_sys::CommandCounterIncrement();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
-            let out = claim_row(rel, &c, &tenant, &voucher, limit, spend);
+            let out = match at {
+                Some(tid) => claim_at(rel, &c, tid, &tenant, &voucher, limit, spend),
+                None => claim_row(rel, &c, &tenant, &voucher, limit, spend),
+            };
             pg_sys::PopActiveSnapshot();
             out
         } else {
@@ -285,6 +294,43 @@ unsafe fn claim_row(
     pg_sys::ExecDropSingleTupleTableSlot(old);
     pg_sys::index_endscan(scan);
     pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    out
+}
+
+/// Locks the row at `tid` (its newest version), checks it is the voucher's, then as
+/// [`claim_row`]. A row that is not the voucher's there leaves the answer to the statement.
+unsafe fn claim_at(
+    rel: pg_sys::Relation,
+    c: &Code,
+    tid: pg_sys::ItemPointerData,
+    tenant: &pgrx::Uuid,
+    voucher: &pgrx::Uuid,
+    limit: Option<i32>,
+    spend: Option<&AnyNumeric>,
+) -> Claim {
+    let snapshot = pg_sys::GetActiveSnapshot();
+    let old = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    (*old).tts_tid = tid;
+    let out = match lock_newest(
+        rel,
+        old,
+        snapshot,
+        pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
+    ) {
+        pg_sys::TM_Result::TM_Ok => {
+            pg_sys::slot_getallattrs(old);
+            let same = value::<pgrx::Uuid>(old, c.tenant_id).as_ref() == Some(tenant)
+                && value::<pgrx::Uuid>(old, c.voucher_id).as_ref() == Some(voucher);
+            if same {
+                update_locked(rel, c, old, tenant, voucher, limit, spend)
+            } else {
+                Claim::Fallback
+            }
+        }
+        pg_sys::TM_Result::TM_Deleted => Claim::Missed,
+        _ => Claim::Fallback,
+    };
+    pg_sys::ExecDropSingleTupleTableSlot(old);
     out
 }
 
@@ -469,7 +515,7 @@ mod tests {
         let spend = |s: i32| AnyNumeric::from(s);
         let go = |v, limit, s: Option<i32>| {
             show(as_definer(|| {
-                claim(tenant, v, limit, s.map(spend).as_ref())
+                claim(tenant, v, limit, s.map(spend).as_ref(), None)
             }))
         };
         let before = claimed();
@@ -532,7 +578,64 @@ mod tests {
         assert_eq!(go(gift, None, Some(1)), "claimed 17");
     }
 
+    /// The row's current tid, as the probe would hand it over.
+    fn ctid(code: &str) -> pg_sys::ItemPointerData {
+        let t = Spi::get_one::<String>(&format!(
+            "SELECT ctid::text FROM voucher.code WHERE code = '{code}'"
+        ))
+        .unwrap()
+        .unwrap();
+        let (b, o) = t
+            .trim_matches(|c| c == '(' || c == ')')
+            .split_once(',')
+            .unwrap();
+        let block: u32 = b.parse().unwrap();
+        pg_sys::ItemPointerData {
+            ip_blkid: pg_sys::BlockIdData {
+                bi_hi: (block >> 16) as u16,
+                bi_lo: (block & 0xffff) as u16,
+            },
+            ip_posid: o.parse().unwrap(),
+        }
+    }
+
+    /// Handed the tid the probe found, the claim locks the row there and claims as by the
+    /// primary key; a tid of another row, or of a version this transaction replaced, leaves the
+    /// answer to the statement.
+    #[pg_test]
+    fn the_claim_at_a_tid_follows_the_row() {
+        let tenant = Spi::get_one::<pgrx::Uuid>(
+            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
+                    tenant => voucher.create_tenant('claim at')), session => true)",
+        )
+        .unwrap()
+        .unwrap();
+        Spi::run(
+            "SELECT voucher.add_code(voucher.create_campaign('three', redemption_limit => 3), 'T3');
+             SELECT voucher.add_code(voucher.create_campaign('other', redemption_limit => 3), 'O3')",
+        )
+        .unwrap();
+        let (t3, o3) = (voucher("T3"), voucher("O3"));
+        let at = |v, tid| show(as_definer(|| claim(tenant, v, Some(3), None, Some(tid))));
+        let first = ctid("T3");
+        let place = |t: pg_sys::ItemPointerData| (t.ip_blkid.bi_hi, t.ip_blkid.bi_lo, t.ip_posid);
+        assert_eq!(at(t3, first), "claimed -");
+        // the row has a new version now, made by this transaction: an older tid is not one a
+        // probe of this call can hand over (its fresh snapshot sees the new version), and the
+        // statement answers; the current tid claims. (A version a concurrent transaction
+        // replaced is followed to the newest: the isolation specs' last use and gift card.)
+        assert_ne!(place(ctid("T3")), place(first));
+        assert_eq!(at(t3, first), "fallback");
+        assert_eq!(at(t3, ctid("T3")), "claimed -");
+        assert_eq!(at(t3, ctid("T3")), "claimed -");
+        assert_eq!(at(t3, ctid("T3")), "missed");
+        assert_eq!(row("T3"), "3 ");
+        // another row's tid: the statement answers
+        assert_eq!(at(t3, ctid("O3")), "fallback");
+        assert_eq!(at(o3, ctid("O3")), "claimed -");
+    }
+
     fn go_other(other: pgrx::Uuid, v: pgrx::Uuid) -> String {
-        show(as_definer(|| claim(other, v, None, None)))
+        show(as_definer(|| claim(other, v, None, None, None)))
     }
 }

@@ -411,10 +411,12 @@ unsafe fn probe_both(
                 row.get::<bool>(a.active),
                 row.get::<i32>(a.redeemed_count),
                 row.get::<AnyNumeric>(a.balance),
+                (*row.slot).tts_tid,
             )
         },
     );
-    let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance)) = voucher else {
+    let Some((Some(voucher_id), Some(campaign_id), active, redeemed, balance, tid)) = voucher
+    else {
         return Found::NoSuchCode;
     };
     let c = campaign_r.atts;
@@ -446,6 +448,7 @@ unsafe fn probe_both(
                 discount_value: row.get(c.discount_value),
                 max_discount: row.get(c.max_discount),
                 currency: row.get(c.currency),
+                tid: Some(tid),
             })
         },
     );

@@ -307,6 +307,9 @@ pub struct Columns {
     pub discount_value: Option<AnyNumeric>,
     pub max_discount: Option<AnyNumeric>,
     pub currency: Option<String>,
+    /// where the probe found the voucher's row version (`lookup`; None from a statement): the
+    /// claim locks it there instead of finding it again (`claim`)
+    pub tid: Option<pg_sys::ItemPointerData>,
 }
 
 pub fn evaluate(
@@ -357,6 +360,7 @@ pub fn evaluate(
         discount_value: r.get(13).ok().flatten(),
         max_discount: r.get(14).ok().flatten(),
         currency: r.get(15).ok().flatten(),
+        tid: None,
     };
     Some(voucher_of(req, columns, |campaign, customer| {
         used(client, tenant, campaign, customer, mutating)
@@ -471,6 +475,7 @@ pub fn claimable(
         discount_value: None,
         max_discount: None,
         currency: None,
+        tid: None,
     };
     let v = voucher_without_discount(&req, columns, |_, _| 0);
     if v.per_customer_limit.is_some() || super::hot::spreads(&v) != spread {
