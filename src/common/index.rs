@@ -185,3 +185,37 @@ pub unsafe fn lock_newest(
         &mut failure,
     )
 }
+
+/// The first row of `rel` whose index `index` on (tenant_id, key) holds `tenant` and `key`
+/// (equality function `key_proc`), read under the active snapshot into a slot of `rel`: `f`
+/// gets the slot (valid during the call) and that snapshot; None when there is no such row. The
+/// index is opened with `lock`, the lock the statement the caller stands in for takes (kept to
+/// the end of the transaction).
+///
+/// # Safety
+/// `rel` must be open; `index` one of its indexes whose first key column is a uuid; `key` must
+/// stay valid for the scan; there must be an active snapshot.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn first_by_index<R>(
+    rel: pg_sys::Relation,
+    index: pg_sys::Oid,
+    lock: u32,
+    tenant: &pgrx::Uuid,
+    key: pg_sys::Datum,
+    key_proc: u32,
+    f: impl FnOnce(*mut pg_sys::TupleTableSlot, pg_sys::Snapshot) -> R,
+) -> Option<R> {
+    let snapshot = pg_sys::GetActiveSnapshot();
+    let idx = pg_sys::index_open(index, lock as i32);
+    let mut keys = tenant_keys(idx, tenant);
+    eq_key(&mut keys[1], idx, 2, key_proc, key);
+    let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
+    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
+    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
+    let out = pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
+        .then(|| f(slot, snapshot));
+    pg_sys::ExecDropSingleTupleTableSlot(slot);
+    pg_sys::index_endscan(scan);
+    pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    out
+}

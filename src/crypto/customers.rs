@@ -417,14 +417,14 @@ fn upsert_impl(
                             if made {
                                 let empty = crate::audit::write::jsonb_kept("{}");
                                 let actor_jsonb = crate::audit::write::jsonb_kept(actor);
-                                w.write(
-                                    &actor_jsonb.1,
-                                    actor_jsonb.0,
-                                    "customer.created",
-                                    "customer",
-                                    &row,
-                                    (empty.0, &empty.1),
-                                )?;
+                                w.write(&crate::redeem::direct::Event {
+                                    actor_text: &actor_jsonb.1,
+                                    actor_jsonb: actor_jsonb.0,
+                                    action: "customer.created",
+                                    object_type: "customer",
+                                    object_id: &row,
+                                    details: (empty.0, &empty.1),
+                                })?;
                             } else {
                                 w.close();
                             }

@@ -36,7 +36,7 @@ use pgrx::prelude::*;
 use pgrx::AnyNumeric;
 
 use super::lookup::{self, Policy};
-use crate::common::index::{attnum, eq_key, lock_newest, tenant_keys, unique_index, voucher_table};
+use crate::common::index::{attnum, first_by_index, lock_newest, unique_index, voucher_table};
 
 /// What the claim did.
 pub enum Claim {
@@ -71,16 +71,7 @@ thread_local! {
 /// Forgets the resolution if `relid` is its table or index (InvalidOid: everything); called by
 /// `lookup`'s relcache callback.
 pub(super) fn forget(relid: pg_sys::Oid) {
-    CODE.with(|k| {
-        let stale = match k.get() {
-            Some(Some(c)) => relid == pg_sys::InvalidOid || relid == c.rel || relid == c.index,
-            Some(None) => true,
-            None => false,
-        };
-        if stale {
-            k.set(None);
-        }
-    });
+    CODE.with(|k| lookup::forget_cached(k, relid, |c| [c.rel, c.index].contains(&relid)));
 }
 
 /// Forgets the resolution (`lookup::trim_policies` frees the policy copy it points to).
@@ -159,15 +150,8 @@ unsafe fn resolve() -> Option<Code> {
 }
 
 fn resolved() -> Option<Code> {
-    lookup::forget_on_invalidation();
-    CODE.with(|k| {
-        k.get().unwrap_or_else(|| {
-            // SAFETY: catalog look-ups; a failure raises a normal ERROR.
-            let c = unsafe { resolve() };
-            k.set(Some(c));
-            c
-        })
-    })
+    // SAFETY: catalog look-ups; a failure raises a normal ERROR.
+    lookup::resolved_one(&CODE, || unsafe { resolve() })
 }
 
 /// The per-call checks of the module comment on the opened table.
@@ -254,7 +238,7 @@ unsafe fn value<T: FromDatum>(slot: *mut pg_sys::TupleTableSlot, att: i16) -> Op
     T::from_datum(*(*slot).tts_values.add(i), *(*slot).tts_isnull.add(i))
 }
 
-/// Finds, locks, checks and updates the row, under the active snapshot.
+/// Finds the row by the primary key, then as [`lock_and_claim`].
 unsafe fn claim_row(
     rel: pg_sys::Relation,
     c: &Code,
@@ -263,42 +247,33 @@ unsafe fn claim_row(
     limit: Option<i32>,
     spend: Option<&AnyNumeric>,
 ) -> Claim {
-    let snapshot = pg_sys::GetActiveSnapshot();
-    let idx = pg_sys::index_open(c.index, pg_sys::RowExclusiveLock as i32);
-    let mut keys = tenant_keys(idx, tenant);
-    eq_key(
-        &mut keys[1],
-        idx,
-        2,
+    let key = voucher.into_datum().expect("a uuid datum");
+    first_by_index(
+        rel,
+        c.index,
+        pg_sys::RowExclusiveLock,
+        tenant,
+        key,
         pg_sys::F_UUID_EQ,
-        voucher.into_datum().expect("a uuid datum"),
-    );
-    let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-    let old = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-    let mut out = Claim::Missed;
-    if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, old) {
-        let locked = lock_newest(
-            rel,
-            old,
-            snapshot,
-            pg_sys::LockTupleMode::LockTupleNoKeyExclusive,
-        );
-        out = match locked {
-            pg_sys::TM_Result::TM_Ok => update_locked(rel, c, old, tenant, voucher, limit, spend),
-            pg_sys::TM_Result::TM_Deleted => Claim::Missed,
-            // (nothing changed yet: the statement decides, and raises what it raises)
-            _ => Claim::Fallback,
-        };
-    }
-    pg_sys::ExecDropSingleTupleTableSlot(old);
-    pg_sys::index_endscan(scan);
-    pg_sys::index_close(idx, pg_sys::NoLock as i32);
-    out
+        |old, snapshot| {
+            lock_and_claim(
+                rel,
+                c,
+                old,
+                snapshot,
+                tenant,
+                voucher,
+                limit,
+                spend,
+                Claim::Missed,
+            )
+        },
+    )
+    .unwrap_or(Claim::Missed)
 }
 
-/// Locks the row at `tid` (its newest version), checks it is the voucher's, then as
-/// [`claim_row`]. A row that is not the voucher's there leaves the answer to the statement.
+/// Locks the row at `tid` (as a probe of this call found it), then as [`lock_and_claim`]. A row
+/// that is not the voucher's there leaves the answer to the statement.
 unsafe fn claim_at(
     rel: pg_sys::Relation,
     c: &Code,
@@ -308,10 +283,39 @@ unsafe fn claim_at(
     limit: Option<i32>,
     spend: Option<&AnyNumeric>,
 ) -> Claim {
-    let snapshot = pg_sys::GetActiveSnapshot();
     let old = pg_sys::table_slot_create(rel, std::ptr::null_mut());
     (*old).tts_tid = tid;
-    let out = match lock_newest(
+    let snapshot = pg_sys::GetActiveSnapshot();
+    let out = lock_and_claim(
+        rel,
+        c,
+        old,
+        snapshot,
+        tenant,
+        voucher,
+        limit,
+        spend,
+        Claim::Fallback,
+    );
+    pg_sys::ExecDropSingleTupleTableSlot(old);
+    out
+}
+
+/// Locks the row whose version `old` names NO KEY EXCLUSIVE (its newest version then in `old`)
+/// and claims on it; `other` when the row locked is not the voucher's.
+#[allow(clippy::too_many_arguments)]
+unsafe fn lock_and_claim(
+    rel: pg_sys::Relation,
+    c: &Code,
+    old: *mut pg_sys::TupleTableSlot,
+    snapshot: pg_sys::Snapshot,
+    tenant: &pgrx::Uuid,
+    voucher: &pgrx::Uuid,
+    limit: Option<i32>,
+    spend: Option<&AnyNumeric>,
+    other: Claim,
+) -> Claim {
+    match lock_newest(
         rel,
         old,
         snapshot,
@@ -322,16 +326,15 @@ unsafe fn claim_at(
             let same = value::<pgrx::Uuid>(old, c.tenant_id).as_ref() == Some(tenant)
                 && value::<pgrx::Uuid>(old, c.voucher_id).as_ref() == Some(voucher);
             if same {
-                update_locked(rel, c, old, tenant, voucher, limit, spend)
+                update_locked(rel, c, old, limit, spend)
             } else {
-                Claim::Fallback
+                other
             }
         }
         pg_sys::TM_Result::TM_Deleted => Claim::Missed,
+        // (nothing changed yet: the statement decides, and raises what it raises)
         _ => Claim::Fallback,
-    };
-    pg_sys::ExecDropSingleTupleTableSlot(old);
-    out
+    }
 }
 
 /// The UPDATE's conditions on the locked (newest) version in `old`, then the new version.
@@ -339,17 +342,12 @@ unsafe fn update_locked(
     rel: pg_sys::Relation,
     c: &Code,
     old: *mut pg_sys::TupleTableSlot,
-    tenant: &pgrx::Uuid,
-    voucher: &pgrx::Uuid,
     limit: Option<i32>,
     spend: Option<&AnyNumeric>,
 ) -> Claim {
-    pg_sys::slot_getallattrs(old);
     let count = value::<i32>(old, c.redeemed_count);
     let balance = value::<AnyNumeric>(old, c.balance);
-    let matches = value::<pgrx::Uuid>(old, c.tenant_id).as_ref() == Some(tenant)
-        && value::<pgrx::Uuid>(old, c.voucher_id).as_ref() == Some(voucher)
-        && value::<bool>(old, c.active) == Some(true)
+    let matches = value::<bool>(old, c.active) == Some(true)
         && limit.is_none_or(|l| count.is_some_and(|n| n < l))
         && spend.is_none_or(|s| balance.as_ref().is_some_and(|b| b >= s));
     if !matches {

@@ -102,16 +102,7 @@ thread_local! {
 /// callback.
 pub(super) fn forget(relid: pg_sys::Oid) {
     for cache in [&REDEMPTIONS, &AUDITS] {
-        cache.with(|k| {
-            let stale = match k.get() {
-                Some(Some(t)) => relid == pg_sys::InvalidOid || t.rel == relid,
-                Some(None) => true,
-                None => false,
-            };
-            if stale {
-                k.set(None);
-            }
-        });
+        cache.with(|k| lookup::forget_cached(k, relid, |t| t.rel == relid));
     }
 }
 
@@ -176,23 +167,14 @@ fn resolved(
     table: &CStr,
     columns: &[(&str, pg_sys::Oid)],
 ) -> Option<Target> {
-    lookup::forget_on_invalidation();
-    cache.with(|k| {
-        k.get().unwrap_or_else(|| {
-            // SAFETY: catalog look-ups; a failure raises a normal ERROR.
-            let t = unsafe { resolve(table, columns) };
-            k.set(Some(t));
-            t
-        })
-    })
+    // SAFETY: catalog look-ups; a failure raises a normal ERROR.
+    lookup::resolved_one(cache, || unsafe { resolve(table, columns) })
 }
 
 /// Both tables opened for writing, every check of the module comment made under the lock.
 pub struct Writer {
     redemption: (pg_sys::Relation, Target),
-    audit: (pg_sys::Relation, Target),
-    /// the tenant checked (`lookup::may_probe`): the only one whose rows this writes
-    tenant: pgrx::Uuid,
+    audit: AuditWriter,
 }
 
 /// The opened table if every per-call check holds (else it is closed again).
@@ -242,32 +224,23 @@ impl Writer {
     /// the statement that writes them. Call as voucher_definer, before the claim; then
     /// [`Writer::record`] or [`Writer::close`].
     pub fn open(tenant: pgrx::Uuid) -> Option<Writer> {
-        lookup::trim_policies();
-        // SAFETY: reads backend-local state.
-        if !lookup::may_probe(tenant) || unsafe { pg_sys::XactReadOnly } {
-            return None;
-        }
-        let red = resolved(&REDEMPTIONS, c"redemption", REDEMPTION)?;
-        let aud = resolved(&AUDITS, c"audit_event", AUDIT)?;
-        // SAFETY: relation ids resolved above (forgotten on invalidation), opened with the lock
-        // an INSERT takes and kept to the end of the transaction.
-        unsafe {
-            let r = open_one(&REDEMPTIONS, &red)?;
-            let Some(a) = open_one(&AUDITS, &aud) else {
-                pg_sys::table_close(r, pg_sys::NoLock as i32);
-                return None;
-            };
-            // the first open may have taken in an invalidation that forgot the other
-            if REDEMPTIONS.with(|k| k.get()).is_none() || AUDITS.with(|k| k.get()).is_none() {
-                pg_sys::table_close(a, pg_sys::NoLock as i32);
-                pg_sys::table_close(r, pg_sys::NoLock as i32);
-                return None;
+        let audit = AuditWriter::open(tenant)?;
+        // SAFETY: as in `AuditWriter::open`.
+        let opened = resolved(&REDEMPTIONS, c"redemption", REDEMPTION)
+            .and_then(|red| unsafe { open_one(&REDEMPTIONS, &red) }.map(|r| (r, red)));
+        match opened {
+            // (the second open may have taken in an invalidation that forgot the first)
+            Some(redemption) if AUDITS.with(|k| k.get()).is_some() => {
+                Some(Writer { redemption, audit })
             }
-            Some(Writer {
-                redemption: (r, red),
-                audit: (a, aud),
-                tenant,
-            })
+            _ => {
+                if let Some((r, _)) = opened {
+                    // SAFETY: opened just above.
+                    unsafe { pg_sys::table_close(r, pg_sys::NoLock as i32) };
+                }
+                audit.close();
+                None
+            }
         }
     }
 
@@ -287,18 +260,13 @@ impl Writer {
     /// Closes both tables (their locks are kept to the end of the transaction).
     pub fn close(self) {
         // SAFETY: opened by `open`.
-        unsafe {
-            pg_sys::table_close(self.audit.0, pg_sys::NoLock as i32);
-            pg_sys::table_close(self.redemption.0, pg_sys::NoLock as i32);
-        }
+        unsafe { pg_sys::table_close(self.redemption.0, pg_sys::NoLock as i32) };
+        self.audit.close();
     }
 
     /// Writes the redemption `r` and its audit row (the details `voucher._redemption_details`
     /// makes, the row HMAC over them as stored), then closes both tables.
     pub fn record(self, r: &RedemptionRow<'_>) -> Result<()> {
-        // SAFETY: now() of the transaction, as the statement's DEFAULT and now() read it.
-        let at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-        let event_id = crate::audit::write::take_event_id();
         let details = super::details::redemption_details(
             Some(r.redemption_id),
             Some(r.campaign_id),
@@ -321,10 +289,7 @@ impl Writer {
                 .to_string()
         };
         let object_id = crate::common::uuid_text(r.voucher_id.as_bytes());
-        let audit_values = audit_row(&Event {
-            tenant: self.tenant,
-            event_id,
-            at,
+        let audit_values = self.audit.values(&Event {
             actor_text: r.actor_text,
             actor_jsonb: r.actor_jsonb,
             action: "redemption.created",
@@ -332,13 +297,15 @@ impl Writer {
             object_id: &object_id,
             details: (details.datum(), &details_text),
         })?;
-        let red_values = r.values(self.tenant, at);
+        // SAFETY: now() of the transaction, as the statement's DEFAULT reads it.
+        let at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
+        let red_values = r.values(self.audit.tenant, at);
         // SAFETY: both tables open and checked (`open`); the values are datums of the columns'
         // types, live in this memory context.
         unsafe {
             let estate = pg_sys::CreateExecutorState();
             insert(estate, self.redemption, &red_values);
-            insert(estate, self.audit, &audit_values);
+            insert(estate, self.audit.audit, &audit_values);
             pg_sys::FreeExecutorState(estate);
         }
         #[cfg(any(test, feature = "pg_test"))]
@@ -356,11 +323,9 @@ thread_local! {
     pub(crate) static AUDITED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// An audit row's fields, as the writers have them.
+/// An audit row's fields, as the writers have them (the tenant, the event id and the time are
+/// the writer's).
 pub struct Event<'a> {
-    pub tenant: pgrx::Uuid,
-    pub event_id: i64,
-    pub at: pg_sys::TimestampTz,
     /// the actor as `::jsonb::text` prints it (hashed) and as a jsonb datum (stored)
     pub actor_text: &'a str,
     pub actor_jsonb: pg_sys::Datum,
@@ -371,40 +336,11 @@ pub struct Event<'a> {
     pub details: (pg_sys::Datum, &'a str),
 }
 
-/// The values of [`AUDIT`]'s columns for `e`, its row hash made over them as stored (what
-/// `voucher._audit_hash` makes of the same fields).
-fn audit_row(e: &Event<'_>) -> Result<[Option<pg_sys::Datum>; 9]> {
-    let tenant = *e.tenant;
-    let hash = with_key(|_, keyed| {
-        keyed.row_hash(&Canonical {
-            tenant: &tenant,
-            event_id: e.event_id,
-            at_micros: e.at,
-            actor: e.actor_text,
-            action: e.action,
-            object_type: Some(e.object_type),
-            object_id: Some(e.object_id),
-            details: e.details.1,
-        })
-    })?;
-    Ok([
-        e.tenant.into_datum(),
-        e.event_id.into_datum(),
-        Some(pg_sys::Datum::from(e.at)),
-        Some(e.actor_jsonb),
-        e.action.into_datum(),
-        e.object_type.into_datum(),
-        e.object_id.into_datum(),
-        Some(e.details.0),
-        hash.as_slice().into_datum(),
-    ])
-}
-
-/// voucher.audit_event alone, opened for writing as [`Writer`] opens it (the same checks), for a
-/// writer whose own row goes in by a statement: `upsert_customer`'s INSERT ... ON CONFLICT DO
-/// NOTHING, whose conflict handling only a statement has, followed by its `customer.created` row
-/// (E1 of issue 14: that row as a second data-modifying part of the statement was about a
-/// fifth of the call).
+/// voucher.audit_event opened for writing, every check of the module comment made under the
+/// lock: alone for a writer whose own row goes in by a statement (`upsert_customer`'s INSERT
+/// ... ON CONFLICT DO NOTHING, whose conflict handling only a statement has, followed by its
+/// `customer.created` row: E1 of issue 14, that row as a second data-modifying part of the
+/// statement was about a fifth of the call), and as the half of a [`Writer`].
 pub struct AuditWriter {
     audit: (pg_sys::Relation, Target),
     /// the tenant checked (`lookup::may_probe`): the only one whose rows this writes
@@ -421,7 +357,8 @@ impl AuditWriter {
             return None;
         }
         let aud = resolved(&AUDITS, c"audit_event", AUDIT)?;
-        // SAFETY: as in `Writer::open`.
+        // SAFETY: the relation id resolved above (forgotten on invalidation), opened with the
+        // lock an INSERT takes and kept to the end of the transaction.
         let a = unsafe { open_one(&AUDITS, &aud)? };
         Some(AuditWriter {
             audit: (a, aud),
@@ -435,31 +372,42 @@ impl AuditWriter {
         unsafe { pg_sys::table_close(self.audit.0, pg_sys::NoLock as i32) };
     }
 
-    /// Writes one audit row of the tenant it was opened for, at now(), with the next event id;
-    /// `details` as a jsonb datum and its `jsonb_out` text. Then closes the table.
-    #[allow(clippy::too_many_arguments)]
-    pub fn write(
-        self,
-        actor_text: &str,
-        actor_jsonb: pg_sys::Datum,
-        action: &str,
-        object_type: &str,
-        object_id: &str,
-        details: (pg_sys::Datum, &str),
-    ) -> Result<()> {
-        // SAFETY: now() of the transaction.
+    /// The values of [`AUDIT`]'s columns for `e`, of the tenant opened for, at now(), with the
+    /// next event id; its row hash made over them as stored (what `voucher._audit_hash` makes
+    /// of the same fields).
+    fn values(&self, e: &Event<'_>) -> Result<[Option<pg_sys::Datum>; 9]> {
+        // SAFETY: now() of the transaction, as the statements' now() reads it.
         let at = unsafe { pg_sys::GetCurrentTransactionStartTimestamp() };
-        let values = audit_row(&Event {
-            tenant: self.tenant,
-            event_id: crate::audit::write::take_event_id(),
-            at,
-            actor_text,
-            actor_jsonb,
-            action,
-            object_type,
-            object_id,
-            details,
+        let event_id = crate::audit::write::take_event_id();
+        let tenant = *self.tenant;
+        let hash = with_key(|_, keyed| {
+            keyed.row_hash(&Canonical {
+                tenant: &tenant,
+                event_id,
+                at_micros: at,
+                actor: e.actor_text,
+                action: e.action,
+                object_type: Some(e.object_type),
+                object_id: Some(e.object_id),
+                details: e.details.1,
+            })
         })?;
+        Ok([
+            self.tenant.into_datum(),
+            event_id.into_datum(),
+            Some(pg_sys::Datum::from(at)),
+            Some(e.actor_jsonb),
+            e.action.into_datum(),
+            e.object_type.into_datum(),
+            e.object_id.into_datum(),
+            Some(e.details.0),
+            hash.as_slice().into_datum(),
+        ])
+    }
+
+    /// Writes the audit row `e`, then closes the table.
+    pub fn write(self, e: &Event<'_>) -> Result<()> {
+        let values = self.values(e)?;
         // SAFETY: the table open and checked (`open`); the values live in this memory context.
         unsafe {
             let estate = pg_sys::CreateExecutorState();

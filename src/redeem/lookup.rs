@@ -28,7 +28,7 @@ use pgrx::AnyNumeric;
 
 use super::statements::Columns;
 use crate::common::index::{
-    attnum, eq_key, lock_newest, tenant_keys, unique_index, unique_index_not_null, voucher_table,
+    attnum, first_by_index, lock_newest, unique_index, unique_index_not_null, voucher_table,
 };
 use crate::tenancy::context;
 
@@ -270,25 +270,21 @@ unsafe fn probe<R>(
     key_proc: u32,
     read: impl FnOnce(&Row) -> R,
 ) -> Option<R> {
-    let idx = pg_sys::index_open(index, pg_sys::AccessShareLock as i32);
-    let mut keys = tenant_keys(idx, tenant);
-    eq_key(&mut keys[1], idx, 2, key_proc, key);
-    let scan = pg_sys::index_beginscan(rel, idx, pg_sys::GetActiveSnapshot(), 2, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
-    let mut out = None;
-    if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot) {
-        pg_sys::slot_getallattrs(slot);
-        let row = Row { slot };
-        // the policy's predicate, once more on the row itself
-        if row.get::<pgrx::Uuid>(tenant_att).as_ref() == Some(tenant) {
-            out = Some(read(&row));
-        }
-    }
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::index_endscan(scan);
-    pg_sys::index_close(idx, pg_sys::NoLock as i32);
-    out
+    first_by_index(
+        rel,
+        index,
+        pg_sys::AccessShareLock,
+        tenant,
+        key,
+        key_proc,
+        |slot, _| {
+            pg_sys::slot_getallattrs(slot);
+            let row = Row { slot };
+            // the policy's predicate, once more on the row itself
+            (row.get::<pgrx::Uuid>(tenant_att).as_ref() == Some(tenant)).then(|| read(&row))
+        },
+    )
+    .flatten()
 }
 
 struct Row {
@@ -499,11 +495,12 @@ unsafe fn resolve_one<A: Copy>(
     })
 }
 
-/// The cached resolution in `cache`, resolved with `resolve` when there is none.
-fn resolved_one<A: Copy>(
-    cache: &'static std::thread::LocalKey<Cell<Option<Option<OneIndex<A>>>>>,
-    resolve: impl FnOnce() -> Option<OneIndex<A>>,
-) -> Option<OneIndex<A>> {
+/// The cached resolution in `cache` (here, and `direct`'s and `claim`'s), resolved with
+/// `resolve` when there is none; every one is forgotten by [`forget`].
+pub(super) fn resolved_one<T: Copy>(
+    cache: &'static std::thread::LocalKey<Cell<Option<Option<T>>>>,
+    resolve: impl FnOnce() -> Option<T>,
+) -> Option<T> {
     forget_on_invalidation();
     cache.with(|k| {
         k.get().unwrap_or_else(|| {
@@ -514,9 +511,9 @@ fn resolved_one<A: Copy>(
     })
 }
 
-/// Registers [`forget`] (once per backend): every resolution here and in `direct` is forgotten
-/// on a relcache invalidation of its relations.
-pub(super) fn forget_on_invalidation() {
+/// Registers [`forget`] (once per backend): every resolution here and in `direct` and `claim` is
+/// forgotten on a relcache invalidation of its relations.
+fn forget_on_invalidation() {
     if !CALLBACK.with(|c| c.replace(true)) {
         // SAFETY: registers a plain function, once per backend.
         unsafe { pg_sys::CacheRegisterRelcacheCallback(Some(forget), pg_sys::Datum::from(0)) };
@@ -525,9 +522,20 @@ pub(super) fn forget_on_invalidation() {
 
 /// Forgets `cache` if `relid` is its table or index (or everything was invalidated).
 fn forget_one<A: Copy>(cache: &Cell<Option<Option<OneIndex<A>>>>, relid: pg_sys::Oid) {
+    forget_cached(cache, relid, |x| [x.rel, x.index].contains(&relid));
+}
+
+/// Forgets the resolution in `cache` if `relid` is one of its relations (`names`), everything
+/// was invalidated (InvalidOid), or it found nothing (a schema change may have created what was
+/// missing).
+pub(super) fn forget_cached<T: Copy>(
+    cache: &Cell<Option<Option<T>>>,
+    relid: pg_sys::Oid,
+    names: impl FnOnce(&T) -> bool,
+) {
     let stale = match cache.get() {
-        Some(Some(x)) => relid == pg_sys::InvalidOid || [x.rel, x.index].contains(&relid),
-        Some(None) => true, // a schema change may have created what was missing
+        Some(Some(x)) => relid == pg_sys::InvalidOid || names(&x),
+        Some(None) => true,
         None => false,
     };
     if stale {
@@ -780,14 +788,6 @@ unsafe fn lock_by_index(
     tenant: &pgrx::Uuid,
     source_index: &[u8],
 ) -> Result<Option<pgrx::Uuid>, ()> {
-    let snapshot = pg_sys::GetActiveSnapshot();
-    let idx = pg_sys::index_open(r.index, pg_sys::RowShareLock as i32);
-    let key = source_index.into_datum().expect("a bytea datum");
-    let mut keys = tenant_keys(idx, tenant);
-    eq_key(&mut keys[1], idx, 2, pg_sys::F_BYTEAEQ, key);
-    let scan = pg_sys::index_beginscan(rel, idx, snapshot, 2, 0);
-    pg_sys::index_rescan(scan, keys.as_mut_ptr(), 2, std::ptr::null_mut(), 0);
-    let slot = pg_sys::table_slot_create(rel, std::ptr::null_mut());
     let a = r.atts;
     let ours = |slot| {
         pg_sys::slot_getallattrs(slot);
@@ -797,27 +797,32 @@ unsafe fn lock_by_index(
         .then(|| row.get::<pgrx::Uuid>(a.customer_id))
         .flatten()
     };
-    let mut out = Ok(None);
-    if pg_sys::index_getnext_slot(scan, pg_sys::ScanDirection::ForwardScanDirection, slot)
-        && ours(slot).is_some()
-    {
-        let locked = lock_newest(
-            rel,
-            slot,
-            snapshot,
-            pg_sys::LockTupleMode::LockTupleKeyShare,
-        );
-        out = match locked {
-            // the version locked, matched again (EvalPlanQual's re-check when it is a newer one)
-            pg_sys::TM_Result::TM_Ok => Ok(ours(slot)),
-            pg_sys::TM_Result::TM_Deleted => Ok(None),
-            _ => Err(()),
-        };
-    }
-    pg_sys::ExecDropSingleTupleTableSlot(slot);
-    pg_sys::index_endscan(scan);
-    pg_sys::index_close(idx, pg_sys::NoLock as i32);
-    out
+    let key = source_index.into_datum().expect("a bytea datum");
+    first_by_index(
+        rel,
+        r.index,
+        pg_sys::RowShareLock,
+        tenant,
+        key,
+        pg_sys::F_BYTEAEQ,
+        |slot, snapshot| {
+            if ours(slot).is_none() {
+                return Ok(None);
+            }
+            match lock_newest(
+                rel,
+                slot,
+                snapshot,
+                pg_sys::LockTupleMode::LockTupleKeyShare,
+            ) {
+                // the version locked, matched again (EvalPlanQual's re-check when it is a newer one)
+                pg_sys::TM_Result::TM_Ok => Ok(ours(slot)),
+                pg_sys::TM_Result::TM_Deleted => Ok(None),
+                _ => Err(()),
+            }
+        },
+    )
+    .unwrap_or(Ok(None))
 }
 
 #[cfg(any(test, feature = "pg_test"))]
