@@ -459,6 +459,7 @@ mod tests {
     use pgrx::AnyNumeric;
 
     use super::{claim, Claim, CLAIMED};
+    use crate::redeem::lookup::tests::authenticate;
     use crate::tenancy::definer::as_definer;
 
     fn claimed() -> u64 {
@@ -495,12 +496,7 @@ mod tests {
     /// statement; a domain's check applies to the new values.
     #[pg_test]
     fn the_claim_is_the_updates_claim() {
-        let tenant = Spi::get_one::<pgrx::Uuid>(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('claim')), session => true)",
-        )
-        .unwrap()
-        .unwrap();
+        let tenant = authenticate("claim");
         Spi::run(
             "SELECT voucher.add_code(voucher.create_campaign('two', redemption_limit => 2), 'TWO');
              SELECT voucher.add_code(voucher.create_campaign('gift', kind => 'gift_card', \
@@ -602,12 +598,7 @@ mod tests {
     /// answer to the statement.
     #[pg_test]
     fn the_claim_at_a_tid_follows_the_row() {
-        let tenant = Spi::get_one::<pgrx::Uuid>(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('claim at')), session => true)",
-        )
-        .unwrap()
-        .unwrap();
+        let tenant = authenticate("claim at");
         Spi::run(
             "SELECT voucher.add_code(voucher.create_campaign('three', redemption_limit => 3), 'T3');
              SELECT voucher.add_code(voucher.create_campaign('other', redemption_limit => 3), 'O3')",

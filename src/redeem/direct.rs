@@ -506,6 +506,7 @@ mod tests {
     use pgrx::prelude::*;
 
     use super::WRITTEN;
+    use crate::redeem::lookup::tests::authenticate;
 
     fn written() -> u64 {
         WRITTEN.with(|w| w.get())
@@ -562,11 +563,7 @@ mod tests {
     /// context.
     #[pg_test]
     fn direct_rows_are_the_statements_rows() {
-        Spi::get_one::<pgrx::Uuid>(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('direct')), session => true)",
-        )
-        .unwrap();
+        authenticate("direct");
         Spi::run(
             "WITH k AS (SELECT voucher.create_campaign('limited', redemption_limit => 9, \
                     discount_type => 'percent', discount_value => 10) AS id) \
@@ -668,11 +665,7 @@ mod tests {
     /// log the statement writes it.
     #[pg_test]
     fn a_new_customers_audit_row_is_the_statements_row() {
-        Spi::get_one::<pgrx::Uuid>(
-            "SELECT voucher.authenticate(voucher.create_api_key('admin', \
-                    tenant => voucher.create_tenant('direct audit')), session => true)",
-        )
-        .unwrap();
+        authenticate("direct audit");
         let audited = || super::AUDITED.with(|w| w.get());
         let created = |source: &str| {
             let id = Spi::get_one::<pgrx::Uuid>(&format!(

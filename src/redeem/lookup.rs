@@ -827,13 +827,15 @@ unsafe fn lock_by_index(
 
 #[cfg(any(test, feature = "pg_test"))]
 #[pg_schema]
-mod tests {
+pub(super) mod tests {
     use pgrx::prelude::*;
 
     use super::{find, Found};
     use crate::tenancy::definer::as_definer;
 
-    fn authenticate(tenant: &str) -> pgrx::Uuid {
+    /// A new tenant with an admin key, authenticated for the session: its id. (The redeem
+    /// module's pg_tests share it.)
+    pub(in crate::redeem) fn authenticate(tenant: &str) -> pgrx::Uuid {
         Spi::get_one::<pgrx::Uuid>(&format!(
             "SELECT voucher.authenticate(voucher.create_api_key('admin', \
                     tenant => voucher.create_tenant('{tenant}')), session => true)"
