@@ -103,6 +103,46 @@ unsafe fn unique_index_where(
     found
 }
 
+/// The arbiter `INSERT ... ON CONFLICT (keys)` infers on `rel` (the planner's
+/// `infer_arbiter_indexes`: every valid unique index whose key columns are exactly `keys`, in any
+/// order, without predicate or expression), if it is exactly one btree index; None if there is
+/// none or more than one (then only the statement's inference applies).
+///
+/// # Safety
+/// As [`unique_index`].
+pub unsafe fn sole_arbiter(rel: pg_sys::Relation, keys: &[i16]) -> Option<pg_sys::Oid> {
+    let mut want = keys.to_vec();
+    want.sort_unstable();
+    let list = pg_sys::RelationGetIndexList(rel);
+    let n = if list.is_null() { 0 } else { (*list).length };
+    let mut found = vec![];
+    for i in 0..n {
+        let oid = pg_sys::list_nth_oid(list, i);
+        let idx = pg_sys::index_open(oid, pg_sys::AccessShareLock as i32);
+        let form = (*idx).rd_index;
+        let mut indkey = (*form)
+            .indkey
+            .values
+            .as_slice((*form).indnkeyatts as usize)
+            .to_vec();
+        indkey.sort_unstable();
+        let bare = |att| pg_sys::heap_attisnull((*idx).rd_indextuple, att, std::ptr::null_mut());
+        if (*form).indisunique
+            && (*form).indisvalid
+            && indkey == want
+            && bare(pg_sys::Anum_pg_index_indpred as i32)
+            && bare(pg_sys::Anum_pg_index_indexprs as i32)
+        {
+            found.push((oid, (*(*idx).rd_rel).relam == pg_sys::BTREE_AM_OID));
+        }
+        pg_sys::index_close(idx, pg_sys::NoLock as i32);
+    }
+    match found[..] {
+        [(oid, true)] => Some(oid),
+        _ => None,
+    }
+}
+
 /// Scan keys for a unique index on (tenant_id, something): the first is `tenant`, the second is
 /// the caller's to fill with [`eq_key`] (column 2).
 ///

@@ -3,6 +3,7 @@
 //! behind the `customers` and `redemptions` views, and the per-customer key under which a
 //! customer's personal data in audit rows is encrypted (destroying it forgets them).
 
+use pgrx::datum::DatumWithOid;
 use pgrx::prelude::*;
 use pgrx::spi::SpiClient;
 use pgrx::JsonB;
@@ -13,6 +14,7 @@ use super::store::{self, Place};
 use crate::common::error::{api, Result, VoucherError};
 use crate::common::events::{self, Event};
 use crate::common::rng;
+use crate::redeem::direct::NewCustomer;
 use crate::tenancy::context;
 use crate::tenancy::definer::as_definer;
 use crate::tenancy::roles::{Action, KeyRole};
@@ -152,28 +154,53 @@ pub fn find_or_create(
         source_id.as_bytes(),
     );
     let audit_key = new_customer_key(key_id, &key, tenant, &row);
-    let created = store::kept(
-        client,
-        INSERT_CUSTOMER,
-        &INSERT_TYPES,
-        &[
-            store::uuid(tenant).into(),
-            id.into(),
-            index.clone().into(),
-            None::<Vec<u8>>.into(),
-            key_id.into(),
-            ct.into(),
-            None::<Vec<u8>>.into(),
-            None::<Vec<u8>>.into(),
-            None::<Vec<u8>>.into(),
-            audit_key.into(),
-        ],
-    );
-    if created.is_empty() {
+    let new = NewCustomer {
+        id,
+        source_index: &index,
+        email_index: None,
+        key_id,
+        source_id: &ct,
+        email: None,
+        name: None,
+        metadata: None,
+        audit_key: &audit_key,
+    };
+    if !insert_customer(client, tenant, &new) {
         let id = find(client, &index).expect("the customer exists now");
         return Ok((id, false));
     }
     Ok((id, true))
+}
+
+/// Inserts `c` unless a customer with its source_id exists ([`INSERT_CUSTOMER`]): without the
+/// statement where `redeem::direct::create_customer` may. True: inserted.
+fn insert_customer(client: &SpiClient<'_>, tenant: &Tenant, c: &NewCustomer<'_>) -> bool {
+    if let Some(made) = crate::redeem::direct::create_customer(store::uuid(tenant), c) {
+        return made;
+    }
+    !store::kept(
+        client,
+        INSERT_CUSTOMER,
+        &INSERT_TYPES,
+        &insert_args(tenant, c),
+    )
+    .is_empty()
+}
+
+/// [`INSERT_CUSTOMER`]'s parameters for `c`.
+fn insert_args<'a>(tenant: &Tenant, c: &NewCustomer<'a>) -> Vec<DatumWithOid<'a>> {
+    vec![
+        store::uuid(tenant).into(),
+        c.id.into(),
+        c.source_index.into(),
+        c.email_index.into(),
+        c.key_id.into(),
+        c.source_id.into(),
+        c.email.into(),
+        c.name.into(),
+        c.metadata.into(),
+        c.audit_key.into(),
+    ]
 }
 
 /// A customer, its own key included: $1 tenant, $2 customer, $3 source_index, $4 email_index,
@@ -394,26 +421,26 @@ fn upsert_impl(
                     };
                     let meta = metadata_text.as_deref().unwrap_or("{}");
                     let audit_key = new_customer_key(key_id, &key, &tenant, &row);
-                    let args = [
-                        store::uuid(&tenant).into(),
-                        id.into(),
-                        index.clone().into(),
-                        email_index.clone().into(),
-                        key_id.into(),
-                        seal("source_id", source_id.as_bytes()).into(),
-                        email.map(|e| seal("email", e.as_bytes())).into(),
-                        name.map(|n| seal("name", n.as_bytes())).into(),
-                        seal("metadata", meta.as_bytes()).into(),
-                        audit_key.into(),
-                        crate::audit::write::jsonb_datum(actor),
-                        event_id.into(),
-                        crate::audit::write::jsonb_text(actor).into(),
-                    ];
+                    let sealed = (
+                        seal("source_id", source_id.as_bytes()),
+                        email.map(|e| seal("email", e.as_bytes())),
+                        name.map(|n| seal("name", n.as_bytes())),
+                        seal("metadata", meta.as_bytes()),
+                    );
+                    let new = NewCustomer {
+                        id,
+                        source_index: &index,
+                        email_index: email_index.as_deref(),
+                        key_id,
+                        source_id: &sealed.0,
+                        email: sealed.1.as_deref(),
+                        name: sealed.2.as_deref(),
+                        metadata: Some(&sealed.3),
+                        audit_key: &audit_key,
+                    };
                     let made = match writer {
                         Some(w) => {
-                            let made =
-                                !store::kept(client, INSERT_CUSTOMER, &INSERT_TYPES, &args[..10])
-                                    .is_empty();
+                            let made = insert_customer(client, &tenant, &new);
                             if made {
                                 let empty = crate::audit::write::jsonb_kept("{}");
                                 let actor_jsonb = crate::audit::write::jsonb_kept(actor);
@@ -431,6 +458,12 @@ fn upsert_impl(
                             made
                         }
                         None => {
+                            let mut args = insert_args(&tenant, &new);
+                            args.extend([
+                                crate::audit::write::jsonb_datum(actor),
+                                event_id.into(),
+                                crate::audit::write::jsonb_text(actor).into(),
+                            ]);
                             !store::kept(client, INSERT_CUSTOMER_AUDITED, &AUDITED_TYPES, &args)
                                 .is_empty()
                         }
