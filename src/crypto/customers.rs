@@ -389,14 +389,14 @@ fn upsert_impl(
                         audit_key: r.get(6).ok().flatten(),
                     })
                 };
-                // INSERT first (one statement writes a new customer, its audit key and its
-                // audit row); on a conflict, the existing row, locked
+                // INSERT first (a new customer with its audit key, and its audit row); on a
+                // conflict, the existing row, locked
                 let old = {
-                    // The audit row is written without a statement where redeem's direct writer
-                    // may write it (its checks: redeem/direct.rs), after the INSERT alone; else
-                    // by the INSERT's statement. The transaction id, then the event id (the
-                    // sealing horizon of the audit log): taken here for the statement, by the
-                    // writer after the INSERT.
+                    // Where redeem's direct writers may write (their checks: redeem/direct.rs),
+                    // the customer goes in as INSERT ... ON CONFLICT DO NOTHING would put it
+                    // (`insert_customer`) and the audit row after it; else one statement writes
+                    // both. The transaction id, then the event id (the sealing horizon of the
+                    // audit log): taken here for the statement, by the writer after the INSERT.
                     let writer = crate::redeem::direct::AuditWriter::open(store::uuid(&tenant));
                     let event_id = match writer {
                         Some(_) => 0,

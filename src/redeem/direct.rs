@@ -9,7 +9,10 @@
 //! ModifyTable nodes with their RLS WITH CHECK init plans) of 988k per call. Here the same rows
 //! go in the way PostgreSQL's logical replication apply worker writes a row
 //! (`ExecSimpleRelationInsert`: the table's constraints, the heap insert, every index's entry),
-//! with the details and the row hash made in Rust from the values themselves.
+//! with the details and the row hash made in Rust from the values themselves. A new customer
+//! (`voucher.customer`) goes in the same way but as `INSERT ... ON CONFLICT (tenant_id,
+//! source_index) DO NOTHING` inserts it ([`create_customer`]), and `upsert_customer`'s audit row
+//! by [`AuditWriter`] alone.
 //!
 //! What the INSERT statement would check is checked here, or this path is not taken (`open`
 //! answers None and the claim runs as the statement that writes both rows, with PostgreSQL
@@ -18,13 +21,16 @@
 //!   resolved (USING and WITH CHECK `tenant_id = (SELECT voucher.current_tenant())`, PUBLIC, the
 //!   same rules as the probes of `lookup`), RLS applies to the current role, and the tenant
 //!   written is `current_tenant()` itself: the WITH CHECK holds for every row written here;
-//! - the INSERT privilege of the current role (voucher_definer) on both tables, and the sequence's
-//!   own check (`nextval`);
+//! - the INSERT privilege of the current role (voucher_definer) on each table written, and the
+//!   sequence's own check (`nextval`);
 //! - the tables are plain tables (not partitioned, not partitions) with no INSERT trigger of any
 //!   kind (a foreign key or deferred unique constraint is one) and no rule; every column is one
 //!   this module fills, of the type it fills (a domain-typed column, a generated column or an
 //!   unknown column: the statement); dropped columns are stored NULL, as the executor does;
-//! - not in a read-only transaction, not on Citus (`lookup::may_probe`).
+//! - not in a read-only transaction, not on Citus (`lookup::may_probe`);
+//! - for a new customer also: the arbiter is the one unique index the statement would infer for
+//!   its conflict target (`common::index::sole_arbiter`), and the transaction is READ COMMITTED
+//!   (the statement's serialization check of a conflicting row applies to the others).
 //!
 //! The resolutions are kept per backend and forgotten with `lookup`'s (any relcache
 //! invalidation of the table: ALTER, CREATE TRIGGER, CREATE POLICY, DROP, ANALYZE), and every
@@ -378,10 +384,10 @@ pub struct Event<'a> {
 }
 
 /// voucher.audit_event opened for writing, every check of the module comment made under the
-/// lock: alone for a writer whose own row goes in by a statement (`upsert_customer`'s INSERT
-/// ... ON CONFLICT DO NOTHING, whose conflict handling only a statement has, followed by its
-/// `customer.created` row: E1 of issue 14, that row as a second data-modifying part of the
-/// statement was about a fifth of the call), and as the half of a [`Writer`].
+/// lock: alone for a writer whose own row goes in first (`upsert_customer`'s new customer, by
+/// [`create_customer`] or its statement, followed by its `customer.created` row: E1 of issue 14,
+/// that row as a second data-modifying part of the statement was about a fifth of the call),
+/// and as the half of a [`Writer`].
 pub struct AuditWriter {
     audit: (pg_sys::Relation, Target),
     /// the tenant checked (`lookup::may_probe`): the only one whose rows this writes
@@ -995,6 +1001,21 @@ mod tests {
         assert_eq!(upsert("after").1, direct);
         assert_eq!(created(), before + 3);
         assert_eq!(audit_ok().split(' ').next(), Some("t"), "{}", audit_ok());
+        // another tenant's context: not this tenant's customer to write
+        let other = pgrx::Uuid::from_bytes([7; 16]);
+        let c = super::NewCustomer {
+            id: pgrx::Uuid::from_bytes([8; 16]),
+            source_index: &[1; 32],
+            email_index: None,
+            key_id: 1,
+            source_id: &[2; 40],
+            email: None,
+            name: None,
+            metadata: None,
+            audit_key: &[3; 60],
+        };
+        let written = crate::tenancy::definer::as_definer(|| super::create_customer(other, &c));
+        assert_eq!(written, None);
     }
 
     fn as_other_tenant_none() -> bool {
