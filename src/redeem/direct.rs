@@ -534,13 +534,6 @@ unsafe fn insert_unless_conflict(
         pg_sys::ExecConstraints(rri, slot, estate);
     }
     let arbiters = pg_sys::lappend_oid(std::ptr::null_mut(), t.arbiter);
-    let am = &*(*rel).rd_tableam;
-    let (insert, complete) = (
-        am.tuple_insert_speculative
-            .expect("a table access method inserts"),
-        am.tuple_complete_speculative
-            .expect("a table access method completes"),
-    );
     let cid = pg_sys::GetCurrentCommandId(true);
     let inserted = loop {
         pg_sys::check_for_interrupts!();
@@ -550,7 +543,7 @@ unsafe fn insert_unless_conflict(
         }
         let xid = pg_sys::GetCurrentTransactionId();
         let token = pg_sys::SpeculativeInsertionLockAcquire(xid);
-        insert(rel, slot, cid, 0, std::ptr::null_mut(), token);
+        pg_sys::table_tuple_insert_speculative(rel, slot, cid, 0, std::ptr::null_mut(), token);
         let mut spec_conflict = false;
         let recheck = pg_sys::ExecInsertIndexTuples(
             rri,
@@ -561,7 +554,7 @@ unsafe fn insert_unless_conflict(
             &mut spec_conflict,
             arbiters,
         );
-        complete(rel, slot, token, !spec_conflict);
+        pg_sys::table_tuple_complete_speculative(rel, slot, token, !spec_conflict);
         pg_sys::SpeculativeInsertionLockRelease(xid);
         pg_sys::list_free(recheck);
         if !spec_conflict {
