@@ -182,6 +182,15 @@ unsafe fn may_update(rel: pg_sys::Relation, c: &Code) -> bool {
         && lookup::policy_holds(rel, &c.policy)
 }
 
+/// What a claim asks for: a use of `voucher` of `tenant`, under `limit` uses, with `spend` of
+/// its balance.
+struct Want<'a> {
+    tenant: &'a pgrx::Uuid,
+    voucher: &'a pgrx::Uuid,
+    limit: Option<i32>,
+    spend: Option<&'a AnyNumeric>,
+}
+
 /// Claims a use of voucher `voucher` of `tenant` (and `spend` of its balance) if it is active,
 /// under `limit` uses, and has the balance: see the module comment. Call as voucher_definer.
 /// `at`: where this call's probe found the row (`lookup::find`, earlier in the transaction): it
@@ -198,9 +207,7 @@ pub fn claim(
 ) -> Claim {
     lookup::trim_policies();
     // SAFETY: reads backend-local state.
-    let plain = unsafe {
-        !pg_sys::XactReadOnly && pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32
-    };
+    let plain = unsafe { !pg_sys::XactReadOnly } && lookup::snapshot_per_statement();
     if !plain || !lookup::may_probe(tenant) {
         return Claim::Fallback;
     }
@@ -218,9 +225,15 @@ pub fn claim(
             pg_sys::CheckCmdReplicaIdentity(rel, pg_sys::CmdType::CMD_UPDATE);
             pg_sys::CommandCounterIncrement();
             pg_sys::PushActiveSnapshot(pg_sys::GetTransactionSnapshot());
+            let want = Want {
+                tenant: &tenant,
+                voucher: &voucher,
+                limit,
+                spend,
+            };
             let out = match at {
-                Some(tid) => claim_at(rel, &c, tid, &tenant, &voucher, limit, spend),
-                None => claim_row(rel, &c, &tenant, &voucher, limit, spend),
+                Some(tid) => claim_at(rel, &c, tid, &want),
+                None => claim_row(rel, &c, &want),
             };
             pg_sys::PopActiveSnapshot();
             out
@@ -239,35 +252,16 @@ unsafe fn value<T: FromDatum>(slot: *mut pg_sys::TupleTableSlot, att: i16) -> Op
 }
 
 /// Finds the row by the primary key, then as [`lock_and_claim`].
-unsafe fn claim_row(
-    rel: pg_sys::Relation,
-    c: &Code,
-    tenant: &pgrx::Uuid,
-    voucher: &pgrx::Uuid,
-    limit: Option<i32>,
-    spend: Option<&AnyNumeric>,
-) -> Claim {
-    let key = voucher.into_datum().expect("a uuid datum");
+unsafe fn claim_row(rel: pg_sys::Relation, c: &Code, want: &Want<'_>) -> Claim {
+    let key = want.voucher.into_datum().expect("a uuid datum");
     first_by_index(
         rel,
         c.index,
         pg_sys::RowExclusiveLock,
-        tenant,
+        want.tenant,
         key,
         pg_sys::F_UUID_EQ,
-        |old, snapshot| {
-            lock_and_claim(
-                rel,
-                c,
-                old,
-                snapshot,
-                tenant,
-                voucher,
-                limit,
-                spend,
-                Claim::Missed,
-            )
-        },
+        |old, snapshot| lock_and_claim(rel, c, old, snapshot, want, Claim::Missed),
     )
     .unwrap_or(Claim::Missed)
 }
@@ -278,41 +272,24 @@ unsafe fn claim_at(
     rel: pg_sys::Relation,
     c: &Code,
     tid: pg_sys::ItemPointerData,
-    tenant: &pgrx::Uuid,
-    voucher: &pgrx::Uuid,
-    limit: Option<i32>,
-    spend: Option<&AnyNumeric>,
+    want: &Want<'_>,
 ) -> Claim {
     let old = pg_sys::table_slot_create(rel, std::ptr::null_mut());
     (*old).tts_tid = tid;
     let snapshot = pg_sys::GetActiveSnapshot();
-    let out = lock_and_claim(
-        rel,
-        c,
-        old,
-        snapshot,
-        tenant,
-        voucher,
-        limit,
-        spend,
-        Claim::Fallback,
-    );
+    let out = lock_and_claim(rel, c, old, snapshot, want, Claim::Fallback);
     pg_sys::ExecDropSingleTupleTableSlot(old);
     out
 }
 
 /// Locks the row whose version `old` names NO KEY EXCLUSIVE (its newest version then in `old`)
 /// and claims on it; `other` when the row locked is not the voucher's.
-#[allow(clippy::too_many_arguments)]
 unsafe fn lock_and_claim(
     rel: pg_sys::Relation,
     c: &Code,
     old: *mut pg_sys::TupleTableSlot,
     snapshot: pg_sys::Snapshot,
-    tenant: &pgrx::Uuid,
-    voucher: &pgrx::Uuid,
-    limit: Option<i32>,
-    spend: Option<&AnyNumeric>,
+    want: &Want<'_>,
     other: Claim,
 ) -> Claim {
     match lock_newest(
@@ -323,10 +300,10 @@ unsafe fn lock_and_claim(
     ) {
         pg_sys::TM_Result::TM_Ok => {
             pg_sys::slot_getallattrs(old);
-            let same = value::<pgrx::Uuid>(old, c.tenant_id).as_ref() == Some(tenant)
-                && value::<pgrx::Uuid>(old, c.voucher_id).as_ref() == Some(voucher);
+            let same = value::<pgrx::Uuid>(old, c.tenant_id).as_ref() == Some(want.tenant)
+                && value::<pgrx::Uuid>(old, c.voucher_id).as_ref() == Some(want.voucher);
             if same {
-                update_locked(rel, c, old, limit, spend)
+                update_locked(rel, c, old, want.limit, want.spend)
             } else {
                 other
             }
@@ -403,10 +380,7 @@ unsafe fn update_locked(
     pg_sys::ExecStoreVirtualTuple(new);
     let estate = pg_sys::CreateExecutorState();
     (*estate).es_snapshot = pg_sys::GetActiveSnapshot();
-    let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
-        .cast::<pg_sys::ResultRelInfo>();
-    (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
-    pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
+    let rri = super::direct::result_relation(rel);
     if !(*(*rel).rd_att).constr.is_null() {
         pg_sys::ExecConstraints(rri, new, estate);
     }
@@ -423,20 +397,18 @@ unsafe fn update_locked(
     // almost every claim is HOT)
     if update_indexes {
         pg_sys::ExecOpenIndices(rri, false);
-    }
-    if update_indexes && (*rri).ri_NumIndices > 0 {
-        let recheck = pg_sys::ExecInsertIndexTuples(
-            rri,
-            new,
-            estate,
-            true,
-            false,
-            std::ptr::null_mut(),
-            std::ptr::null_mut(),
-        );
-        pg_sys::list_free(recheck);
-    }
-    if update_indexes {
+        if (*rri).ri_NumIndices > 0 {
+            let recheck = pg_sys::ExecInsertIndexTuples(
+                rri,
+                new,
+                estate,
+                true,
+                false,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+            );
+            pg_sys::list_free(recheck);
+        }
         pg_sys::ExecCloseIndices(rri);
     }
     pg_sys::ExecDropSingleTupleTableSlot(new);

@@ -475,21 +475,25 @@ unsafe fn insert(
     (rel, t): (pg_sys::Relation, Target),
     values: &[Option<pg_sys::Datum>],
 ) {
-    let rri = result_relation(rel, false);
+    let rri = result_relation(rel);
+    pg_sys::ExecOpenIndices(rri, false);
     let slot = filled_slot(rel, &t, values);
     pg_sys::ExecSimpleRelationInsert(rri, estate, slot);
     pg_sys::ExecDropSingleTupleTableSlot(slot);
     pg_sys::ExecCloseIndices(rri);
 }
 
-/// `rel` as the executor's result relation, its indexes open (for `ON CONFLICT` if
-/// `speculative`: with what the arbiter's pre-check needs).
-unsafe fn result_relation(rel: pg_sys::Relation, speculative: bool) -> *mut pg_sys::ResultRelInfo {
+/// `rel` as the executor's result relation (palloc'd in the current context), its indexes not
+/// yet open: the writers here and `claim`'s update open them as they need
+/// (`ExecOpenIndices`, speculative for an `ON CONFLICT` arbiter's pre-check).
+///
+/// # Safety
+/// `rel` must be open.
+pub(super) unsafe fn result_relation(rel: pg_sys::Relation) -> *mut pg_sys::ResultRelInfo {
     let rri = pg_sys::palloc0(std::mem::size_of::<pg_sys::ResultRelInfo>())
         .cast::<pg_sys::ResultRelInfo>();
     (*rri).type_ = pg_sys::NodeTag::T_ResultRelInfo;
     pg_sys::InitResultRelInfo(rri, rel, 0, std::ptr::null_mut(), 0);
-    pg_sys::ExecOpenIndices(rri, speculative);
     rri
 }
 
@@ -528,7 +532,8 @@ unsafe fn insert_unless_conflict(
     (rel, t): (pg_sys::Relation, Target),
     values: &[Option<pg_sys::Datum>],
 ) -> bool {
-    let rri = result_relation(rel, true);
+    let rri = result_relation(rel);
+    pg_sys::ExecOpenIndices(rri, true);
     let slot = filled_slot(rel, &t, values);
     if !(*(*rel).rd_att).constr.is_null() {
         pg_sys::ExecConstraints(rri, slot, estate);
@@ -611,9 +616,8 @@ impl NewCustomer<'_> {
 pub fn create_customer(tenant: pgrx::Uuid, c: &NewCustomer<'_>) -> Option<bool> {
     lookup::trim_policies();
     // SAFETY: reads backend-local state.
-    let snapshot_per_statement =
-        unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
-    if !snapshot_per_statement || !lookup::may_probe(tenant) || unsafe { pg_sys::XactReadOnly } {
+    let read_only = unsafe { pg_sys::XactReadOnly };
+    if !lookup::snapshot_per_statement() || !lookup::may_probe(tenant) || read_only {
         return None;
     }
     let target = resolved(&CUSTOMERS, c"customer", CUSTOMER, CUSTOMER_ARBITER)?;

@@ -623,6 +623,14 @@ pub(super) fn may_probe(tenant: pgrx::Uuid) -> bool {
     !crate::scale::cluster::citus_loaded() && context::current_tenant() == Some(*tenant)
 }
 
+/// Does each statement of this transaction take its own snapshot (READ COMMITTED)? The paths
+/// that lock or insert without a statement run only then: in REPEATABLE READ and SERIALIZABLE
+/// the statement raises its serialization failures itself.
+pub(super) fn snapshot_per_statement() -> bool {
+    // SAFETY: reads backend-local state.
+    unsafe { pg_sys::XactIsoLevel < pg_sys::XACT_REPEATABLE_READ as i32 }
+}
+
 /// The redemption of `tenant` that carries idempotency key `key`, read by the unique index on
 /// (tenant_id, idempotency_key) instead of the kept statement that cost a keyed redemption about
 /// 60k instructions (plan revalidation, executor start and end, the RLS init plan; issue 17),
@@ -743,10 +751,7 @@ fn customers() -> Option<OneIndex<CustomerAtts>> {
 /// Call as voucher_definer.
 pub fn lock_customer(tenant: pgrx::Uuid, source_index: &[u8]) -> Result<Option<pgrx::Uuid>, ()> {
     trim_policies();
-    // SAFETY: reads backend-local state.
-    let snapshot_per_statement =
-        unsafe { pg_sys::XactIsoLevel } < pg_sys::XACT_REPEATABLE_READ as i32;
-    if !may_probe(tenant) || !snapshot_per_statement {
+    if !may_probe(tenant) || !snapshot_per_statement() {
         return Err(());
     }
     let r = customers().ok_or(())?;
